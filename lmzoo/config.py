@@ -1,0 +1,131 @@
+"""One flat model config: every architecture difference between the families is a field.
+
+Shared building blocks in ``lmzoo.nn`` read these fields; no block ever asks which family it
+is in. Each family file (``lmzoo/models/<family>.py``) converts its Hugging Face ``config.json``
+to and from this dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmzoo.errors import UserError
+
+FAMILIES = ("bert", "roberta", "gpt2", "t5", "bart", "xlnet")
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "relative_buckets", "relative_sinusoidal", "none")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Architecture of one model, the same fields for every family."""
+
+    family: str
+    vocab_size: int
+    d_model: int
+    n_layers: int  # encoder layers (or decoder layers of a decoder-only model)
+    n_heads: int
+    d_ff: int
+    n_decoder_layers: int = 0  # > 0 for encoder-decoder models
+    d_head: int = 0  # 0 = d_model // n_heads
+    max_positions: int = 512  # longest usable sequence
+    position_offset: int = 0  # learned-position rows before position 0 (RoBERTa / BART: 2)
+    positions: str = "learned"
+    type_vocab_size: int = 0  # 0 = no token-type embeddings
+    norm: str = "layernorm"
+    norm_eps: float = 1e-12
+    pre_norm: bool = False  # True: norm before each sublayer and a final norm (GPT-2, T5)
+    embedding_norm: bool = False  # LayerNorm right after the embeddings (BERT, BART)
+    embedding_scale: bool = False  # multiply token embeddings by sqrt(d_model) (BART scale_embedding)
+    activation: str = "gelu"
+    gated_ffn: bool = False  # T5 v1.1 gated-GELU feed-forward
+    bias: bool = True  # biases in linear layers and norms
+    attention_scale: bool = True  # divide scores by sqrt(d_head); T5 folds it into its init
+    tie_embeddings: bool = True
+    tied_logits_scale: bool = False  # T5 v1.0: hidden * d_model**-0.5 before the tied LM head
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    classifier_dropout: float | None = None
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    decoder_start_token_id: int | None = None
+    id2label: dict[int, str] | None = None  # task heads: label names, as HF stores them
+    problem_type: str | None = None  # "single_label_classification" | "multi_label_classification" | "regression"
+    extra: dict[str, Any] = field(default_factory=dict)  # family-specific HF fields kept for round trips
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> None:
+            raise UserError(f"invalid model config: {msg}")
+
+        if self.family not in FAMILIES:
+            bad(f"family {self.family!r} is not one of {', '.join(FAMILIES)}")
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_positions"):
+            if getattr(self, name) <= 0:
+                bad(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_head == 0 and self.d_model % self.n_heads:
+            bad(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.n_decoder_layers < 0 or self.d_head < 0 or self.position_offset < 0 or self.type_vocab_size < 0:
+            bad("n_decoder_layers, d_head, position_offset and type_vocab_size must be >= 0")
+        if self.norm not in NORMS:
+            bad(f"norm {self.norm!r} is not one of {NORMS}")
+        if self.positions not in POSITIONS:
+            bad(f"positions {self.positions!r} is not one of {POSITIONS}")
+        if self.activation not in ACTIVATIONS:
+            bad(f"activation {self.activation!r} is not one of {ACTIVATIONS}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                bad(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            bad(f"pad_token_id {self.pad_token_id} outside the vocabulary of {self.vocab_size}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head or self.d_model // self.n_heads
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label) if self.id2label else 2
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.n_decoder_layers > 0
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"invalid model config: unknown field(s) {', '.join(unknown)}")
+        data = dict(data)
+        if data.get("id2label"):
+            data["id2label"] = {int(k): v for k, v in data["id2label"].items()}
+        return cls(**data)
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """Read a JSON object from a file, with a one-line error when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} does not hold a JSON object")
+    return data

@@ -1,0 +1,260 @@
+"""BERT: post-LN encoder with token types, pooler, tied MLM head and NSP head (Devlin et al., 2019)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmzoo.config import ModelConfig
+from lmzoo.errors import UserError
+from lmzoo.models.base import PreTrainedModel
+from lmzoo.nn.attention import padding_mask
+from lmzoo.nn.block import Block
+from lmzoo.nn.embedding import Embeddings
+from lmzoo.nn.ffn import activation_fn
+from lmzoo.nn.norm import make_norm
+from lmzoo.outputs import ModelOutput
+
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
+                  "silu": "silu", "swish": "silu"}
+
+
+def activation_from_hf(name: str) -> str:
+    if name not in HF_ACTIVATIONS:
+        raise UserError(f"unsupported activation {name!r} in config.json")
+    return HF_ACTIVATIONS[name]
+
+
+def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    """HF BertConfig dict → ModelConfig."""
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise UserError(f"unsupported position_embedding_type {hf['position_embedding_type']!r} (only absolute)")
+    return ModelConfig(
+        family="bert",
+        vocab_size=hf["vocab_size"],
+        d_model=hf["hidden_size"],
+        n_layers=hf["num_hidden_layers"],
+        n_heads=hf["num_attention_heads"],
+        d_ff=hf["intermediate_size"],
+        max_positions=hf.get("max_position_embeddings", 512),
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        norm_eps=hf.get("layer_norm_eps", 1e-12),
+        embedding_norm=True,
+        activation=activation_from_hf(hf.get("hidden_act", "gelu")),
+        dropout=hf.get("hidden_dropout_prob", 0.1),
+        attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+        classifier_dropout=hf.get("classifier_dropout"),
+        pad_token_id=hf.get("pad_token_id", 0),
+        id2label=label_map_from_hf(hf),
+        problem_type=hf.get("problem_type"),
+    )
+
+
+def label_map_from_hf(hf: dict[str, Any]) -> dict[int, str] | None:
+    id2label = hf.get("id2label")
+    if not id2label:
+        return None
+    return {int(k): v for k, v in id2label.items()}
+
+
+def label_map_to_hf(config: ModelConfig) -> dict[str, Any]:
+    if not config.id2label:
+        return {}
+    return {
+        "id2label": {str(k): v for k, v in config.id2label.items()},
+        "label2id": {v: k for k, v in config.id2label.items()},
+        **({"problem_type": config.problem_type} if config.problem_type else {}),
+    }
+
+
+def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """ModelConfig → HF BertConfig dict."""
+    return {
+        "model_type": "bert",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "intermediate_size": config.d_ff,
+        "hidden_act": {v: k for k, v in reversed(HF_ACTIVATIONS.items())}[config.activation],
+        "hidden_dropout_prob": config.dropout,
+        "attention_probs_dropout_prob": config.attention_dropout,
+        "max_position_embeddings": config.max_positions,
+        "type_vocab_size": config.type_vocab_size,
+        "layer_norm_eps": config.norm_eps,
+        "pad_token_id": config.pad_token_id,
+        "position_embedding_type": "absolute",
+        "classifier_dropout": config.classifier_dropout,
+        "tie_word_embeddings": True,
+        **label_map_to_hf(config),
+    }
+
+
+# HF module path (inside BertModel) → lmzoo module path; "{}" = layer index, None = drop on load.
+ENCODER_KEY_MAP: list[tuple[str, str | None]] = [
+    ("embeddings.word_embeddings", "embed.tokens"),
+    ("embeddings.position_embeddings", "embed.positions"),
+    ("embeddings.token_type_embeddings", "embed.token_types"),
+    ("embeddings.LayerNorm", "embed.norm"),
+    ("embeddings.position_ids", None),  # buffers that older checkpoints carry
+    ("embeddings.token_type_ids", None),
+    ("encoder.layer.{}.attention.self.query", "layers.{}.attn.q"),
+    ("encoder.layer.{}.attention.self.key", "layers.{}.attn.k"),
+    ("encoder.layer.{}.attention.self.value", "layers.{}.attn.v"),
+    ("encoder.layer.{}.attention.output.dense", "layers.{}.attn.o"),
+    ("encoder.layer.{}.attention.output.LayerNorm", "layers.{}.attn_norm"),
+    ("encoder.layer.{}.intermediate.dense", "layers.{}.ffn.up"),
+    ("encoder.layer.{}.output.dense", "layers.{}.ffn.down"),
+    ("encoder.layer.{}.output.LayerNorm", "layers.{}.ffn_norm"),
+    ("pooler.dense", "pooler"),
+]
+
+
+def prefixed(key_map: list[tuple[str, str | None]], hf_prefix: str, our_prefix: str) -> list[tuple[str, str | None]]:
+    return [(f"{hf_prefix}.{h}", None if o is None else f"{our_prefix}.{o}") for h, o in key_map]
+
+
+class BertModel(PreTrainedModel):
+    """The bare encoder: embeddings → post-LN blocks → (pooler)."""
+
+    hf_architecture = "BertModel"
+
+    def __init__(self, config: ModelConfig, *, add_pooler: bool = True) -> None:
+        super().__init__(config)
+        self.embed = Embeddings(config)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.pooler = nn.Linear(config.d_model, config.d_model) if add_pooler else None
+        self.init_weights()
+
+    @classmethod
+    def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
+        return ENCODER_KEY_MAP
+
+    def default_position_ids(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        return None  # 0..T-1
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        if input_ids.shape[1] > self.config.max_positions:
+            raise UserError(f"sequence of {input_ids.shape[1]} tokens exceeds max_positions {self.config.max_positions}")
+        if position_ids is None:
+            position_ids = self.default_position_ids(input_ids)
+        x = self.embed(input_ids, position_ids, token_type_ids)  # (B, T, D)
+        # No mask at all when nothing is padded: SDPA can then take its fastest kernel.
+        mask = None if attention_mask is None or bool(attention_mask.all()) else padding_mask(attention_mask, x.dtype)
+        for layer in self.layers:
+            x = layer(x, mask=mask)
+        pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
+        return ModelOutput(last_hidden_state=x, pooler_output=pooled)
+
+
+class MLMHead(nn.Module):
+    """dense → activation → LayerNorm → tied decoder + bias."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.act = activation_fn(config.activation)
+        self.norm = make_norm(config)
+        self.decoder = nn.Linear(config.d_model, config.vocab_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(self.act(self.dense(hidden))))
+
+
+def masked_lm(head: MLMHead, hidden: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """MLM logits and loss. With labels, the vocabulary projection (the costliest matmul of a
+    small BERT) runs only at the labelled positions: logits are [n_labelled, vocab]."""
+    if labels is None:
+        return head(hidden), None
+    selected = labels != -100
+    logits = head(hidden[selected])  # (N, V)
+    loss = F.cross_entropy(logits.float(), labels[selected]) if logits.shape[0] else logits.sum() * 0.0
+    return logits, loss
+
+
+class BertForMaskedLM(PreTrainedModel):
+    hf_architecture = "BertForMaskedLM"
+    base_prefix = "bert"
+    base_class = BertModel
+    with_nsp = False
+    head_modules = ("mlm_head", "nsp_head")
+    head_key_map: list[tuple[str, str | None]] = [
+        ("cls.predictions.transform.dense", "mlm_head.dense"),
+        ("cls.predictions.transform.LayerNorm", "mlm_head.norm"),
+        ("cls.predictions.bias", "mlm_head.decoder.bias"),
+        ("cls.predictions.decoder.bias", None),  # the same tensor as cls.predictions.bias
+        ("cls.predictions.decoder.weight", None),  # tied to the word embeddings
+    ]
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.encoder = self.base_class(config, add_pooler=self.with_nsp)
+        self.mlm_head = MLMHead(config)
+        self.nsp_head = nn.Linear(config.d_model, 2) if self.with_nsp else None
+        self.init_weights()
+        self.mlm_head.decoder.weight = self.encoder.embed.tokens.weight
+
+    @classmethod
+    def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
+        return prefixed(cls.base_class.hf_key_map(config), cls.base_prefix, "encoder") + cls.head_key_map
+
+    def tied_parameters(self) -> dict[str, str]:
+        return {"mlm_head.decoder.weight": "encoder.embed.tokens.weight"}
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        out = self.encoder(input_ids, attention_mask, token_type_ids, position_ids)
+        logits, loss = masked_lm(self.mlm_head, out.last_hidden_state, labels)
+        return ModelOutput(loss=loss, mlm_loss=loss, logits=logits, last_hidden_state=out.last_hidden_state)
+
+
+class BertForPreTraining(BertForMaskedLM):
+    """MLM + next-sentence prediction (NSP label 0 = B follows A, 1 = B is random, as HF)."""
+
+    hf_architecture = "BertForPreTraining"
+    with_nsp = True
+    head_key_map = BertForMaskedLM.head_key_map + [("cls.seq_relationship", "nsp_head")]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        nsp_labels: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        out = self.encoder(input_ids, attention_mask, token_type_ids, position_ids)
+        logits, mlm_loss = masked_lm(self.mlm_head, out.last_hidden_state, labels)
+        nsp_logits = self.nsp_head(out.pooler_output)
+        nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_labels) if nsp_labels is not None else None
+        losses = [x for x in (mlm_loss, nsp_loss) if x is not None]
+        return ModelOutput(
+            loss=sum(losses) if losses else None,
+            mlm_loss=mlm_loss,
+            nsp_loss=nsp_loss,
+            logits=logits,
+            nsp_logits=nsp_logits,
+            last_hidden_state=out.last_hidden_state,
+            pooler_output=out.pooler_output,
+        )
+
+
+MODEL_TYPES = ("bert",)
+ARCHITECTURES = (BertModel, BertForMaskedLM, BertForPreTraining)
+DEFAULT_ARCHITECTURE = BertForPreTraining

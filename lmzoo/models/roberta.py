@@ -1,0 +1,66 @@
+"""RoBERTa: BERT's encoder with positions counted after the padding index and one token type
+(Liu et al., 2019). Trained with dynamic MLM on packed full sentences, no NSP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lmzoo.config import ModelConfig
+from lmzoo.models import bert
+from lmzoo.models.bert import BertForMaskedLM, BertModel
+
+
+def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    """HF RobertaConfig dict → ModelConfig: the position table has pad_token_id + 1 rows before position 0."""
+    pad = hf.get("pad_token_id", 1)
+    offset = pad + 1
+    return bert.config_from_hf({**hf, "position_embedding_type": "absolute"}).replace(
+        family="roberta",
+        max_positions=hf.get("max_position_embeddings", 514) - offset,
+        position_offset=offset,
+        type_vocab_size=hf.get("type_vocab_size", 1),
+        norm_eps=hf.get("layer_norm_eps", 1e-5),
+        pad_token_id=pad,
+        bos_token_id=hf.get("bos_token_id", 0),
+        eos_token_id=hf.get("eos_token_id", 2),
+    )
+
+
+def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    return {
+        **bert.config_to_hf(config),
+        "model_type": "roberta",
+        "max_position_embeddings": config.max_positions + config.position_offset,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+    }
+
+
+class RobertaModel(BertModel):
+    hf_architecture = "RobertaModel"
+
+    def default_position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Positions count non-padding tokens only; padding sits at position -1, which the
+        offset turns into row pad_token_id of the table, exactly as fairseq/HF do."""
+        not_pad = (input_ids != self.config.pad_token_id).long()
+        return torch.cumsum(not_pad, dim=1) * not_pad - 1
+
+
+class RobertaForMaskedLM(BertForMaskedLM):
+    hf_architecture = "RobertaForMaskedLM"
+    base_prefix = "roberta"
+    base_class = RobertaModel
+    head_key_map = [
+        ("lm_head.dense", "mlm_head.dense"),
+        ("lm_head.layer_norm", "mlm_head.norm"),
+        ("lm_head.bias", "mlm_head.decoder.bias"),
+        ("lm_head.decoder.bias", None),  # the same tensor as lm_head.bias
+        ("lm_head.decoder.weight", None),  # tied to the word embeddings
+    ]
+
+
+MODEL_TYPES = ("roberta",)
+ARCHITECTURES = (RobertaModel, RobertaForMaskedLM)
+DEFAULT_ARCHITECTURE = RobertaForMaskedLM

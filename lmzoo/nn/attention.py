@@ -1,0 +1,92 @@
+"""Multi-head attention over ``scaled_dot_product_attention``, plus the masks it consumes.
+
+Masks are additive float tensors broadcastable to [batch, heads, query, key]: 0 where attention
+is allowed, the dtype's minimum where it is not (a large finite value, so fully masked rows of
+padding give finite garbage instead of NaN). Relative-position biases are added to the same mask.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmzoo.config import ModelConfig
+
+
+class LayerKVCache(Protocol):
+    """One layer's key/value cache: stores the new keys/values, returns all of them so far."""
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[batch, key] 1/0 mask → additive [batch, 1, 1, key]."""
+    blocked = attention_mask[:, None, None, :] == 0
+    return torch.zeros(blocked.shape, dtype=dtype, device=attention_mask.device).masked_fill(
+        blocked, torch.finfo(dtype).min
+    )
+
+
+def causal_mask(q_len: int, k_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive [1, 1, q_len, k_len]: query i (at absolute position k_len - q_len + i) sees keys <= it."""
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    k_pos = torch.arange(k_len, device=device)[None, :]
+    return torch.zeros(q_len, k_len, dtype=dtype, device=device).masked_fill(
+        k_pos > q_pos, torch.finfo(dtype).min
+    )[None, None]
+
+
+class Attention(nn.Module):
+    """Self- or cross-attention with separate q/k/v/o projections (HF key maps stay trivial)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.d_head = config.head_dim
+        inner = self.n_heads * self.d_head
+        self.q = nn.Linear(config.d_model, inner, bias=config.bias)
+        self.k = nn.Linear(config.d_model, inner, bias=config.bias)
+        self.v = nn.Linear(config.d_model, inner, bias=config.bias)
+        self.o = nn.Linear(inner, config.d_model, bias=config.bias)
+        self.scale = None if config.attention_scale else 1.0  # None = SDPA's 1/sqrt(d_head)
+        self.attention_dropout = config.attention_dropout
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, T, Dh)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        kv_input: torch.Tensor | None = None,
+        cache: LayerKVCache | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        """``kv_input``: encoder states for cross-attention (None = self-attention).
+
+        ``is_causal`` uses SDPA's built-in causal mask and is only valid with ``mask=None``
+        and no cache offset; otherwise put the causal part into ``mask``.
+        """
+        batch, length, _ = x.shape
+        q = self.split_heads(self.q(x))
+        source = x if kv_input is None else kv_input
+        k = self.split_heads(self.k(source))
+        v = self.split_heads(self.v(source))
+        if cache is not None:
+            k, v = cache.update(k, v)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=None if mask is None else mask.to(q.dtype),
+            dropout_p=self.attention_dropout if self.training else 0.0,
+            is_causal=is_causal and mask is None,
+            scale=self.scale,
+        )
+        y = y.transpose(1, 2).reshape(batch, length, self.n_heads * self.d_head)  # (B, T, H*Dh)
+        return self.o(y)
