@@ -106,7 +106,8 @@ def convert_from_hf(model: PreTrainedModel, hf_state: dict[str, torch.Tensor], *
     expected = {k: v for k, v in model.state_dict().items() if k not in model.tied_parameters()}
     ours: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
-    for key, tensor in _normalise_prefix(hf_state, type(model)).items():
+    hf_state = type(model).hf_tensors_in(model.config, _normalise_prefix(hf_state, type(model)))
+    for key, tensor in hf_state.items():
         try:
             name = rename(key, key_map, to_hf=False)
         except KeyError:
@@ -149,7 +150,7 @@ def convert_to_hf(model: PreTrainedModel) -> dict[str, torch.Tensor]:
         if name in tied:
             continue
         out[rename(name, key_map, to_hf=True)] = tensor.detach().contiguous().cpu()
-    return out
+    return {k: v.contiguous() for k, v in type(model).hf_tensors_out(model.config, out).items()}
 
 
 def load_pretrained(folder: str | Path, model_class: type[PreTrainedModel] | None = None) -> PreTrainedModel:

@@ -34,6 +34,16 @@ class PreTrainedModel(nn.Module):
         """(HF module path, lmzoo module path) pairs; ``{}`` is a layer index, ``None`` drops the key."""
         raise NotImplementedError
 
+    @classmethod
+    def hf_tensors_in(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Reshape HF tensors before renaming (split a fused qkv, transpose Conv1D ...). Default: as is."""
+        return state
+
+    @classmethod
+    def hf_tensors_out(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The inverse of ``hf_tensors_in``, applied after renaming to HF names when saving."""
+        return state
+
     def tied_parameters(self) -> dict[str, str]:
         """lmzoo parameter name → the parameter it is tied to (not saved, HF re-ties it on load)."""
         return {}
