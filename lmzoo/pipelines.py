@@ -1,0 +1,73 @@
+"""Using a trained encoder: load a model folder with its tokenizer, fill masks, score sentence pairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmzoo.errors import UserError
+from lmzoo.models.base import PreTrainedModel
+from lmzoo.tokenizer import Tokenizer
+
+MASK_SPELLINGS = ("[MASK]", "<mask>")
+
+
+def load_model_and_tokenizer(folder: str | Path) -> tuple[PreTrainedModel, Tokenizer]:
+    """A model folder written by ``lmzoo pretrain`` (or any HF folder with tokenizer files)."""
+    from lmzoo.hf import load_pretrained
+
+    model = load_pretrained(folder)
+    return model, Tokenizer.load(folder)
+
+
+@dataclass
+class MaskPrediction:
+    token: str
+    token_id: int
+    probability: float
+
+
+def fill_mask(model: PreTrainedModel, tokenizer: Tokenizer, text: str, *, top_k: int = 5) -> list[list[MaskPrediction]]:
+    """Top-k predictions for every mask in ``text`` (written ``[MASK]`` or ``<mask>``, whatever the
+    model's own spelling), most probable first."""
+    if getattr(model, "mlm_head", None) is None:
+        raise UserError(f"{model.hf_architecture} has no masked-LM head; fill-mask needs e.g. a *ForMaskedLM model")
+    if tokenizer.mask_id is None:
+        raise UserError("the tokenizer has no mask token")
+    if top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {top_k}")
+    mask_token = tokenizer.id_to_token(tokenizer.mask_id)
+    for spelling in MASK_SPELLINGS:
+        text = text.replace(spelling, mask_token)
+    ids, types = tokenizer.build_inputs(tokenizer.encode(text))
+    if tokenizer.mask_id not in ids:
+        raise UserError(f"no mask in the text: write {mask_token} where a word should be predicted")
+    if len(ids) > model.config.max_positions:
+        raise UserError(f"text of {len(ids)} tokens exceeds the model's {model.config.max_positions} positions")
+    input_ids = torch.tensor([ids])
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, token_type_ids=torch.tensor([types])).logits[0]  # (T, V)
+    results = []
+    for position in (input_ids[0] == tokenizer.mask_id).nonzero().flatten().tolist():
+        probs = logits[position].float().softmax(-1)
+        probs[list(tokenizer.special_ids)] = 0.0  # never propose [CLS], [PAD], ...
+        top = probs.topk(min(top_k, probs.numel()))
+        results.append([MaskPrediction(tokenizer.decode([i]).strip() or tokenizer.id_to_token(i), i, p)
+                        for p, i in zip(top.values.tolist(), top.indices.tolist())])
+    return results
+
+
+def next_sentence_probability(model: PreTrainedModel, tokenizer: Tokenizer, first: str, second: str) -> float:
+    """P(second follows first) from BERT's NSP head (HF convention: class 0 = is next)."""
+    if getattr(model, "nsp_head", None) is None:
+        raise UserError(f"{model.hf_architecture} has no next-sentence head; nsp needs a BertForPreTraining model")
+    if not first.strip() or not second.strip():
+        raise UserError("both sentences must be non-empty")
+    ids, types = tokenizer.build_inputs(tokenizer.encode(first), tokenizer.encode(second))
+    if len(ids) > model.config.max_positions:
+        raise UserError(f"the pair of {len(ids)} tokens exceeds the model's {model.config.max_positions} positions")
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([types]))
+    return float(out.nsp_logits[0].float().softmax(-1)[0])

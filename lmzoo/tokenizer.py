@@ -1,0 +1,439 @@
+"""Train and load WordPiece (BERT), byte-level BPE (RoBERTa/GPT-2/BART) and Unigram (T5)
+tokenizers with the Hugging Face ``tokenizers`` library, and read/write HF tokenizer folders.
+
+:class:`Tokenizer` adds what the objectives need on top of ``tokenizers.Tokenizer``: the ids of
+the special tokens, word starts for whole-word masking, and the family's special-token layout.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import tokenizers
+import torch
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from lmzoo.errors import UserError
+from lmzoo.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+KINDS = ("wordpiece", "bpe", "unigram")
+ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
+
+# The special tokens each kind is trained with, in id order (the first gets id 0).
+DEFAULT_SPECIALS = {
+    "wordpiece": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
+    "bpe": {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "unk": "<unk>", "mask": "<mask>"},
+    "unigram": {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"},
+}
+TOKENIZER_CLASS = {"wordpiece": "BertTokenizerFast", "bpe": "RobertaTokenizerFast", "unigram": "T5TokenizerFast"}
+
+
+class Tokenizer:
+    """lmzoo's tokenizer: a ``tokenizers.Tokenizer`` (``backend``) plus the ids of its special
+    tokens (``pad_id``, ``unk_id``, ``cls_id``, ``sep_id``, ``mask_id``, ``bos_id``, ``eos_id``;
+    ``None`` when absent)."""
+
+    def __init__(self, backend: tokenizers.Tokenizer, kind: str, special_tokens: dict[str, str], *,
+                 lowercase: bool = False, model_max_length: int = 512,
+                 additional_special_tokens: Iterable[str] = ()):
+        if kind not in KINDS:
+            raise UserError(f"tokenizer kind must be one of {KINDS}, got {kind!r}")
+        backend.no_padding()  # padding / truncation are ours to do (some HF files enable them)
+        backend.no_truncation()
+        self.backend = backend
+        self.kind = kind
+        self.lowercase = lowercase
+        self.model_max_length = model_max_length
+        # only keep roles whose token really is in the vocabulary
+        self.special_tokens = {r: t for r, t in special_tokens.items()
+                               if r in ROLES and t is not None and backend.token_to_id(t) is not None}
+        self.additional_special_tokens = [t for t in additional_special_tokens
+                                          if backend.token_to_id(t) is not None]
+        for role in ROLES:
+            tok = self.special_tokens.get(role)
+            setattr(self, f"{role}_id", None if tok is None else backend.token_to_id(tok))
+        ids = {backend.token_to_id(t) for t in [*self.special_tokens.values(), *self.additional_special_tokens]}
+        ids |= {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+        self.special_ids: frozenset[int] = frozenset(ids)
+
+    # ------------------------------------------------------------------ basics
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the vocabulary, added tokens included (the embedding rows a model needs)."""
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, special_tokens={self.special_tokens})"
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def id_to_token(self, i: int) -> str | None:
+        return self.backend.id_to_token(i)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens."""
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def encode_with_word_starts(self, texts: list[str]) -> list[tuple[list[int], list[bool]]]:
+        """(ids, word_starts) per text; ``word_starts[i]`` is True when token i begins a new word.
+
+        Words are the pre-tokenizer's words (``Encoding.word_ids``), so this works for WordPiece,
+        byte-level BPE and Unigram alike; where a token has no word id (an added token), it
+        starts a word when its offsets do not touch the previous token's.
+        """
+        out = []
+        for enc in self.backend.encode_batch(list(texts), add_special_tokens=False):
+            words, offsets = enc.word_ids, enc.offsets
+            starts = []
+            for i in range(len(enc.ids)):
+                if i == 0:
+                    starts.append(True)
+                elif words[i] is not None and words[i - 1] is not None:
+                    starts.append(words[i] != words[i - 1])
+                else:
+                    starts.append(offsets[i][0] != offsets[i - 1][1] or offsets[i][0] == offsets[i][1])
+            out.append((enc.ids, starts))
+        return out
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """Text of ``ids``; special tokens (``special_ids``) are left out unless asked for."""
+        ids = [int(i) for i in ids]
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self.special_ids]
+        return self.backend.decode(ids, skip_special_tokens=False)
+
+    # ------------------------------------------------------------------ model inputs
+
+    def _layout(self) -> str:
+        if self.kind == "wordpiece" and self.cls_id is not None and self.sep_id is not None:
+            return "bert"
+        if self.kind == "bpe" and self.cls_id is not None and self.sep_id is not None:
+            return "roberta"
+        if self.kind == "unigram" and self.eos_id is not None:
+            return "t5"
+        return "plain"  # GPT-2: no special tokens are added
+
+    def build_inputs(self, a: list[int], b: list[int] | None = None) -> tuple[list[int], list[int]]:
+        """(input_ids, token_type_ids) with the family's special tokens:
+        BERT ``[CLS] a [SEP] b [SEP]`` (types 0.., 1..); RoBERTa/BART ``<s> a </s></s> b </s>``
+        (types 0); T5 ``a </s> b </s>`` (types 0); GPT-2 ``a b`` (nothing added)."""
+        a, b = list(a), None if b is None else list(b)
+        layout = self._layout()
+        if layout == "bert":
+            ids = [self.cls_id, *a, self.sep_id]
+            types = [0] * len(ids)
+            if b is not None:
+                ids += [*b, self.sep_id]
+                types += [1] * (len(b) + 1)
+            return ids, types
+        if layout == "roberta":
+            ids = [self.cls_id, *a, self.sep_id]
+            if b is not None:
+                ids += [self.sep_id, *b, self.sep_id]
+        elif layout == "t5":
+            ids = [*a, self.eos_id] + ([] if b is None else [*b, self.eos_id])
+        else:
+            ids = a + ([] if b is None else b)
+        return ids, [0] * len(ids)
+
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        return len(self.build_inputs([], [] if pair else None)[0])
+
+    def __call__(self, texts: list[str] | str, text_pairs: list[str] | str | None = None, *,
+                 max_length: int = 512, padding: bool = True, truncation: bool = True) -> dict[str, torch.Tensor]:
+        """A batch for a model: ``input_ids``, ``attention_mask``, ``token_type_ids`` (int64).
+
+        Truncation is longest-first for pairs (drop from the end of the longer text), padding is
+        on the right to the longest sequence with ``pad_id`` (``eos_id`` when there is none).
+        """
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if text_pairs is not None:
+            text_pairs = [text_pairs] if isinstance(text_pairs, str) else list(text_pairs)
+            if len(text_pairs) != len(texts):
+                raise UserError(f"got {len(texts)} texts but {len(text_pairs)} text pairs")
+        pair = text_pairs is not None
+        budget = max_length - self.num_special_tokens_to_add(pair)
+        if truncation and budget < (2 if pair else 1):
+            raise UserError(f"max_length={max_length} leaves no room for text after the special tokens")
+        firsts = self.encode_batch(texts)
+        seconds = self.encode_batch(text_pairs) if pair else [None] * len(texts)
+        rows = []
+        for a, b in zip(firsts, seconds):
+            if truncation:
+                a, b = _truncate(a, b, budget)
+            rows.append(self.build_inputs(a, b))
+        width = max(len(ids) for ids, _ in rows)
+        if not padding and any(len(ids) != width for ids, _ in rows):
+            raise UserError("sequences have different lengths; use padding=True to batch them")
+        pad = self.pad_id if self.pad_id is not None else (self.eos_id or 0)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        token_type_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, (ids, types) in enumerate(rows):
+            input_ids[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[r, :len(ids)] = 1
+            token_type_ids[r, :len(ids)] = torch.tensor(types, dtype=torch.long)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+
+    # ------------------------------------------------------------------ files
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "Tokenizer":
+        """Load a Hugging Face tokenizer folder: ``tokenizer.json`` when present, else
+        ``vocab.txt`` (BERT WordPiece), else ``vocab.json`` + ``merges.txt`` (byte-level BPE).
+        Special tokens come from special_tokens_map.json / tokenizer_config.json, else from the
+        well-known strings found in the vocabulary."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise UserError(f"tokenizer folder not found: {folder}")
+        config = _read_json(folder / "tokenizer_config.json")
+        smap = _read_json(folder / "special_tokens_map.json")
+        lowercase = bool(config.get("do_lower_case", False))
+        try:
+            if (folder / "tokenizer.json").is_file():
+                backend = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+            elif (folder / "vocab.txt").is_file():
+                lowercase = bool(config.get("do_lower_case", True))  # BertTokenizer's default
+                backend = _wordpiece_pipeline(models.WordPiece.from_file(str(folder / "vocab.txt"),
+                                                                         unk_token="[UNK]"), lowercase)
+            elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+                backend = _bpe_pipeline(models.BPE.from_file(str(folder / "vocab.json"),
+                                                             str(folder / "merges.txt")), lowercase)
+            else:
+                raise UserError(f"no tokenizer in {folder}: expected tokenizer.json, vocab.txt, "
+                                f"or vocab.json + merges.txt")
+        except UserError:
+            raise
+        except Exception as e:  # tokenizers raises plain Exceptions for malformed files
+            reason = str(e).splitlines()[0] if str(e) else repr(e)
+            raise UserError(f"cannot read the tokenizer in {folder}: {reason}") from None
+
+        model_type = type(backend.model).__name__
+        kind = {"WordPiece": "wordpiece", "BPE": "bpe", "Unigram": "unigram"}.get(model_type)
+        if kind is None:
+            raise UserError(f"unsupported tokenizer model {model_type} in {folder}")
+        specials = {}
+        for role in ROLES:
+            value = smap.get(f"{role}_token", config.get(f"{role}_token"))
+            if isinstance(value, dict):
+                value = value.get("content")
+            if isinstance(value, str):
+                specials[role] = value
+        for role, token in _detect_specials(backend, kind).items():
+            specials.setdefault(role, token)
+        extra = smap.get("additional_special_tokens", config.get("additional_special_tokens")) or []
+        extra = [t.get("content") if isinstance(t, dict) else t for t in extra]
+        max_len = config.get("model_max_length", 512)
+        max_len = max_len if isinstance(max_len, int) and 0 < max_len < 10**9 else 512
+        tok = cls(backend, kind, specials, lowercase=lowercase, model_max_length=max_len,
+                  additional_special_tokens=[t for t in extra if isinstance(t, str)])
+        # register vocabulary-file specials as added special tokens, as tokenizer.json would have them
+        missing = [t for t in [*tok.special_tokens.values(), *tok.additional_special_tokens]
+                   if t not in {a.content for a in backend.get_added_tokens_decoder().values()}]
+        if missing and not (folder / "tokenizer.json").is_file():
+            backend.add_special_tokens(missing)
+            tok._attach_post_processor()
+        return tok
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write an HF-loadable tokenizer folder (into ``folder``, other files untouched):
+        tokenizer.json, tokenizer_config.json, special_tokens_map.json, and vocab.txt
+        (WordPiece) or vocab.json + merges.txt (BPE)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "tokenizer.json", self.backend.to_str(pretty=True))
+        smap = {f"{role}_token": tok for role, tok in self.special_tokens.items()}
+        if self.additional_special_tokens:
+            smap["additional_special_tokens"] = list(self.additional_special_tokens)
+        config = {
+            "tokenizer_class": TOKENIZER_CLASS[self.kind],
+            "model_max_length": self.model_max_length,
+            "do_lower_case": self.lowercase,
+            "clean_up_tokenization_spaces": False,
+            **smap,
+        }
+        if self.kind == "bpe":
+            config["add_prefix_space"] = False
+            config["trim_offsets"] = True
+        if self.kind == "unigram":
+            config["extra_ids"] = sum(t.startswith("<extra_id_") for t in self.additional_special_tokens)
+        atomic_write_json(folder / "tokenizer_config.json", config)
+        atomic_write_json(folder / "special_tokens_map.json", smap)
+        if self.kind in ("wordpiece", "bpe"):
+            with tempfile.TemporaryDirectory() as tmp:
+                for name in self.backend.model.save(tmp):
+                    atomic_write_bytes(folder / Path(name).name, Path(name).read_bytes())
+
+    def _attach_post_processor(self) -> None:
+        """Make ``backend.encode(..., add_special_tokens=True)`` (and so HF) match build_inputs."""
+        layout = self._layout()
+        t = self.special_tokens
+        if layout == "bert":
+            self.backend.post_processor = processors.TemplateProcessing(
+                single=f"{t['cls']} $A {t['sep']}", pair=f"{t['cls']} $A {t['sep']} $B:1 {t['sep']}:1",
+                special_tokens=[(t["cls"], self.cls_id), (t["sep"], self.sep_id)])
+        elif layout == "roberta":
+            self.backend.post_processor = processors.RobertaProcessing(
+                (t["sep"], self.sep_id), (t["cls"], self.cls_id), trim_offsets=True, add_prefix_space=False)
+        elif layout == "t5":
+            self.backend.post_processor = processors.TemplateProcessing(
+                single=f"$A {t['eos']}", pair=f"$A {t['eos']} $B {t['eos']}",
+                special_tokens=[(t["eos"], self.eos_id)])
+        elif self.kind == "bpe":
+            self.backend.post_processor = processors.ByteLevel(trim_offsets=False)
+
+
+def _truncate(a: list[int], b: list[int] | None, budget: int) -> tuple[list[int], list[int] | None]:
+    """Longest-first, as the ``tokenizers`` library does it: cut the longer text down towards the
+    shorter one; if both must go, each keeps half the budget (the longer one the odd token)."""
+    if b is None:
+        return a[:budget], None
+    short, long_ = sorted((len(a), len(b)))
+    if short + long_ <= budget:
+        return a, b
+    long_ = budget - short
+    if long_ < short:
+        short, long_ = budget // 2, budget - budget // 2
+    n_a, n_b = (long_, short) if len(a) > len(b) else (short, long_)
+    return a[:n_a], b[:n_b]
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    return value if isinstance(value, dict) else {}
+
+
+def _detect_specials(backend: tokenizers.Tokenizer, kind: str) -> dict[str, str]:
+    """Special tokens recognised by their well-known strings."""
+    has = lambda t: backend.token_to_id(t) is not None  # noqa: E731
+    found = {}
+    for role, tok in DEFAULT_SPECIALS["wordpiece"].items():
+        if has(tok):
+            found[role] = tok
+    for role, tok in (("bos", "<s>"), ("eos", "</s>"), ("pad", "<pad>"), ("unk", "<unk>"), ("mask", "<mask>")):
+        if has(tok):
+            found.setdefault(role, tok)
+    if kind == "bpe" and has("<s>") and has("</s>"):  # RoBERTa / BART
+        found.setdefault("cls", "<s>")
+        found.setdefault("sep", "</s>")
+    if has("<|endoftext|>"):  # GPT-2: one token is bos, eos and unk
+        for role in ("bos", "eos", "unk"):
+            found.setdefault(role, "<|endoftext|>")
+    return found
+
+
+def _wordpiece_pipeline(model: models.Model, lowercase: bool) -> tokenizers.Tokenizer:
+    tok = tokenizers.Tokenizer(model)
+    # strip_accents=None: strip accents exactly when lowercasing, as BERT uncased does
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                strip_accents=None, lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def _bpe_pipeline(model: models.Model, lowercase: bool) -> tokenizers.Tokenizer:
+    tok = tokenizers.Tokenizer(model)
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _unigram_pipeline(model: models.Model, lowercase: bool) -> tokenizers.Tokenizer:
+    tok = tokenizers.Tokenizer(model)
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
+    # the pipeline transformers' T5Tokenizer builds: whitespace runs (newlines too) become one ▁
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.WhitespaceSplit(),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)])
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    return tok
+
+
+def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_dir: str | None = None,
+                    lowercase: bool = False, min_frequency: int = 2, special_tokens: list[str] | None = None,
+                    extra_ids: int = 0, document_split: str = "blank_line") -> Tokenizer:
+    """Train a tokenizer on the documents of ``files`` (anything :func:`lmzoo.data.iter_documents`
+    reads: files, folders, globs; .txt/.md/.jsonl, gzipped or not).
+
+    ``kind``: "wordpiece" (BERT: [PAD]=0 [UNK] [CLS] [SEP] [MASK]), "bpe" (byte-level, RoBERTa:
+    <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>), or "unigram" (T5: <pad>=0 </s>=1 <unk>=2, then
+    ``extra_ids`` sentinels at the end of the vocabulary with <extra_id_0> last, as in T5).
+    ``special_tokens`` are extra special tokens added after the kind's own (e.g. "<|endoftext|>").
+    ``vocab_size`` counts every token, sentinels included. With ``out_dir`` the tokenizer is
+    also saved there as an HF tokenizer folder.
+    """
+    from lmzoo.data import iter_documents
+
+    if kind not in KINDS:
+        raise UserError(f"tokenizer kind must be one of {KINDS}, got {kind!r}")
+    if extra_ids < 0 or (extra_ids and kind != "unigram"):
+        raise UserError(f"extra_ids must be 0 for {kind!r} and >= 0 for 'unigram', got {extra_ids}")
+    if min_frequency < 1:
+        raise UserError(f"min_frequency must be >= 1, got {min_frequency}")
+    roles = dict(DEFAULT_SPECIALS[kind])
+    if kind == "bpe":  # RoBERTa: <s> doubles as the classifier token, </s> as the separator
+        roles.update(cls="<s>", sep="</s>")
+    user_extra = [t for t in dict.fromkeys(special_tokens or []) if t not in roles.values()]
+    specials = list(DEFAULT_SPECIALS[kind].values()) + user_extra
+    n_special = len(specials) + extra_ids
+    if vocab_size <= n_special:
+        raise UserError(f"vocab_size={vocab_size} is too small for the {n_special} special tokens of {kind!r}")
+    if not files:
+        raise UserError("no training files given")
+
+    documents = iter_documents(files, document_split=document_split)
+    first = next(documents, None)  # resolves the paths and fails early on a missing or empty corpus
+    if first is None:
+        raise UserError(f"empty corpus: no text in {files!r}")
+    documents = itertools.chain([first], documents)
+
+    if kind == "wordpiece":
+        backend = _wordpiece_pipeline(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"), lowercase)
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                            special_tokens=specials, continuing_subword_prefix="##",
+                                            show_progress=False)
+    elif kind == "bpe":
+        backend = _bpe_pipeline(models.BPE(), lowercase)
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    else:
+        backend = _unigram_pipeline(models.Unigram(), lowercase)
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size - extra_ids, special_tokens=specials,
+                                          unk_token="<unk>", show_progress=False)
+    try:
+        backend.train_from_iterator(documents, trainer=trainer)
+    except UserError:
+        raise
+    except Exception as e:  # the Rust trainers raise plain Exceptions, e.g. vocab too small for the alphabet
+        raise UserError(f"training the {kind} tokenizer failed: {e}") from None
+
+    extra = [f"<extra_id_{i}>" for i in range(extra_ids)]
+    if extra:
+        # T5 order: <extra_id_0> is the last id, <extra_id_{n-1}> the first after the pieces
+        backend.add_special_tokens(list(reversed(extra)))
+    tok = Tokenizer(backend, kind, roles, lowercase=lowercase,
+                    additional_special_tokens=extra + user_extra)
+    tok._attach_post_processor()
+    if out_dir is not None:
+        tok.save(out_dir)
+    return tok

@@ -1,0 +1,113 @@
+"""torch.distributed plumbing for the training loop: process group, device, wrapping, reductions.
+
+A run launched by ``torchrun`` (``RANK`` and ``WORLD_SIZE`` set) gets a process group (nccl on
+CUDA, gloo on CPU); a plain ``python`` run gets none and every helper here degrades to a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands: its rank, the world size, its device, and who owns the group."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool  # True when setup_distributed created the group (so teardown destroys it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 or dist.is_initialized()
+
+
+def setup_distributed() -> DistInfo:
+    """Init the process group when launched by torchrun; pick cuda:LOCAL_RANK or cpu."""
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    owns = False
+    if launched and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        owns = True
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    else:
+        rank, world, local_rank = 0, 1, 0
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, owns_group=owns)
+
+
+def teardown_distributed(info: DistInfo) -> None:
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(info: DistInfo, values: list[float]) -> list[float]:
+    """Sum a few floats over ranks (float64 so token counts stay exact)."""
+    if not info.distributed:
+        return list(values)
+    device = info.device if info.device.type == "cuda" else torch.device("cpu")
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def all_gather_object(info: DistInfo, obj: object) -> list[object]:
+    if not info.distributed:
+        return [obj]
+    out: list[object] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool) -> nn.Module:
+    """DistributedDataParallel, or FSDP2 ``fully_shard`` (each block of every ModuleList, then the root)."""
+    if not info.distributed:
+        return model
+    if fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for module in list(model.modules()):
+            if isinstance(module, nn.ModuleList):
+                for block in module:
+                    fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def set_grad_sync(model: nn.Module, sync: bool):
+    """Context for one micro-step: gradients are all-reduced only when ``sync`` (the last micro-step)."""
+    import contextlib
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        return contextlib.nullcontext() if sync else model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2 module
+        model.set_requires_gradient_sync(sync)
+    return contextlib.nullcontext()
