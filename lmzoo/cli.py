@@ -106,6 +106,9 @@ def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mask-token-prob", type=float, default=0.8, help="share of chosen tokens set to the mask")
     g.add_argument("--random-token-prob", type=float, default=0.1, help="share set to a random token")
     g.add_argument("--whole-word", action="store_true", help="mask whole words")
+    g = p.add_argument_group("permutation LM (XLNet)")
+    g.add_argument("--plm-k", type=float, default=6.0, help="predict about 1/K of the tokens (K > 1)")
+    g.add_argument("--max-span", type=int, default=5, help="predicted spans of 1..N tokens")
     _train_arguments(p)
 
 
@@ -120,7 +123,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     objective = args.objective or DEFAULT_OBJECTIVE[preset_config(args.preset).family]
     options = ObjectiveOptions(seq_len=args.seq_len, mask_prob=args.mask_prob, mask_token_prob=args.mask_token_prob,
-                               random_token_prob=args.random_token_prob, whole_word=args.whole_word, seed=args.seed)
+                               random_token_prob=args.random_token_prob, whole_word=args.whole_word, seed=args.seed,
+                               plm_k=args.plm_k, max_span=args.max_span)
     result = pretrain(preset=args.preset, objective_name=objective, data=_data_spec(args.data), out=args.out,
                       train_config=train_config_from_args(args), options=options, tokenizer_path=args.tokenizer,
                       vocab_size=args.vocab_size, lowercase=args.lowercase, eval_fraction=args.eval_fraction,
@@ -171,6 +175,76 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from lmzoo.demo import run_demo
 
     run_demo(args.out, only=args.only)
+
+
+def seq2seq_finetune_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``lmzoo finetune --task seq2seq`` (another finetune verb may dispatch here)."""
+    p.add_argument("--task", required=True, choices=["seq2seq"], help="seq2seq: (source, target) pairs")
+    p.add_argument("--model", required=True, help="a T5 / BART model folder (with its tokenizer)")
+    p.add_argument("--train", required=True, help="pairs file: .jsonl, .tsv or .csv with a header")
+    p.add_argument("--eval", help="held-out pairs: BLEU / chrF / ROUGE-L at each checkpoint, best kept")
+    p.add_argument("--out", required=True, help="run folder (the best model goes to OUT/best)")
+    p.add_argument("--source-column", default="source")
+    p.add_argument("--target-column", default="target")
+    p.add_argument("--prefix", default="", help='prepended to every source, e.g. "summarize: "')
+    p.add_argument("--max-source-length", type=int, default=512)
+    p.add_argument("--max-target-length", type=int, default=128)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--num-beams", type=int, default=1, help="beams when generating for evaluation")
+    p.add_argument("--metric", default="bleu", choices=["bleu", "chrf", "rougeL"], help="picks the best checkpoint")
+    _train_arguments(p)
+
+
+def run_seq2seq_finetune(args: argparse.Namespace) -> None:
+    from lmzoo.tasks.seq2seq import Seq2SeqOptions, finetune_seq2seq
+
+    options = Seq2SeqOptions(source_column=args.source_column, target_column=args.target_column, prefix=args.prefix,
+                             max_source_length=args.max_source_length, max_target_length=args.max_target_length,
+                             label_smoothing=args.label_smoothing, num_beams=args.num_beams, metric=args.metric)
+    result, best = finetune_seq2seq(model=args.model, train_path=args.train, eval_path=args.eval, out=args.out,
+                                    train_config=train_config_from_args(args), options=options, resume=args.resume,
+                                    overwrite=args.overwrite, progress=not args.no_progress)
+    scores = ", ".join(f"{k} {v:.2f}" for k, v in best.items() if k != "step")
+    print(f"step {result.step}: train loss {result.train_loss:.4f}"
+          + (f"; best (step {best['step']}): {scores} in {args.out}/best" if best else f"; model in {args.out}"))
+
+
+if "finetune" not in VERBS:  # the classification tasks may own `finetune` and dispatch --task seq2seq here
+    verb("finetune", "fine-tune a model on a task (seq2seq: source/target pairs)", seq2seq_finetune_arguments)(
+        run_seq2seq_finetune)
+
+
+def _text2text_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a T5 / BART model folder (with its tokenizer)")
+    p.add_argument("text", nargs="+", help='input text(s), e.g. "summarize: ..."')
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--num-beams", type=int, default=1)
+
+
+@verb("text2text", "generate an output text for each input text with a T5 / BART model", _text2text_arguments)
+def cmd_text2text(args: argparse.Namespace) -> None:
+    from lmzoo.tasks.seq2seq import generate_texts, load_seq2seq_model
+
+    if args.max_new_tokens < 1 or args.num_beams < 1:
+        raise UserError("--max-new-tokens and --num-beams must be >= 1")
+    model, tokenizer = load_seq2seq_model(args.model)
+    for output in generate_texts(model, tokenizer, args.text, max_new_tokens=args.max_new_tokens,
+                                 num_beams=args.num_beams):
+        print(output)
+
+
+@verb("reconstruct", "fill the <mask> spans of a text with a BART model (T5: <extra_id_N> sentinels)",
+      _text2text_arguments)
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from lmzoo.tasks.seq2seq import load_seq2seq_model, reconstruct_texts
+
+    model, tokenizer = load_seq2seq_model(args.model)
+    for text in args.text:
+        if "<mask>" not in text and "<extra_id_" not in text:
+            raise UserError('the text has no gap to fill: write "<mask>" (BART) or "<extra_id_0>" (T5)')
+    for output in reconstruct_texts(model, tokenizer, args.text, max_new_tokens=args.max_new_tokens,
+                                    num_beams=args.num_beams):
+        print(output)
 
 
 # --- verbs: each family/task adds its verbs above this line ---

@@ -50,6 +50,10 @@ class ModelConfig:
     tied_logits_scale: bool = False  # T5 v1.0: hidden * d_model**-0.5 before the tied LM head
     relative_buckets: int = 32
     relative_max_distance: int = 128
+    mem_len: int = 0  # XLNet: hidden states kept as memory per layer (0 = keep all that are passed on)
+    reuse_len: int = 0  # XLNet: only the first reuse_len tokens of a segment go to memory (0 = all)
+    bi_data: bool = False  # XLNet: 2nd half of each batch is the reversed text, with backward positions
+    clamp_len: int = -1  # XLNet: clamp relative distances to +-clamp_len (-1 = no clamp)
     dropout: float = 0.1
     attention_dropout: float = 0.1
     classifier_dropout: float | None = None
@@ -83,6 +87,8 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 bad(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.mem_len < 0 or self.reuse_len < 0:
+            bad("mem_len and reuse_len must be >= 0")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             bad(f"pad_token_id {self.pad_token_id} outside the vocabulary of {self.vocab_size}")
 

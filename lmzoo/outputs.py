@@ -25,3 +25,4 @@ class ModelOutput:
     nsp_loss: torch.Tensor | None = None
     encoder_last_hidden_state: torch.Tensor | None = None
     cache: Any = None
+    mems: list[torch.Tensor] | None = None  # XLNet: per-layer memory for the next segment

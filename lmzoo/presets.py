@@ -24,6 +24,33 @@ def roberta(*, d_model: int, n_layers: int, n_heads: int, vocab_size: int = 5026
         eos_token_id=2)
 
 
+def xlnet(*, d_model: int, n_layers: int, n_heads: int, vocab_size: int = 32000, **kw: Any) -> ModelConfig:
+    """XLNet (cased SentencePiece vocabulary of 32000; <pad> = 5, <s> = 1, </s> = 2)."""
+    return ModelConfig(**{**dict(family="xlnet", vocab_size=vocab_size, d_model=d_model, n_layers=n_layers,
+                                 n_heads=n_heads, d_ff=4 * d_model, max_positions=512,
+                                 positions="relative_sinusoidal", norm_eps=1e-12, pad_token_id=5,
+                                 bos_token_id=1, eos_token_id=2, classifier_dropout=0.1), **kw})
+
+
+def t5(*, d_model: int, n_layers: int, n_heads: int, d_ff: int, d_head: int = 64, v1_1: bool = False,
+       vocab_size: int = 32128, n_decoder_layers: int | None = None, **kw: Any) -> ModelConfig:
+    """T5 v1.0 (ReLU, tied head scaled by d_model**-0.5) or v1.1 (gated GELU, untied); <pad> = 0, </s> = 1."""
+    return ModelConfig(family="t5", vocab_size=vocab_size, d_model=d_model, n_layers=n_layers,
+                       n_decoder_layers=n_decoder_layers or n_layers, n_heads=n_heads, d_head=d_head, d_ff=d_ff,
+                       positions="relative_buckets", norm="rmsnorm", norm_eps=1e-6, pre_norm=True,
+                       activation="gelu_tanh" if v1_1 else "relu", gated_ffn=v1_1, bias=False, attention_scale=False,
+                       tie_embeddings=not v1_1, tied_logits_scale=not v1_1, pad_token_id=0, eos_token_id=1,
+                       decoder_start_token_id=0, **{"attention_dropout": 0.1, **kw})
+
+
+def bart(*, d_model: int, n_layers: int, n_heads: int, vocab_size: int = 50265, **kw: Any) -> ModelConfig:
+    """BART (byte-level BPE vocabulary; <s> = 0, <pad> = 1, </s> = 2 starts the decoder)."""
+    return ModelConfig(family="bart", vocab_size=vocab_size, d_model=d_model, n_layers=n_layers,
+                       n_decoder_layers=n_layers, n_heads=n_heads, d_ff=4 * d_model, max_positions=1024,
+                       position_offset=2, norm_eps=1e-5, embedding_norm=True, pad_token_id=1, bos_token_id=0,
+                       eos_token_id=2, decoder_start_token_id=2, **{"attention_dropout": 0.0, **kw})
+
+
 # name → (config factory, lmzoo class name built by default)
 PRESETS: dict[str, tuple[Callable[[], ModelConfig], str]] = {
     "bert-tiny": (lambda: bert(d_model=128, n_layers=2, n_heads=2), "BertForPreTraining"),
@@ -31,6 +58,15 @@ PRESETS: dict[str, tuple[Callable[[], ModelConfig], str]] = {
     "bert-base": (lambda: bert(d_model=768, n_layers=12, n_heads=12), "BertForPreTraining"),
     "roberta-tiny": (lambda: roberta(d_model=128, n_layers=2, n_heads=2), "RobertaForMaskedLM"),
     "roberta-base": (lambda: roberta(d_model=768, n_layers=12, n_heads=12), "RobertaForMaskedLM"),
+    "xlnet-tiny": (lambda: xlnet(d_model=128, n_layers=2, n_heads=2), "XLNetLMHeadModel"),
+    "xlnet-base": (lambda: xlnet(d_model=768, n_layers=12, n_heads=12), "XLNetLMHeadModel"),
+    "t5-tiny": (lambda: t5(d_model=128, n_layers=2, n_heads=4, d_head=32, d_ff=512), "T5ForConditionalGeneration"),
+    "t5-small": (lambda: t5(d_model=512, n_layers=6, n_heads=8, d_ff=2048), "T5ForConditionalGeneration"),
+    "t5-base": (lambda: t5(d_model=768, n_layers=12, n_heads=12, d_ff=3072), "T5ForConditionalGeneration"),
+    "t5-v1_1-small": (lambda: t5(d_model=512, n_layers=8, n_heads=6, d_ff=1024, v1_1=True),
+                      "T5ForConditionalGeneration"),
+    "bart-tiny": (lambda: bart(d_model=128, n_layers=2, n_heads=4), "BartForConditionalGeneration"),
+    "bart-base": (lambda: bart(d_model=768, n_layers=6, n_heads=12), "BartForConditionalGeneration"),
 }
 
 

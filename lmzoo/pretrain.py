@@ -34,6 +34,8 @@ class ObjectiveOptions:
     mask_token_prob: float = 0.8
     random_token_prob: float = 0.1
     whole_word: bool = False
+    plm_k: float = 6.0  # permutation LM: predict about 1/K of the tokens
+    max_span: int = 5  # permutation LM: spans of 1..max_span predicted tokens
     seed: int = 0
     family: str = "bert"  # the preset's family (set by pretrain): picks the model class trained
     extra: dict[str, Any] = field(default_factory=dict)  # objective-specific options
@@ -45,6 +47,10 @@ class ObjectiveOptions:
             raise UserError(f"--seq-len must be >= 8, got {self.seq_len}")
         MLMConfig(mask_prob=self.mask_prob, mask_token_prob=self.mask_token_prob,
                   random_token_prob=self.random_token_prob, whole_word=self.whole_word)  # validates early
+        if not self.plm_k > 1:
+            raise UserError(f"--plm-k must be > 1 (about 1/K of the tokens are predicted), got {self.plm_k}")
+        if self.max_span < 1:
+            raise UserError(f"--max-span must be >= 1, got {self.max_span}")
 
 
 @dataclass
@@ -119,6 +125,35 @@ def build_mlm_nsp(tokenizer: Tokenizer, train_corpus: TokenizedCorpus, eval_corp
 
     return ObjectiveSetup(pairs(train_corpus, options.seed), pairs(eval_corpus, options.seed + 1),
                           _mlm_collator(tokenizer, options), mlm_nsp_metrics, "BertForPreTraining")
+
+
+@objective("plm")
+def build_plm(tokenizer: Tokenizer, train_corpus: TokenizedCorpus, eval_corpus: TokenizedCorpus,
+              options: ObjectiveOptions) -> ObjectiveSetup:
+    """XLNet recipe: packed rows, a random factorization order per row, ~1/K of the tokens
+    predicted as spans; a fixed number of prediction rows keeps shapes static."""
+    import math
+
+    from lmzoo.objectives.mlm import mlm_metrics
+    from lmzoo.objectives.packing import PackedDataset
+    from lmzoo.objectives.plm import PLMCollator
+
+    if options.family != "xlnet":
+        raise UserError(f"objective plm trains xlnet presets, not {options.family}")
+    if tokenizer.pad_id is None:
+        raise UserError("permutation LM needs a tokenizer with a pad token")
+
+    def packed(corpus: TokenizedCorpus) -> PackedDataset:
+        return PackedDataset(corpus, max_length=options.seq_len, bos_id=None, eos_id=tokenizer.eos_id,
+                             sep_between_docs=tokenizer.eos_id is not None)
+
+    collate = PLMCollator(pad_id=tokenizer.pad_id, K=options.plm_k, max_span=options.max_span,
+                          num_predict=math.ceil(options.seq_len / options.plm_k) + options.max_span,
+                          special_ids=tuple(tokenizer.special_ids))
+    def plm_metrics(batch, output) -> dict[str, float]:  # accuracy on the predicted tokens
+        return {k.replace("mlm", "plm"): v for k, v in mlm_metrics(batch, output).items()}
+
+    return ObjectiveSetup(packed(train_corpus), packed(eval_corpus), collate, plm_metrics, "XLNetLMHeadModel")
 
 
 def holds_run(out: Path) -> bool:

@@ -1,0 +1,270 @@
+"""BART: a post-LN encoder-decoder trained as a denoising autoencoder (Lewis et al., 2020).
+
+Learned positions with a table offset of 2, a LayerNorm right after the embeddings of both
+stacks, GELU, embeddings tied to the LM head, plus a ``final_logits_bias`` added to the logits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmzoo.config import ModelConfig
+from lmzoo.errors import UserError
+from lmzoo.models.base import PreTrainedModel
+from lmzoo.models.bert import activation_from_hf
+from lmzoo.models.t5 import (CrossKVCache, EncoderDecoderState, KVCache, decoder_start_id, encoder_mask,
+                             new_generation_state, seq2seq_loss, shift_right)
+from lmzoo.nn.attention import causal_mask, padding_mask
+from lmzoo.nn.block import Block
+from lmzoo.nn.norm import make_norm
+from lmzoo.outputs import ModelOutput
+
+
+class BartStack(nn.Module):
+    """Encoder or decoder: + positions → LayerNorm → dropout → post-LN blocks (token embeddings come in)."""
+
+    def __init__(self, config: ModelConfig, *, decoder: bool) -> None:
+        super().__init__()
+        self.config = config
+        self.decoder = decoder
+        self.positions = nn.Embedding(config.max_positions + config.position_offset, config.d_model)
+        self.embed_norm = make_norm(config)
+        self.layers = nn.ModuleList(
+            Block(config, cross_attention=decoder)
+            for _ in range(config.n_decoder_layers if decoder else config.n_layers)
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        encoder_states: torch.Tensor | None = None,
+        encoder_mask: torch.Tensor | None = None,
+        caches: list[KVCache] | None = None,
+        cross_caches: list[CrossKVCache] | None = None,
+        past: int = 0,
+    ) -> torch.Tensor:
+        """``x``: scaled token embeddings (B, T, D); ``past``: decoder tokens already in ``caches``."""
+        length = x.shape[1]
+        if past + length > self.config.max_positions:
+            raise UserError(f"sequence of {past + length} tokens exceeds max_positions {self.config.max_positions}")
+        positions = torch.arange(past, past + length, device=x.device) + self.config.position_offset
+        x = self.dropout(self.embed_norm(x + self.positions(positions)))
+        padded = attention_mask is not None and not bool(attention_mask.all())
+        mask = padding_mask(attention_mask, x.dtype) if padded else None
+        is_causal = False
+        if self.decoder:
+            if mask is None and past == 0:
+                is_causal = True  # SDPA's own causal kernel, no mask tensor
+            else:
+                causal = causal_mask(length, past + length, x.dtype, x.device)
+                mask = causal if mask is None else mask + causal
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask=mask, is_causal=is_causal, cache=caches[i] if caches else None,
+                      encoder_states=encoder_states, encoder_mask=encoder_mask,
+                      cross_cache=cross_caches[i] if cross_caches else None)
+        return x
+
+
+def stack_key_map(hf: str, ours: str, *, decoder: bool) -> list[tuple[str, str | None]]:
+    layer = f"{hf}.layers.{{}}"
+    mine = f"{ours}.layers.{{}}"
+    attn = [(f"{layer}.self_attn.{p}_proj", f"{mine}.attn.{p}") for p in "qkv"]
+    attn += [(f"{layer}.self_attn.out_proj", f"{mine}.attn.o"), (f"{layer}.self_attn_layer_norm", f"{mine}.attn_norm")]
+    cross = []
+    if decoder:
+        cross = [(f"{layer}.encoder_attn.{p}_proj", f"{mine}.cross_attn.{p}") for p in "qkv"]
+        cross += [(f"{layer}.encoder_attn.out_proj", f"{mine}.cross_attn.o"),
+                  (f"{layer}.encoder_attn_layer_norm", f"{mine}.cross_norm")]
+    return [
+        (f"{hf}.embed_tokens", None),  # tied to shared
+        (f"{hf}.embed_positions", f"{ours}.positions"),
+        (f"{hf}.layernorm_embedding", f"{ours}.embed_norm"),
+        *attn,
+        *cross,
+        (f"{layer}.fc1", f"{mine}.ffn.up"),
+        (f"{layer}.fc2", f"{mine}.ffn.down"),
+        (f"{layer}.final_layer_norm", f"{mine}.ffn_norm"),
+    ]
+
+
+class BartModel(PreTrainedModel):
+    """Shared token embeddings, encoder and decoder; returns the decoder's last hidden state."""
+
+    hf_architecture = "BartModel"
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        if not config.is_encoder_decoder:
+            raise UserError("BART needs n_decoder_layers > 0")
+        self.shared = nn.Embedding(config.vocab_size, config.d_model)
+        self.encoder = BartStack(config, decoder=False)
+        self.decoder = BartStack(config, decoder=True)
+        self.embed_scale = math.sqrt(config.d_model) if config.embedding_scale else 1.0
+        self.init_weights()
+
+    @classmethod
+    def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
+        return [("shared", "shared"), *stack_key_map("encoder", "encoder", decoder=False),
+                *stack_key_map("decoder", "decoder", decoder=True)]
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.shared(ids) * self.embed_scale
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encoder(self.embed(input_ids), attention_mask)
+
+    def decode(self, decoder_input_ids: torch.Tensor, decoder_attention_mask: torch.Tensor | None,
+               enc: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.decoder(self.embed(decoder_input_ids), decoder_attention_mask, encoder_states=enc,
+                            encoder_mask=encoder_mask(attention_mask, enc.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        if decoder_input_ids is None:  # as HF: the decoder reads the input shifted right
+            decoder_input_ids = shift_right(input_ids, decoder_start_id(self.config), self.config.pad_token_id)
+        enc = self.encode(input_ids, attention_mask)
+        hidden = self.decode(decoder_input_ids, decoder_attention_mask, enc, attention_mask)
+        return ModelOutput(last_hidden_state=hidden, encoder_last_hidden_state=enc)
+
+
+class BartForConditionalGeneration(PreTrainedModel):
+    """BartModel + tied LM head + final_logits_bias; ``labels`` give teacher forcing and the loss."""
+
+    hf_architecture = "BartForConditionalGeneration"
+    base_prefix = "model"
+    head_modules = ("final_logits_bias",)
+
+    def __init__(self, config: ModelConfig, *, label_smoothing: float = 0.0) -> None:
+        super().__init__(config)
+        self.label_smoothing = label_smoothing
+        self.model = BartModel(config)
+        self.register_buffer("final_logits_bias", torch.zeros(config.vocab_size))  # saved, never trained
+
+    @classmethod
+    def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
+        body = [(f"model.{h}", None if o is None else f"model.{o}") for h, o in BartModel.hf_key_map(config)]
+        return [*body, ("final_logits_bias", "final_logits_bias"), ("lm_head", None)]
+
+    @classmethod
+    def hf_tensors_in(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if "final_logits_bias" in state:
+            state = {**state, "final_logits_bias": state["final_logits_bias"].reshape(-1)}
+        return state
+
+    @classmethod
+    def hf_tensors_out(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {**state, "final_logits_bias": state["final_logits_bias"].reshape(1, -1)}
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(hidden, self.model.shared.weight, self.final_logits_bias)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        if decoder_input_ids is None:
+            source = labels if labels is not None else input_ids
+            decoder_input_ids = shift_right(source, decoder_start_id(self.config), self.config.pad_token_id)
+        enc = self.model.encode(input_ids, attention_mask)
+        hidden = self.model.decode(decoder_input_ids, decoder_attention_mask, enc, attention_mask)
+        logits = self.logits(hidden)
+        loss = seq2seq_loss(logits, labels, self.label_smoothing) if labels is not None else None
+        return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden, encoder_last_hidden_state=enc)
+
+    # generation protocol (lmzoo.generate)
+    @torch.no_grad()
+    def prepare_generation(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                           max_new_tokens: int) -> EncoderDecoderState:
+        """Run the encoder once and allocate the decoder caches."""
+        return new_generation_state(self, self.model.encode(input_ids, attention_mask), attention_mask,
+                                    max_new_tokens)
+
+    @torch.no_grad()
+    def generation_step(self, tokens: torch.Tensor, state: EncoderDecoderState) -> torch.Tensor:
+        """Feed new decoder tokens (B, t); returns the logits of the last one (B, vocab)."""
+        hidden = self.model.decoder(self.model.embed(tokens), None, encoder_states=state.encoder_states,
+                                    encoder_mask=state.encoder_mask, caches=state.self_caches,
+                                    cross_caches=state.cross_caches, past=state.length)
+        state.length += tokens.shape[1]
+        return self.logits(hidden[:, -1])
+
+
+def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    """HF BartConfig dict → ModelConfig."""
+    for enc, dec in (("encoder_attention_heads", "decoder_attention_heads"), ("encoder_ffn_dim", "decoder_ffn_dim")):
+        if hf.get(enc, 16) != hf.get(dec, 16):
+            raise UserError(f"unsupported BART config: {enc} != {dec}")
+    if hf.get("normalize_before") or hf.get("add_final_layer_norm"):
+        raise UserError("unsupported BART variant (pre-norm / final layer norm: mBART)")
+    kept = ("forced_bos_token_id", "forced_eos_token_id", "activation_dropout", "init_std")
+    return ModelConfig(
+        family="bart",
+        vocab_size=hf["vocab_size"],
+        d_model=hf.get("d_model", 1024),
+        n_layers=hf.get("encoder_layers", 12),
+        n_decoder_layers=hf.get("decoder_layers", 12),
+        n_heads=hf.get("encoder_attention_heads", 16),
+        d_ff=hf.get("encoder_ffn_dim", 4096),
+        max_positions=hf.get("max_position_embeddings", 1024),
+        position_offset=2,
+        norm_eps=1e-5,
+        embedding_norm=True,
+        embedding_scale=bool(hf.get("scale_embedding", False)),
+        activation=activation_from_hf(hf.get("activation_function", "gelu")),
+        dropout=hf.get("dropout", 0.1),
+        attention_dropout=hf.get("attention_dropout", 0.0),
+        pad_token_id=hf.get("pad_token_id", 1),
+        bos_token_id=hf.get("bos_token_id", 0),
+        eos_token_id=hf.get("eos_token_id", 2),
+        decoder_start_token_id=hf.get("decoder_start_token_id", 2),
+        extra={k: hf[k] for k in kept if k in hf},
+    )
+
+
+def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """ModelConfig → HF BartConfig dict."""
+    act = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}[config.activation]
+    return {
+        "model_type": "bart",
+        "vocab_size": config.vocab_size,
+        "d_model": config.d_model,
+        "encoder_layers": config.n_layers,
+        "decoder_layers": config.n_decoder_layers,
+        "encoder_attention_heads": config.n_heads,
+        "decoder_attention_heads": config.n_heads,
+        "encoder_ffn_dim": config.d_ff,
+        "decoder_ffn_dim": config.d_ff,
+        "max_position_embeddings": config.max_positions,
+        "scale_embedding": config.embedding_scale,
+        "activation_function": act,
+        "dropout": config.dropout,
+        "attention_dropout": config.attention_dropout,
+        "pad_token_id": config.pad_token_id,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "decoder_start_token_id": config.decoder_start_token_id,
+        "is_encoder_decoder": True,
+        "tie_word_embeddings": True,
+        **config.extra,
+    }
+
+
+MODEL_TYPES = ("bart",)
+ARCHITECTURES = (BartModel, BartForConditionalGeneration)
+DEFAULT_ARCHITECTURE = BartForConditionalGeneration
