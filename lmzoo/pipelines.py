@@ -31,13 +31,16 @@ class MaskPrediction:
 
 def fill_mask(model: PreTrainedModel, tokenizer: Tokenizer, text: str, *, top_k: int = 5) -> list[list[MaskPrediction]]:
     """Top-k predictions for every mask in ``text`` (written ``[MASK]`` or ``<mask>``, whatever the
-    model's own spelling), most probable first."""
+    model's own spelling), most probable first. Masked LMs (BERT, RoBERTa) predict from their
+    MLM head; XLNet predicts each blank with its query stream, the blanks hidden from everyone."""
+    if top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {top_k}")
+    if model.config.family == "xlnet" and hasattr(model, "lm_head"):
+        return _fill_blanks_plm(model, tokenizer, text, top_k)
     if getattr(model, "mlm_head", None) is None:
         raise UserError(f"{model.hf_architecture} has no masked-LM head; fill-mask needs e.g. a *ForMaskedLM model")
     if tokenizer.mask_id is None:
         raise UserError("the tokenizer has no mask token")
-    if top_k < 1:
-        raise UserError(f"--top-k must be >= 1, got {top_k}")
     mask_token = tokenizer.id_to_token(tokenizer.mask_id)
     for spelling in MASK_SPELLINGS:
         text = text.replace(spelling, mask_token)
@@ -49,14 +52,49 @@ def fill_mask(model: PreTrainedModel, tokenizer: Tokenizer, text: str, *, top_k:
     input_ids = torch.tensor([ids])
     with torch.no_grad():
         logits = model(input_ids=input_ids, token_type_ids=torch.tensor([types])).logits[0]  # (T, V)
+    positions = (input_ids[0] == tokenizer.mask_id).nonzero().flatten()
+    return _top_predictions(logits[positions], tokenizer, top_k)
+
+
+def _top_predictions(logits: torch.Tensor, tokenizer: Tokenizer, top_k: int) -> list[list[MaskPrediction]]:
+    """[n_blanks, vocab] logits → the top-k tokens of each row, special tokens excluded."""
     results = []
-    for position in (input_ids[0] == tokenizer.mask_id).nonzero().flatten().tolist():
-        probs = logits[position].float().softmax(-1)
-        probs[list(tokenizer.special_ids)] = 0.0  # never propose [CLS], [PAD], ...
+    for row in logits:
+        probs = row.float().softmax(-1)
+        probs[[i for i in tokenizer.special_ids if i < probs.numel()]] = 0.0  # never propose [CLS], [PAD], ...
         top = probs.topk(min(top_k, probs.numel()))
         results.append([MaskPrediction(tokenizer.decode([i]).strip() or tokenizer.id_to_token(i), i, p)
                         for p, i in zip(top.values.tolist(), top.indices.tolist())])
     return results
+
+
+def _fill_blanks_plm(model: PreTrainedModel, tokenizer: Tokenizer, text: str, top_k: int) -> list[list[MaskPrediction]]:
+    """XLNet: one token per blank; no position may see a blank's content (perm_mask), and the
+    query stream predicts every blank from its position and the visible context."""
+    pieces = text
+    for spelling in MASK_SPELLINGS:
+        pieces = pieces.replace(spelling, "\0")
+    parts = pieces.split("\0")
+    if len(parts) < 2:
+        raise UserError("no blank in the text: write <mask> (or [MASK]) where a token should be predicted")
+    ids: list[int] = []
+    blanks: list[int] = []
+    for n, part in enumerate(parts):
+        if part.strip():
+            ids += tokenizer.encode(part.strip())
+        if n < len(parts) - 1:
+            blanks.append(len(ids))
+            ids.append(tokenizer.unk_id if tokenizer.unk_id is not None else 0)  # content never seen
+    if len(ids) > model.config.max_positions:
+        raise UserError(f"text of {len(ids)} tokens exceeds the model's {model.config.max_positions} positions")
+    length = len(ids)
+    perm_mask = torch.zeros(1, length, length)
+    perm_mask[0, :, blanks] = 1.0
+    target_mapping = torch.zeros(1, len(blanks), length)
+    target_mapping[0, torch.arange(len(blanks)), blanks] = 1.0
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids]), perm_mask=perm_mask, target_mapping=target_mapping).logits[0]
+    return _top_predictions(logits, tokenizer, top_k)
 
 
 def next_sentence_probability(model: PreTrainedModel, tokenizer: Tokenizer, first: str, second: str) -> float:

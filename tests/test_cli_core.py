@@ -158,3 +158,22 @@ def test_every_verb_has_help(capsys):
             main([name, "--help"])
         assert e.value.code == 0
         assert name in capsys.readouterr().out
+
+
+def test_xlnet_plm_pretrain_then_fill_blank(tmp_path, capsys):
+    corpus = learnable_corpus(tmp_path / "numbers.txt", n_docs=200)
+    out = tmp_path / "xlnet"
+    code, stdout, stderr = run(capsys, "pretrain", "--preset", "xlnet-tiny", "--objective", "plm", "--data", corpus,
+                               "--out", out, "--eval-fraction", 0.2, "--max-steps", 150, "--batch-size", 16,
+                               "--seq-len", 32, "--vocab-size", 60, "--lr", 2e-3, "--no-progress")
+    assert code == 0, stderr
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["XLNetLMHeadModel"]
+    assert "plm_accuracy" in stdout
+    accuracy = float(stdout.split("plm_accuracy")[1].split(";")[0])
+    assert accuracy > 0.35, stdout  # far above chance (1/60) and the unigram rate of the counting corpus
+    code, stdout, _ = run(capsys, "fill-mask", out, "one two <mask> four five.", "--top-k", 3)
+    assert code == 0
+    assert "three" in [line.split()[1] for line in stdout.splitlines()[1:]], stdout
+    code, _, stderr = run(capsys, "pretrain", "--preset", "xlnet-tiny", "--objective", "plm", "--data", corpus,
+                          "--out", tmp_path / "k1", "--plm-k", 1)
+    assert code == 2 and "--plm-k must be > 1" in stderr
