@@ -130,6 +130,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
                       vocab_size=args.vocab_size, lowercase=args.lowercase, eval_fraction=args.eval_fraction,
                       document_split=args.document_split, resume=args.resume, overwrite=args.overwrite,
                       progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.eval_metrics.items())
     print(f"step {result.step}: train loss {result.train_loss:.4f}; eval {metrics}; model in {args.out}")
 

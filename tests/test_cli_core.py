@@ -177,3 +177,25 @@ def test_xlnet_plm_pretrain_then_fill_blank(tmp_path, capsys):
     code, _, stderr = run(capsys, "pretrain", "--preset", "xlnet-tiny", "--objective", "plm", "--data", corpus,
                           "--out", tmp_path / "k1", "--plm-k", 1)
     assert code == 2 and "--plm-k must be > 1" in stderr
+
+
+@pytest.mark.slow
+def test_pretrain_under_torchrun_two_processes(tmp_path):
+    import subprocess
+    import sys
+
+    corpus = learnable_corpus(tmp_path / "numbers.txt")
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lmzoo.cli",
+           "pretrain", "--preset", "bert-tiny", "--data", str(corpus), "--out", str(out), "--max-steps", "12",
+           "--batch-size", "8", "--seq-len", "32", "--vocab-size", "60", "--no-progress", "--eval-fraction", "0.2",
+           "--log-every", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                                "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("step 12:") == 1  # rank 0 reports, once
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert steps == list(range(1, 13))  # one writer: every step logged exactly once
+    import lmzoo
+
+    assert type(lmzoo.from_pretrained(out)).__name__ == "BertForPreTraining"
