@@ -79,21 +79,20 @@ class KVCache:
 
 
 class CrossKVCache:
-    """Cross-attention keys/values, computed once from the encoder states and then only read."""
+    """Cross-attention keys/values: projected from the encoder states at the first step, then only read
+    (``Attention`` skips its k/v projections when ``kv`` is set)."""
 
     def __init__(self) -> None:
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
+        self.kv: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k is None:
-            self.k, self.v = k, v
-        return self.k, self.v
+        if self.kv is None:
+            self.kv = (k, v)
+        return self.kv
 
     def reorder(self, index: torch.Tensor) -> None:
-        if self.k is not None:
-            self.k = self.k.index_select(0, index)
-            self.v = self.v.index_select(0, index)
+        if self.kv is not None:
+            self.kv = (self.kv[0].index_select(0, index), self.kv[1].index_select(0, index))
 
 
 @dataclass

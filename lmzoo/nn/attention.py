@@ -75,10 +75,13 @@ class Attention(nn.Module):
         batch, length, _ = x.shape
         q = self.split_heads(self.q(x))
         source = x if kv_input is None else kv_input
-        k = self.split_heads(self.k(source))
-        v = self.split_heads(self.v(source))
-        if cache is not None:
-            k, v = cache.update(k, v)
+        if cache is not None and kv_input is not None and getattr(cache, "kv", None) is not None:
+            k, v = cache.kv  # cross-attention while decoding: encoder keys/values projected once
+        else:
+            k = self.split_heads(self.k(source))
+            v = self.split_heads(self.v(source))
+            if cache is not None:
+                k, v = cache.update(k, v)
         y = F.scaled_dot_product_attention(
             q,
             k,

@@ -1,0 +1,106 @@
+"""Seq2seq fine-tuning: pairs files, bad input → one-line error, metrics, and `lmzoo finetune --task
+seq2seq` teaching a tiny BART a learnable task end to end (then `text2text` / `reconstruct`)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from lmzoo.cli import main
+from lmzoo.errors import UserError
+from lmzoo.models.bart import BartForConditionalGeneration
+from lmzoo.presets import preset_config
+from lmzoo.tasks.seq2seq import Seq2SeqCollator, Seq2SeqDataset, read_pairs, text_metrics
+from lmzoo.tokenizer import train_tokenizer
+
+WORDS = "apple river stone cloud tiger lemon window garden silver rocket".split()
+
+
+def sentences(n: int, seed: int) -> list[list[str]]:
+    rng = random.Random(seed)
+    return [[rng.choice(WORDS) for _ in range(4)] for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def bart_folder(tmp_path_factory):
+    """A tiny random BART with a byte-level BPE tokenizer trained on the task's words."""
+    folder = tmp_path_factory.mktemp("bart")
+    text = folder / "corpus.txt"
+    text.write_text("\n\n".join(" ".join(s) for s in sentences(300, 0)))
+    tokenizer = train_tokenizer([str(text)], kind="bpe", vocab_size=300, out_dir=str(folder))
+    torch.manual_seed(0)
+    model = BartForConditionalGeneration(preset_config("bart-tiny", vocab_size=tokenizer.vocab_size, dropout=0.0,
+                                                       max_positions=64))
+    model.save_pretrained(folder)
+    return folder
+
+
+def write_pairs(path, n, seed):
+    with open(path, "w") as f:
+        for s in sentences(n, seed):
+            f.write(json.dumps({"source": " ".join(s), "target": " ".join(reversed(s))}) + "\n")
+
+
+def test_read_pairs_formats_and_errors(tmp_path):
+    (tmp_path / "a.tsv").write_text("en\tde\nyes\tja\nno\tnein\n")
+    assert read_pairs(tmp_path / "a.tsv", source_column="en", target_column="de") == [("yes", "ja"), ("no", "nein")]
+    (tmp_path / "a.csv").write_text('source,target\n"a, b",c\n')
+    assert read_pairs(tmp_path / "a.csv") == [("a, b", "c")]
+    with pytest.raises(UserError, match="no column 'target'"):
+        read_pairs(tmp_path / "a.tsv", source_column="en")
+    (tmp_path / "b.jsonl").write_text('{"source": "x", "target": ""}\n')
+    with pytest.raises(UserError, match="empty target"):
+        read_pairs(tmp_path / "b.jsonl")
+    (tmp_path / "c.txt").write_text("x")
+    with pytest.raises(UserError, match=".jsonl, .tsv or .csv"):
+        read_pairs(tmp_path / "c.txt")
+
+
+def test_metrics_known_values():
+    same = text_metrics(["the cat sat on the mat"], ["the cat sat on the mat"])
+    assert same == {"bleu": pytest.approx(100.0), "chrf": pytest.approx(100.0), "rougeL": pytest.approx(100.0)}
+    half = text_metrics(["the cat"], ["the cat sat on"])
+    assert half["rougeL"] == pytest.approx(100 * 2 * (1.0 * 0.5) / 1.5) and half["bleu"] < 50
+
+
+def test_dataset_and_collator(bart_folder, tmp_path):
+    from lmzoo.tokenizer import Tokenizer
+
+    tok = Tokenizer.load(bart_folder)
+    data = Seq2SeqDataset([("apple river", "river apple"), ("stone", "stone stone stone")], tok, max_target_length=4)
+    item = data[0]
+    assert item["input_ids"][0] == tok.bos_id and item["input_ids"][-1] == tok.eos_id
+    assert len(data[1]["labels"]) == 4  # cut to max_target_length
+    batch = Seq2SeqCollator(tok.pad_id)([data[0], data[1]])
+    assert batch["labels"].shape[1] == 4 and batch["attention_mask"].sum(1).tolist() == [
+        len(data[0]["input_ids"]), len(data[1]["input_ids"])]
+    with pytest.raises(UserError, match="more than --max-source-length"):
+        Seq2SeqDataset([("apple river stone cloud tiger", "x")], tok, max_source_length=3)
+
+
+def test_cli_bad_input_exits_2(bart_folder, tmp_path, capsys):
+    (tmp_path / "bad.jsonl").write_text('{"src": "a", "target": "b"}\n')
+    code = main(["finetune", "--task", "seq2seq", "--model", str(bart_folder), "--train", str(tmp_path / "bad.jsonl"),
+                 "--out", str(tmp_path / "run"), "--max-steps", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and "no column 'source'" in err and len(err.splitlines()) == 1
+    assert main(["reconstruct", str(bart_folder), "no gap here"]) == 2
+
+
+def test_finetune_learns_and_keeps_best(bart_folder, tmp_path, capsys):
+    write_pairs(tmp_path / "train.jsonl", 2000, 1)
+    write_pairs(tmp_path / "eval.jsonl", 40, 2)
+    out = tmp_path / "run"
+    code = main(["finetune", "--task", "seq2seq", "--model", str(bart_folder), "--train", str(tmp_path / "train.jsonl"),
+                 "--eval", str(tmp_path / "eval.jsonl"), "--out", str(out), "--max-steps", "400", "--batch-size", "32",
+                 "--lr", "2e-3", "--warmup-steps", "10", "--save-every", "200", "--eval-batches", "2",
+                 "--max-target-length", "16", "--no-progress", "--log-every", "50"])
+    assert code == 0, capsys.readouterr().err
+    best = json.loads((out / "best" / "seq2seq_metrics.json").read_text())
+    assert best["bleu"] > 60 and best["rougeL"] > 80, best
+    capsys.readouterr()
+    assert main(["text2text", str(out / "best"), "apple river stone cloud"]) == 0
+    assert capsys.readouterr().out.strip() == "cloud stone river apple"
