@@ -109,6 +109,15 @@ def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("permutation LM (XLNet)")
     g.add_argument("--plm-k", type=float, default=6.0, help="predict about 1/K of the tokens (K > 1)")
     g.add_argument("--max-span", type=int, default=5, help="predicted spans of 1..N tokens")
+    g = p.add_argument_group("span corruption (T5) / denoising (BART)")
+    g.add_argument("--noise-density", type=float, default=0.15, help="T5: share of tokens in corrupted spans")
+    g.add_argument("--mean-span-length", type=float, default=3.0, help="T5: mean corrupted span length")
+    g.add_argument("--infill-rate", type=float, default=0.3, help="BART: share of tokens infilled (Poisson spans)")
+    g.add_argument("--poisson-lambda", type=float, default=3.0, help="BART: mean infilled span length")
+    g.add_argument("--mask-rate", type=float, default=0.0, help="BART: token masking rate")
+    g.add_argument("--delete-rate", type=float, default=0.0, help="BART: token deletion rate")
+    g.add_argument("--no-permute-sentences", action="store_true", help="BART: keep sentence order")
+    g.add_argument("--rotate", action="store_true", help="BART: document rotation")
     _train_arguments(p)
 
 
@@ -124,7 +133,11 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     objective = args.objective or DEFAULT_OBJECTIVE[preset_config(args.preset).family]
     options = ObjectiveOptions(seq_len=args.seq_len, mask_prob=args.mask_prob, mask_token_prob=args.mask_token_prob,
                                random_token_prob=args.random_token_prob, whole_word=args.whole_word, seed=args.seed,
-                               plm_k=args.plm_k, max_span=args.max_span)
+                               plm_k=args.plm_k, max_span=args.max_span, noise_density=args.noise_density,
+                               mean_span_length=args.mean_span_length,
+                               denoising=dict(infill_rate=args.infill_rate, poisson_lambda=args.poisson_lambda,
+                                              mask_rate=args.mask_rate, delete_rate=args.delete_rate,
+                                              permute_sentences=not args.no_permute_sentences, rotate=args.rotate))
     result = pretrain(preset=args.preset, objective_name=objective, data=_data_spec(args.data), out=args.out,
                       train_config=train_config_from_args(args), options=options, tokenizer_path=args.tokenizer,
                       vocab_size=args.vocab_size, lowercase=args.lowercase, eval_fraction=args.eval_fraction,

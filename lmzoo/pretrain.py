@@ -36,6 +36,9 @@ class ObjectiveOptions:
     whole_word: bool = False
     plm_k: float = 6.0  # permutation LM: predict about 1/K of the tokens
     max_span: int = 5  # permutation LM: spans of 1..max_span predicted tokens
+    noise_density: float = 0.15  # T5 span corruption: share of tokens corrupted
+    mean_span_length: float = 3.0  # T5 span corruption
+    denoising: dict[str, Any] = field(default_factory=dict)  # BART: DenoisingConfig fields (default: the paper's)
     seed: int = 0
     family: str = "bert"  # the preset's family (set by pretrain): picks the model class trained
     extra: dict[str, Any] = field(default_factory=dict)  # objective-specific options
@@ -51,6 +54,11 @@ class ObjectiveOptions:
             raise UserError(f"--plm-k must be > 1 (about 1/K of the tokens are predicted), got {self.plm_k}")
         if self.max_span < 1:
             raise UserError(f"--max-span must be >= 1, got {self.max_span}")
+        from lmzoo.objectives.denoising import DenoisingConfig
+        from lmzoo.objectives.span_corruption import SpanCorruptionConfig
+
+        SpanCorruptionConfig(noise_density=self.noise_density, mean_span_length=self.mean_span_length)
+        DenoisingConfig(**self.denoising)
 
 
 @dataclass
@@ -156,6 +164,54 @@ def build_plm(tokenizer: Tokenizer, train_corpus: TokenizedCorpus, eval_corpus: 
     return ObjectiveSetup(packed(train_corpus), packed(eval_corpus), collate, plm_metrics, "XLNetLMHeadModel")
 
 
+def token_accuracy_metrics(batch, output) -> dict[str, float]:
+    """Accuracy of the predicted target tokens (seq2seq / denoising)."""
+    from lmzoo.objectives.mlm import mlm_metrics
+
+    return {k.replace("mlm", "token"): v for k, v in mlm_metrics(batch, output).items()}
+
+
+@objective("span", extra_ids=100)
+def build_span_corruption(tokenizer: Tokenizer, train_corpus: TokenizedCorpus, eval_corpus: TokenizedCorpus,
+                          options: ObjectiveOptions) -> ObjectiveSetup:
+    """T5 recipe: packed raw rows sized so the corrupted inputs fill seq_len exactly, spans →
+    sentinels <extra_id_N>, targets = sentinels followed by their spans."""
+    from lmzoo.objectives.packing import PackedDataset
+    from lmzoo.objectives.span_corruption import (SpanCorruptionCollator, SpanCorruptionConfig, raw_length_for,
+                                                  sentinel_ids_of)
+
+    if options.family != "t5":
+        raise UserError(f"objective span trains t5 presets, not {options.family}")
+    config = SpanCorruptionConfig(noise_density=options.noise_density, mean_span_length=options.mean_span_length)
+    raw_length, _ = raw_length_for(options.seq_len, config)
+
+    def packed(corpus: TokenizedCorpus) -> PackedDataset:
+        return PackedDataset(corpus, max_length=raw_length, bos_id=None, eos_id=None, sep_id=tokenizer.eos_id,
+                             sep_between_docs=tokenizer.eos_id is not None)
+
+    collate = SpanCorruptionCollator(sentinel_ids=sentinel_ids_of(tokenizer), eos_id=tokenizer.eos_id,
+                                     pad_id=tokenizer.pad_id, config=config)
+    return ObjectiveSetup(packed(train_corpus), packed(eval_corpus), collate, token_accuracy_metrics,
+                          "T5ForConditionalGeneration")
+
+
+@objective("denoise")
+def build_denoising(tokenizer: Tokenizer, train_corpus: TokenizedCorpus, eval_corpus: TokenizedCorpus,
+                    options: ObjectiveOptions) -> ObjectiveSetup:
+    """BART recipe: windows of whole sentences of one document; text infilling (30%, Poisson λ=3)
+    plus sentence permutation by default; the decoder reconstructs the original."""
+    from lmzoo.objectives.denoising import DenoisingCollator, DenoisingConfig, SentenceWindows
+
+    if options.family != "bart":
+        raise UserError(f"objective denoise trains bart presets, not {options.family}")
+    config = DenoisingConfig(**options.denoising)
+    collate = DenoisingCollator(mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id,
+                                eos_id=tokenizer.eos_id, config=config, max_length=options.seq_len)
+    return ObjectiveSetup(SentenceWindows(train_corpus, max_tokens=options.seq_len - 2),
+                          SentenceWindows(eval_corpus, max_tokens=options.seq_len - 2), collate,
+                          token_accuracy_metrics, "BartForConditionalGeneration")
+
+
 def holds_run(out: Path) -> bool:
     return any((out / name).exists() for name in ("metrics.jsonl", "checkpoints", "config.json"))
 
@@ -224,8 +280,10 @@ def _pretrain(preset, objective_name, out, train_config, options, tokenizer, cor
                         f"for a batch of {train_config.batch_size}; add text or lower --seq-len / --batch-size")
 
     overrides = {"vocab_size": tokenizer.vocab_size, **(model_overrides or {})}
-    if tokenizer.pad_id is not None:
-        overrides["pad_token_id"] = tokenizer.pad_id
+    for field_name, token_id in (("pad_token_id", tokenizer.pad_id), ("eos_token_id", tokenizer.eos_id),
+                                 ("bos_token_id", tokenizer.bos_id)):
+        if token_id is not None and getattr(preset_config(preset), field_name) is not None:
+            overrides[field_name] = token_id
     config = preset_config(preset, **overrides)
     if config.max_positions < options.seq_len:
         raise UserError(f"--seq-len {options.seq_len} exceeds the preset's max_positions {config.max_positions}")

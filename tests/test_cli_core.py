@@ -199,3 +199,18 @@ def test_pretrain_under_torchrun_two_processes(tmp_path):
     import lmzoo
 
     assert type(lmzoo.from_pretrained(out)).__name__ == "BertForPreTraining"
+
+
+@pytest.mark.parametrize("preset,objective,threshold", [("t5-tiny", "span", 0.3), ("bart-tiny", "denoise", 0.7)])
+def test_seq2seq_pretraining_objectives_learn(tmp_path, capsys, preset, objective, threshold):
+    corpus = learnable_corpus(tmp_path / "numbers.txt", n_docs=200)
+    out = tmp_path / preset
+    code, stdout, stderr = run(capsys, "pretrain", "--preset", preset, "--objective", objective, "--data", corpus,
+                               "--out", out, "--eval-fraction", 0.2, "--max-steps", 100, "--batch-size", 16,
+                               "--seq-len", 32, "--vocab-size", 200, "--lr", 2e-3, "--no-progress")
+    assert code == 0, stderr
+    accuracy = float(stdout.split("token_accuracy")[1].split(";")[0])
+    assert accuracy > threshold, stdout  # of the target tokens, on held-out documents
+    code, _, stderr = run(capsys, "pretrain", "--preset", preset, "--objective", "plm", "--data", corpus,
+                          "--out", tmp_path / "wrong")
+    assert code == 2 and "trains xlnet presets" in stderr

@@ -157,3 +157,41 @@ class DenoisingCollator:
             attention_mask[row, :len(s)] = 1
             labels[row, :len(t)] = torch.from_numpy(t)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class SentenceWindows:
+    """Map-style dataset for denoising: each item is a window of whole consecutive sentences of one
+    document, at most ``max_tokens`` tokens (a longer sentence is cut), with ``sentence_ids`` so
+    sentence permutation knows the boundaries. Windows are fixed at construction (no randomness)."""
+
+    def __init__(self, corpus: Any, *, max_tokens: int) -> None:
+        if max_tokens < 2:
+            raise UserError(f"denoising windows need at least 2 tokens, got {max_tokens}")
+        self.corpus, self.max_tokens = corpus, max_tokens
+        offsets = np.asarray(corpus.sentence_offsets)
+        windows: list[tuple[int, int]] = []  # (first sentence, end sentence)
+        for doc in np.asarray(corpus.doc_ids):
+            first, end = corpus.sentence_range(int(doc))
+            start, size = first, 0
+            for sentence in range(first, end):
+                length = int(offsets[sentence + 1] - offsets[sentence])
+                if size and size + length > max_tokens:
+                    windows.append((start, sentence))
+                    start, size = sentence, 0
+                size += length
+            if end > start:
+                windows.append((start, end))
+        if not windows:
+            raise UserError("cannot build denoising windows from an empty corpus")
+        self.windows = np.asarray(windows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        first, end = (int(x) for x in self.windows[i])
+        offsets = np.asarray(self.corpus.sentence_offsets)
+        tokens = np.asarray(self.corpus.tokens[offsets[first]:offsets[end]], dtype=np.int64)
+        lengths = np.diff(offsets[first:end + 1])
+        sentence_ids = np.repeat(np.arange(end - first), lengths)
+        return {"input_ids": tokens[: self.max_tokens], "sentence_ids": sentence_ids[: self.max_tokens]}
