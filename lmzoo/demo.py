@@ -36,21 +36,19 @@ def bert_section(out: Path, corpus: list[str]) -> None:
 
     banner("BERT: WordPiece tokenizer + masked LM + next-sentence prediction")
     folder = out / "bert"
-    config = TrainConfig(max_steps=800, batch_size=32, lr=3e-3, warmup_steps=50, schedule="linear",
-                         eval_every=0, eval_batches=10, log_every=20, precision="bf16", seed=0)
-    # One document per play: NSP pairs fill the sequence; "not next" comes from another play.
+    config = TrainConfig(max_steps=2500, batch_size=32, lr=1e-3, warmup_steps=50, schedule="linear",
+                         eval_batches=10, log_every=20, precision="bf16", seed=0)
+    # Documents are speeches (blank-line separated): "not next" B comes from another speech.
     result = pretrain(preset="bert-tiny", objective_name="mlm+nsp", data=corpus, out=folder, train_config=config,
                       options=ObjectiveOptions(seq_len=64, seed=0), vocab_size=2000, lowercase=True,
-                      document_split="file", eval_fraction=0.1,
-                      overwrite=True, progress=True, model_overrides={"dropout": 0.0, "attention_dropout": 0.0})
+                      eval_fraction=0.1, overwrite=True, model_overrides={"dropout": 0.0, "attention_dropout": 0.0})
     metrics = result.eval_metrics
-    print(f"held-out: loss {metrics.get('eval_loss', float('nan')):.3f}, "
-          f"MLM accuracy {metrics.get('mlm_accuracy', float('nan')):.1%}, "
-          f"NSP accuracy {metrics.get('nsp_accuracy', float('nan')):.1%} (chance 50%)")
+    print(f"held-out: loss {metrics.get('eval_loss', float('nan')):.3f}; "
+          f"MLM accuracy {metrics.get('mlm_accuracy', float('nan')):.1%} "
+          f"(always guessing the most frequent token: {majority_share(folder, 0.1):.1%}); "
+          f"NSP accuracy {metrics.get('nsp_accuracy', float('nan')):.1%} (chance: 50%)")
     model, tokenizer = load_model_and_tokenizer(folder)
-    for text in ("to be, or not to [MASK], that is the question.",
-                 "my lord, i [MASK] not know.",
-                 "o romeo, romeo, [MASK] art thou romeo?"):
+    for text in ("i pray [MASK], sir.", "[MASK] lord, i will.", "to be, or not to [MASK], that is the question."):
         top = fill_mask(model, tokenizer, text, top_k=3)[0]
         print(f"  {text}\n      → " + ", ".join(f"{p.token} ({p.probability:.2f})" for p in top))
     pairs = [("To be, or not to be, that is the question:", "Whether 'tis nobler in the mind to suffer"),
@@ -58,6 +56,31 @@ def bert_section(out: Path, corpus: list[str]) -> None:
     for first, second in pairs:
         p = next_sentence_probability(model, tokenizer, first, second)
         print(f"  P(next) = {p:.2f}   {first!r} → {second!r}")
+
+
+@section("bart")
+def bart_section(out: Path, corpus: list[str]) -> None:
+    """Denoising with a tiny BART (text infilling + sentence permutation); then it repairs lines."""
+    from lmzoo.pipelines import load_model_and_tokenizer
+    from lmzoo.pretrain import ObjectiveOptions, pretrain
+    from lmzoo.tasks.seq2seq import reconstruct_texts
+    from lmzoo.train.loop import TrainConfig
+
+    banner("BART: byte-level BPE + denoising (text infilling, sentence permutation)")
+    folder = out / "bart"
+    config = TrainConfig(max_steps=500, batch_size=32, lr=2e-3, warmup_steps=40, eval_batches=10, log_every=20,
+                         precision="bf16", seed=0)
+    result = pretrain(preset="bart-tiny", objective_name="denoise", data=corpus, out=folder, train_config=config,
+                      options=ObjectiveOptions(seq_len=64, seed=0), vocab_size=2000, overwrite=True,
+                      model_overrides={"dropout": 0.0, "attention_dropout": 0.0})
+    metrics = result.eval_metrics
+    print(f"held-out: loss {metrics.get('eval_loss', float('nan')):.3f}, "
+          f"token accuracy of the reconstruction {metrics.get('token_accuracy', float('nan')):.1%}")
+    model, tokenizer = load_model_and_tokenizer(folder)
+    lines = ["To be, or not to be, that is the<mask>.", "Now is the winter of our<mask>.",
+             "My lord, I<mask> not know."]
+    for line, repaired in zip(lines, reconstruct_texts(model, tokenizer, lines, max_new_tokens=24)):
+        print(f"  {line}\n      → {repaired}")
 
 
 @section("xlnet")
@@ -82,6 +105,17 @@ def xlnet_section(out: Path, corpus: list[str]) -> None:
                  "enter king <mask>, queen, and attendants"):
         top = fill_mask(model, tokenizer, text, top_k=3)[0]
         print(f"  {text}\n      → " + ", ".join(f"{p.token} ({p.probability:.2f})" for p in top))
+
+
+def majority_share(folder: Path, eval_fraction: float) -> float:
+    """Share of the most frequent token in the held-out documents: the accuracy of a model that ignores context."""
+    import numpy as np
+
+    from lmzoo.data import TokenizedCorpus
+
+    _, held_out = TokenizedCorpus.load(folder / "cache").split(eval_fraction, seed=0)
+    tokens = np.concatenate([held_out.document_tokens(int(d)) for d in held_out.doc_ids])
+    return float(np.bincount(tokens).max() / max(1, len(tokens)))
 
 
 def run_demo(out: str | Path, only: list[str] | None = None) -> None:
