@@ -36,7 +36,7 @@ def bert_section(out: Path, corpus: list[str]) -> None:
 
     banner("BERT: WordPiece tokenizer + masked LM + next-sentence prediction")
     folder = out / "bert"
-    config = TrainConfig(max_steps=2500, batch_size=32, lr=1e-3, warmup_steps=50, schedule="linear",
+    config = TrainConfig(max_steps=2000, batch_size=32, lr=1e-3, warmup_steps=50, schedule="linear",
                          eval_batches=10, log_every=20, precision="bf16", seed=0)
     # Documents are speeches (blank-line separated): "not next" B comes from another speech.
     result = pretrain(preset="bert-tiny", objective_name="mlm+nsp", data=corpus, out=folder, train_config=config,
@@ -68,17 +68,18 @@ def bart_section(out: Path, corpus: list[str]) -> None:
 
     banner("BART: byte-level BPE + denoising (text infilling, sentence permutation)")
     folder = out / "bart"
-    config = TrainConfig(max_steps=500, batch_size=32, lr=2e-3, warmup_steps=40, eval_batches=10, log_every=20,
+    # Short windows (a line or two) and infilling only, so a tiny model learns to copy and fill quickly;
+    # `lmzoo pretrain --preset bart-*` uses the paper's recipe (infilling + sentence permutation).
+    config = TrainConfig(max_steps=1000, batch_size=32, lr=1e-3, warmup_steps=50, eval_batches=10, log_every=20,
                          precision="bf16", seed=0)
     result = pretrain(preset="bart-tiny", objective_name="denoise", data=corpus, out=folder, train_config=config,
-                      options=ObjectiveOptions(seq_len=64, seed=0), vocab_size=2000, overwrite=True,
-                      model_overrides={"dropout": 0.0, "attention_dropout": 0.0})
+                      options=ObjectiveOptions(seq_len=32, seed=0, denoising={"permute_sentences": False}),
+                      vocab_size=2000, overwrite=True, model_overrides={"dropout": 0.0, "attention_dropout": 0.0})
     metrics = result.eval_metrics
     print(f"held-out: loss {metrics.get('eval_loss', float('nan')):.3f}, "
           f"token accuracy of the reconstruction {metrics.get('token_accuracy', float('nan')):.1%}")
     model, tokenizer = load_model_and_tokenizer(folder)
-    lines = ["To be, or not to be, that is the<mask>.", "Now is the winter of our<mask>.",
-             "My lord, I<mask> not know."]
+    lines = ["Good morrow, my<mask>.", "My lord, I<mask> not know.", "Now is the winter of our<mask>."]
     for line, repaired in zip(lines, reconstruct_texts(model, tokenizer, lines, max_new_tokens=24)):
         print(f"  {line}\n      → {repaired}")
 
@@ -92,7 +93,7 @@ def xlnet_section(out: Path, corpus: list[str]) -> None:
 
     banner("XLNet: Unigram tokenizer + permutation language modelling")
     folder = out / "xlnet"
-    config = TrainConfig(max_steps=500, batch_size=32, lr=2e-3, warmup_steps=40, eval_batches=10, log_every=20,
+    config = TrainConfig(max_steps=800, batch_size=32, lr=2e-3, warmup_steps=40, eval_batches=10, log_every=20,
                          precision="bf16", seed=0)
     result = pretrain(preset="xlnet-tiny", objective_name="plm", data=corpus, out=folder, train_config=config,
                       options=ObjectiveOptions(seq_len=64, seed=0), vocab_size=2000, lowercase=True,
