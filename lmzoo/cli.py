@@ -262,6 +262,272 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
         print(output)
 
 
+def _load_lm(folder: str, bf16: bool = False):
+    """(model, tokenizer) of a folder whose model can generate (an LM head + the generation protocol)."""
+    import torch
+
+    from lmzoo.pipelines import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(folder)
+    if not hasattr(model, "prepare_generation"):
+        raise UserError(f"{folder} holds a {model.hf_architecture}, which cannot generate text: "
+                        "it needs an LM head (e.g. GPT2LMHeadModel)")
+    return (model.to(torch.bfloat16) if bf16 else model), tokenizer
+
+
+def _encode_prompt(model, tokenizer, text: str, max_new_tokens: int) -> tuple[list[int], int]:
+    """Prompt ids, and max_new_tokens cut to what the context has room for (decoder-only)."""
+    if max_new_tokens <= 0:
+        raise UserError(f"--max-new-tokens must be > 0, got {max_new_tokens}")
+    ids = tokenizer.encode(text) if text else []
+    if not ids:
+        raise UserError("empty prompt: give some text to continue")
+    context = model.config.max_positions
+    if model.config.is_encoder_decoder:
+        if len(ids) > context:
+            raise UserError(f"prompt of {len(ids)} tokens is longer than the model's context of {context}")
+        return ids, max_new_tokens
+    if len(ids) >= context:
+        raise UserError(f"prompt of {len(ids)} tokens is longer than the model's context of {context} "
+                        "(it needs room for at least one new token)")
+    if len(ids) + max_new_tokens > context:
+        print(f"note: generating {context - len(ids)} tokens, all the context has room for", file=sys.stderr)
+    return ids, min(max_new_tokens, context - len(ids))
+
+
+def _sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, help="sample with this temperature (default: greedy)")
+    p.add_argument("--top-k", type=int, help="sample from the k most probable tokens")
+    p.add_argument("--top-p", type=float, help="sample from the smallest set with this probability (0, 1]")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats")
+    p.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    p.add_argument("--bf16", action="store_true", help="run the model in bfloat16")
+
+
+def _sampling_options(args: argparse.Namespace) -> dict:
+    sample = any(v is not None for v in (args.temperature, args.top_k, args.top_p))
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k is not None and args.top_k < 0:
+        raise UserError(f"--top-k must be >= 0, got {args.top_k}")
+    if args.temperature is not None and args.temperature <= 0:
+        raise UserError(f"--temperature must be > 0, got {args.temperature}")
+    return dict(do_sample=sample, temperature=args.temperature or 1.0, top_k=args.top_k or 0,
+                top_p=1.0 if args.top_p is None else args.top_p, repetition_penalty=args.repetition_penalty,
+                seed=args.seed if args.seed is not None else (0 if sample else None))
+
+
+def _generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a model folder with an LM head and its tokenizer (e.g. from lmzoo pretrain)")
+    p.add_argument("prompt", help="text to continue")
+    _sampling_arguments(p, 50)
+    p.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams")
+    p.add_argument("--num-return-sequences", type=int, default=1)
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: > 1 favours longer outputs")
+    p.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
+
+
+@verb("generate", "continue a prompt with a causal LM (greedy, sampling or beam search), streamed",
+      _generate_arguments)
+def cmd_generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from lmzoo.generate import TextStreamer, generate, truncate_at_stop
+
+    if args.num_beams < 1 or args.num_return_sequences < 1:
+        raise UserError("--num-beams and --num-return-sequences must be >= 1")
+    options = _sampling_options(args)
+    model, tokenizer = _load_lm(args.model, args.bf16)
+    ids, max_new = _encode_prompt(model, tokenizer, args.prompt, args.max_new_tokens)
+    stream = args.num_beams == 1 and args.num_return_sequences == 1 and not args.stop
+    streamer = TextStreamer(tokenizer) if stream else None
+    if stream and not model.config.is_encoder_decoder:
+        print(args.prompt, end="", flush=True)
+    out = generate(model, torch.tensor([ids]), max_new_tokens=max_new, num_beams=args.num_beams,
+                   num_return_sequences=args.num_return_sequences, length_penalty=args.length_penalty,
+                   stop_strings=tuple(args.stop), tokenizer=tokenizer, streamer=streamer, **options)
+    if stream:
+        print()
+        return
+    prefix = "" if model.config.is_encoder_decoder else args.prompt
+    for n, row in enumerate(out.tolist()):
+        if n:
+            print("---")
+        print(prefix + truncate_at_stop(tokenizer.decode(row), args.stop))
+
+
+def _chat_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a causal LM folder, e.g. trained on a dialogue corpus of speaker turns")
+    p.add_argument("--user", default="Romeo", help="your speaker name (default Romeo)")
+    p.add_argument("--bot", default="Juliet", help="the model's speaker name (default Juliet)")
+    _sampling_arguments(p, 80)
+
+
+@verb("chat", "talk with a causal LM, one line of stdin per turn (speaker-turn format)", _chat_arguments)
+def cmd_chat(args: argparse.Namespace) -> None:
+    import torch
+
+    from lmzoo.generate import generate, truncate_at_stop
+    from lmzoo.objectives.clm import TURN_END, chat_turn
+
+    options = _sampling_options(args)
+    if args.max_new_tokens <= 0:
+        raise UserError(f"--max-new-tokens must be > 0, got {args.max_new_tokens}")
+    model, tokenizer = _load_lm(args.model, args.bf16)
+    if model.config.is_encoder_decoder:
+        raise UserError("chat needs a decoder-only causal LM (e.g. GPT2LMHeadModel)")
+    budget = model.config.max_positions - args.max_new_tokens
+    if budget < 8:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens} leaves no room for the conversation in the "
+                        f"model's context of {model.config.max_positions}")
+    bot = args.bot.strip().upper()
+    history = ""
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print(f"{args.user.strip().upper()}> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        if not line.strip():
+            continue
+        history += chat_turn(args.user, line)
+        ids = tokenizer.encode(history + bot + "\n")[-budget:]  # the most recent turns that fit
+        out = generate(model, torch.tensor([ids]), max_new_tokens=args.max_new_tokens, stop_strings=(TURN_END,),
+                       tokenizer=tokenizer, **options)
+        reply = " ".join(truncate_at_stop(tokenizer.decode(out[0].tolist()), [TURN_END]).split())
+        print(f"{bot}: {reply}", flush=True)
+        history += chat_turn(bot, reply)
+
+
+def _complete_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a causal LM folder trained on code")
+    p.add_argument("--file", help="a file whose content is the code prefix (default: stdin)")
+    p.add_argument("--until", default="block", choices=["block", "line"],
+                   help="stop at the end of the block being written (default) or of the line")
+    _sampling_arguments(p, 128)
+
+
+@verb("complete", "complete code from a prefix (file or stdin), stopping at the end of the line / block",
+      _complete_arguments)
+def cmd_complete(args: argparse.Namespace) -> None:
+    import torch
+
+    from lmzoo.generate import code_block_end, generate
+
+    options = _sampling_options(args)
+    if args.file:
+        try:
+            prefix = open(args.file, encoding="utf-8").read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read {args.file}: {e}") from None
+    else:
+        prefix = sys.stdin.read()
+    model, tokenizer = _load_lm(args.model, args.bf16)
+    ids, max_new = _encode_prompt(model, tokenizer, prefix, args.max_new_tokens)
+    cut = code_block_end(prefix, args.until)
+    out = generate(model, torch.tensor([ids]), max_new_tokens=max_new, tokenizer=tokenizer,
+                   stop_when=lambda text: cut(text) is not None, **options)
+    text = tokenizer.decode(out[0].tolist())
+    end = cut(text)
+    sys.stdout.write((text[:end] if end is not None else text).rstrip("\n") + "\n")
+
+
+def _task_data_arguments(p: argparse.ArgumentParser) -> None:
+    """Column mapping and reading options of classify / pair / ner data (defaults: saved with the model)."""
+    g = p.add_argument_group("classify / pair / ner data")
+    g.add_argument("--text-column", help="text column (default text; ner JSONL: tokens)")
+    g.add_argument("--text-pair-column", help="second text of --task pair (default text_pair)")
+    g.add_argument("--label-column", help="label column (default label; ner JSONL: tags)")
+    g.add_argument("--label-separator", help="multi-label CSV/TSV: labels joined by this, e.g. '|'")
+    g.add_argument("--max-length", type=int, help="tokens per example, special tokens included (default 128, or the model's limit)")
+
+
+def _finetune_arguments(p: argparse.ArgumentParser) -> None:
+    seq2seq_finetune_arguments(p)  # --task --model --train --eval --out, seq2seq flags, training flags
+    # One verb for every task: widen the --task and --metric choices the seq2seq flags declare.
+    task = p._option_string_actions["--task"]
+    task.choices, task.help = ["classify", "pair", "ner", "seq2seq"], (
+        "classify: text → label; pair: (text, text_pair) → label; ner: token<TAB>tag; seq2seq: source → target")
+    metric = p._option_string_actions["--metric"]
+    metric.choices, metric.default = None, None
+    metric.help = ("picks the best checkpoint: seq2seq bleu (default) | chrf | rougeL; classify/pair macro_f1 "
+                   "(default) | accuracy | micro_f1 | mse | pearson ...; ner f1 (default) | precision | recall")
+    _task_data_arguments(p)
+    g = p.add_argument_group("classify / pair / ner")
+    g.add_argument("--problem-type", choices=["single_label_classification", "multi_label_classification",
+                                              "regression"], help="default: multi-label when labels are lists")
+    g.add_argument("--patience", type=int, default=0, help="stop after N evaluations without improvement (0: never)")
+
+
+@verb("finetune", "fine-tune a model on a task: classify, pair, ner (best checkpoint kept) or seq2seq",
+      _finetune_arguments)
+def cmd_finetune(args: argparse.Namespace) -> None:
+    if args.task == "seq2seq":
+        args.metric = args.metric or "bleu"
+        if args.metric not in ("bleu", "chrf", "rougeL"):
+            raise UserError(f"--metric for seq2seq must be bleu, chrf or rougeL, got {args.metric!r}")
+        return run_seq2seq_finetune(args)
+    from lmzoo.tasks.classification import TaskOptions, finetune
+
+    options = TaskOptions(task=args.task, text_column=args.text_column, text_pair_column=args.text_pair_column,
+                          label_column=args.label_column, problem_type=args.problem_type,
+                          label_separator=args.label_separator, max_length=args.max_length,
+                          metric=args.metric, patience=args.patience)
+    result = finetune(model=args.model, train_path=args.train, eval_path=args.eval, out=args.out,
+                      train_config=train_config_from_args(args), options=options, resume=args.resume,
+                      overwrite=args.overwrite, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    line = f"step {result.step}: train loss {result.train_loss:.4f}"
+    if result.best:
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in result.best.items() if k not in ("step", "n"))
+        line += f"; best (step {result.best['step']}): {scores}; best model in {args.out}/best"
+    print(line + ("; stopped early" if result.stopped_early else "") + f"; last model in {args.out}")
+
+
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a fine-tuned classifier / NER folder (e.g. OUT/best)")
+    p.add_argument("--data", required=True, help="labelled file (.csv .tsv .jsonl; ner: CoNLL token<TAB>tag)")
+    p.add_argument("--out", help="folder for eval_metrics.json, eval_report.txt and confusion_matrix.png")
+    p.add_argument("--batch-size", type=int, default=32)
+    _task_data_arguments(p)
+
+
+@verb("evaluate", "score a fine-tuned classifier / NER model on a labelled file, with a per-label report",
+      _evaluate_arguments)
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from lmzoo.tasks.classification import evaluate_model, summary
+
+    metrics = evaluate_model(args.model, args.data, out=args.out, batch_size=args.batch_size,
+                             text_column=args.text_column, text_pair_column=args.text_pair_column,
+                             label_column=args.label_column, label_separator=args.label_separator,
+                             max_length=args.max_length)
+    print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in summary(metrics).items()))
+    if args.out:
+        print(f"report in {args.out}")
+
+
+def _predict_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a fine-tuned classifier / NER folder (e.g. OUT/best)")
+    p.add_argument("--input", default="-", help=".csv .tsv .jsonl file (ner: also CoNLL: .conll or tabs), else "
+                   "plain lines, - = stdin: one text per line (pair: text<TAB>text_pair; ner: tokens split by spaces)")
+    p.add_argument("--output", default="-", help="JSONL predictions (default stdout)")
+    p.add_argument("--batch-size", type=int, default=32)
+    _task_data_arguments(p)
+
+
+@verb("predict", "label texts (or tag tokens) with a fine-tuned model: file or stdin in, JSONL out",
+      _predict_arguments)
+def cmd_predict(args: argparse.Namespace) -> None:
+    from lmzoo.tasks.classification import predict_file
+
+    predict_file(args.model, args.input, args.output, batch_size=args.batch_size, text_column=args.text_column,
+                 text_pair_column=args.text_pair_column, label_column=args.label_column,
+                 label_separator=args.label_separator, max_length=args.max_length)
+
+
 # --- verbs: each family/task adds its verbs above this line ---
 
 

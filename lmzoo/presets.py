@@ -51,6 +51,15 @@ def bart(*, d_model: int, n_layers: int, n_heads: int, vocab_size: int = 50265, 
                        eos_token_id=2, decoder_start_token_id=2, **{"attention_dropout": 0.0, **kw})
 
 
+def gpt2(*, d_model: int, n_layers: int, n_heads: int, vocab_size: int = 50257, max_positions: int = 1024,
+         **kw: Any) -> ModelConfig:
+    """GPT-2 (byte-level BPE vocabulary of 50257; <|endoftext|> = 50256 is bos, eos and separator; no pad)."""
+    return ModelConfig(**{**dict(family="gpt2", vocab_size=vocab_size, d_model=d_model, n_layers=n_layers,
+                                 n_heads=n_heads, d_ff=4 * d_model, max_positions=max_positions, norm_eps=1e-5,
+                                 pre_norm=True, activation="gelu_tanh", pad_token_id=None,
+                                 bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1), **kw})
+
+
 # name → (config factory, lmzoo class name built by default)
 PRESETS: dict[str, tuple[Callable[[], ModelConfig], str]] = {
     "bert-tiny": (lambda: bert(d_model=128, n_layers=2, n_heads=2), "BertForPreTraining"),
@@ -65,6 +74,10 @@ PRESETS: dict[str, tuple[Callable[[], ModelConfig], str]] = {
     "t5-base": (lambda: t5(d_model=768, n_layers=12, n_heads=12, d_ff=3072), "T5ForConditionalGeneration"),
     "t5-v1_1-small": (lambda: t5(d_model=512, n_layers=8, n_heads=6, d_ff=1024, v1_1=True),
                       "T5ForConditionalGeneration"),
+    "gpt-tiny": (lambda: gpt2(d_model=128, n_layers=2, n_heads=4, max_positions=512), "GPT2LMHeadModel"),
+    "gpt-mini": (lambda: gpt2(d_model=384, n_layers=6, n_heads=6, max_positions=512), "GPT2LMHeadModel"),
+    "gpt2-small": (lambda: gpt2(d_model=768, n_layers=12, n_heads=12), "GPT2LMHeadModel"),
+    "gpt2-medium": (lambda: gpt2(d_model=1024, n_layers=24, n_heads=16), "GPT2LMHeadModel"),
     "bart-tiny": (lambda: bart(d_model=128, n_layers=2, n_heads=4), "BartForConditionalGeneration"),
     "bart-base": (lambda: bart(d_model=768, n_layers=6, n_heads=12), "BartForConditionalGeneration"),
 }

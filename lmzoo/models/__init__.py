@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from lmzoo.models import bert, roberta, xlnet, t5, bart
+from lmzoo.models import bert, roberta, xlnet, t5, bart, gpt2
 from lmzoo.models.base import PreTrainedModel
 
-FAMILY_MODULES: tuple[ModuleType, ...] = (bert, roberta, xlnet, t5, bart)
+FAMILY_MODULES: tuple[ModuleType, ...] = (bert, roberta, xlnet, t5, bart, gpt2)
 
 # HF config.json "model_type" → family module
 MODEL_TYPES: dict[str, ModuleType] = {t: m for m in FAMILY_MODULES for t in m.MODEL_TYPES}

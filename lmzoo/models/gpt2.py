@@ -1,0 +1,309 @@
+"""GPT-2: a pre-LN causal decoder with learned positions and a final LayerNorm (Radford et al., 2019).
+
+Tanh-approximated GELU, LM head tied to the token embeddings. Hugging Face stores the projections
+as ``Conv1D`` (weights transposed, [in, out]) and the attention input projection fused
+(``c_attn`` = [q | k | v]); ``hf_tensors_in`` / ``hf_tensors_out`` split/transpose them so the
+shared ``Block`` keeps its separate q/k/v ``nn.Linear``.
+
+Attention masks accepted by ``forward`` (the first that applies):
+- ``document_ids`` [B, T]: packed CLM rows (``lmzoo.objectives.clm``); a token attends only to
+  earlier tokens of the same document (block-diagonal causal mask). Positions default to
+  restarting at 0 in each document.
+- ``attention_mask`` [B, T] with zeros: causal + key padding (positions as given, default 0..T-1,
+  as HF; pass ``position_ids`` for left padding).
+- otherwise plain causal attention (SDPA's fused causal kernel).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmzoo.config import ModelConfig
+from lmzoo.errors import UserError
+from lmzoo.models.base import PreTrainedModel
+from lmzoo.models.bert import activation_from_hf, prefixed
+from lmzoo.nn.attention import causal_mask
+from lmzoo.nn.block import Block
+from lmzoo.nn.cache import DecoderState
+from lmzoo.nn.embedding import Embeddings
+from lmzoo.nn.norm import make_norm
+from lmzoo.outputs import ModelOutput
+
+
+def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    """HF GPT2Config dict → ModelConfig."""
+    if hf.get("add_cross_attention"):
+        raise UserError("unsupported GPT-2 variant: add_cross_attention")
+    d_model = hf.get("n_embd", 768)
+    extra = {"scale_attn_by_inverse_layer_idx": True} if hf.get("scale_attn_by_inverse_layer_idx") else {}
+    return ModelConfig(
+        family="gpt2",
+        vocab_size=hf["vocab_size"],
+        d_model=d_model,
+        n_layers=hf.get("n_layer", 12),
+        n_heads=hf.get("n_head", 12),
+        d_ff=hf.get("n_inner") or 4 * d_model,
+        max_positions=hf.get("n_positions", 1024),
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        pre_norm=True,
+        activation=activation_from_hf(hf.get("activation_function", "gelu_new")),
+        attention_scale=hf.get("scale_attn_weights", True),
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        dropout=hf.get("resid_pdrop", 0.1),
+        attention_dropout=hf.get("attn_pdrop", 0.1),
+        pad_token_id=hf.get("pad_token_id"),
+        bos_token_id=hf.get("bos_token_id", 50256),
+        eos_token_id=hf.get("eos_token_id", 50256),
+        extra=extra,
+    )
+
+
+def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """ModelConfig → HF GPT2Config dict."""
+    return {
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_embd": config.d_model,
+        "n_layer": config.n_layers,
+        "n_head": config.n_heads,
+        "n_inner": config.d_ff,
+        "n_positions": config.max_positions,
+        "activation_function": {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}[
+            config.activation],
+        "layer_norm_epsilon": config.norm_eps,
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.attention_dropout,
+        "scale_attn_weights": config.attention_scale,
+        "scale_attn_by_inverse_layer_idx": bool(config.extra.get("scale_attn_by_inverse_layer_idx", False)),
+        "tie_word_embeddings": config.tie_embeddings,
+        "pad_token_id": config.pad_token_id,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+    }
+
+
+# HF module path inside GPT2Model (after hf_tensors_in split c_attn) → lmzoo module path.
+BODY_KEY_MAP: list[tuple[str, str | None]] = [
+    ("wte", "embed.tokens"),
+    ("wpe", "embed.positions"),
+    ("h.{}.ln_1", "layers.{}.attn_norm"),
+    ("h.{}.attn.q_proj", "layers.{}.attn.q"),
+    ("h.{}.attn.k_proj", "layers.{}.attn.k"),
+    ("h.{}.attn.v_proj", "layers.{}.attn.v"),
+    ("h.{}.attn.c_proj", "layers.{}.attn.o"),
+    ("h.{}.ln_2", "layers.{}.ffn_norm"),
+    ("h.{}.mlp.c_fc", "layers.{}.ffn.up"),
+    ("h.{}.mlp.c_proj", "layers.{}.ffn.down"),
+    ("ln_f", "norm"),
+    ("h.{}.attn.bias", None),  # causal-mask buffers of older checkpoints
+    ("h.{}.attn.masked_bias", None),
+]
+
+_CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
+
+def _split_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Conv1D [in, out] → Linear [out, in]; fused c_attn → q_proj / k_proj / v_proj."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        module, _, kind = key.rpartition(".")
+        is_conv = any(module == c or module.endswith("." + c) for c in _CONV1D) and ".h." in "." + module
+        if is_conv and kind == "weight":
+            tensor = tensor.t()
+        if is_conv and module.endswith("attn.c_attn"):
+            base = module[: -len("c_attn")]
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
+                out[f"{base}{name}.{kind}"] = part.contiguous()
+            continue
+        out[key] = tensor.contiguous() if is_conv else tensor
+    return out
+
+
+def _fuse_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of ``_split_hf``."""
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        module, _, kind = key.rpartition(".")
+        if module.endswith("attn.k_proj") or module.endswith("attn.v_proj"):
+            continue
+        if module.endswith("attn.q_proj"):
+            base = module[: -len("q_proj")]
+            fused = torch.cat([state[f"{base}{n}.{kind}"] for n in ("q_proj", "k_proj", "v_proj")], dim=0)
+            out[f"{base}c_attn.{kind}"] = fused.t().contiguous() if kind == "weight" else fused
+            continue
+        is_conv = any(module.endswith(c) for c in _CONV1D[1:]) and ".h." in "." + module
+        out[key] = tensor.t().contiguous() if is_conv and kind == "weight" else tensor
+    return out
+
+
+def document_positions(document_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] document ids (equal ids contiguous) → positions restarting at 0 in each document."""
+    batch, length = document_ids.shape
+    index = torch.arange(length, device=document_ids.device).expand(batch, length)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    # index of each token's document start: running max of the start indices
+    start_index = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
+    return index - start_index
+
+
+def document_mask(document_ids: torch.Tensor, dtype: torch.dtype,
+                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Additive [B, 1, T, T]: query i sees key j <= i of its own document (and not padding keys)."""
+    length = document_ids.shape[1]
+    allowed = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T)
+    allowed &= torch.ones(length, length, dtype=torch.bool, device=document_ids.device).tril()
+    if attention_mask is not None:
+        allowed &= attention_mask[:, None, :].bool() | torch.eye(length, dtype=torch.bool, device=document_ids.device)
+    zeros = torch.zeros(allowed.shape, dtype=dtype, device=document_ids.device)
+    return zeros.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+class GPT2Model(PreTrainedModel):
+    """The bare decoder: token + position embeddings → pre-LN causal blocks → final LayerNorm."""
+
+    hf_architecture = "GPT2Model"
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.embed = Embeddings(config)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = make_norm(config)
+        if config.extra.get("scale_attn_by_inverse_layer_idx"):
+            for i, layer in enumerate(self.layers):
+                layer.attn.scale = (1.0 if not config.attention_scale else config.head_dim ** -0.5) / (i + 1)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """N(0, 0.02), and the residual projections scaled by 1/sqrt(2 * n_layers) (GPT-2 paper)."""
+        super().init_weights()
+        std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        for layer in self.layers:
+            nn.init.normal_(layer.attn.o.weight, std=std)
+            nn.init.normal_(layer.ffn.down.weight, std=std)
+
+    @classmethod
+    def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
+        return BODY_KEY_MAP
+
+    @classmethod
+    def hf_tensors_in(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return _split_hf(state)
+
+    @classmethod
+    def hf_tensors_out(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return _fuse_hf(state)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        state: DecoderState | None = None,
+    ) -> ModelOutput:
+        """``state``: incremental decoding (see ``prepare_generation``); positions and masks come from it."""
+        batch, length = input_ids.shape
+        dtype = self.embed.tokens.weight.dtype
+        caches: list[Any] = [None] * len(self.layers)
+        mask, is_causal = None, True
+        if state is not None:
+            position_ids, mask, is_causal = state.step_inputs(length, dtype)
+            caches = state.caches
+        elif document_ids is not None:
+            if position_ids is None:
+                position_ids = document_positions(document_ids)
+            mask, is_causal = document_mask(document_ids, dtype, attention_mask), False
+        elif attention_mask is not None and not bool(attention_mask.all()):
+            padding = attention_mask[:, None, None, :] == 0
+            blocked = padding | (causal_mask(length, length, dtype, input_ids.device) != 0)
+            mask = torch.zeros(blocked.shape, dtype=dtype, device=input_ids.device).masked_fill(
+                blocked, torch.finfo(dtype).min)
+            is_causal = False
+        if state is None and length > self.config.max_positions:
+            raise UserError(f"sequence of {length} tokens exceeds the model's {self.config.max_positions} positions")
+        x = self.embed(input_ids, position_ids)  # (B, T, D)
+        for layer, cache in zip(self.layers, caches):
+            x = layer(x, mask=mask, is_causal=is_causal, cache=cache)
+        return ModelOutput(last_hidden_state=self.norm(x))
+
+
+class GPT2LMHeadModel(PreTrainedModel):
+    """GPT-2 with the tied LM head. With ``labels`` (usually = input_ids; -100 = ignored) the loss is
+    the mean next-token cross-entropy: logits at position t predict labels at t + 1 (as HF)."""
+
+    hf_architecture = "GPT2LMHeadModel"
+    base_prefix = "transformer"
+    head_modules = ("lm_head",)
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        nn.init.normal_(self.lm_head.weight, std=0.02)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.embed.tokens.weight
+
+    @classmethod
+    def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
+        head = ("lm_head", None if config.tie_embeddings else "lm_head")
+        return prefixed(BODY_KEY_MAP, "transformer", "transformer") + [head]
+
+    @classmethod
+    def hf_tensors_in(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return _split_hf(state)
+
+    @classmethod
+    def hf_tensors_out(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return _fuse_hf(state)
+
+    def tied_parameters(self) -> dict[str, str]:
+        return {"lm_head.weight": "transformer.embed.tokens.weight"} if self.config.tie_embeddings else {}
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        hidden = self.transformer(input_ids, attention_mask, position_ids, document_ids).last_hidden_state
+        logits = self.lm_head(hidden)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden)
+
+    # --- generation protocol (lmzoo.generate) ---
+
+    @torch.no_grad()
+    def prepare_generation(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                           max_new_tokens: int) -> DecoderState:
+        """Preallocated caches for the prompt (left padding = zeros in ``attention_mask``) + max_new_tokens."""
+        batch, prompt = input_ids.shape
+        capacity = prompt + max_new_tokens
+        if capacity > self.config.max_positions:
+            raise UserError(f"prompt of {prompt} tokens + {max_new_tokens} new tokens exceeds the model's "
+                            f"{self.config.max_positions} positions")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return DecoderState.allocate(self.config.n_layers, self.config.n_heads, self.config.head_dim,
+                                     attention_mask.long(), capacity, dtype=self.lm_head.weight.dtype)
+
+    @torch.no_grad()
+    def generation_step(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        """Feed ``tokens`` [B, t] (the prompt first, then one token per step); logits [B, vocab] of the last."""
+        hidden = self.transformer(tokens, state=state).last_hidden_state
+        return self.lm_head(hidden[:, -1])
+
+
+MODEL_TYPES = ("gpt2",)
+ARCHITECTURES = (GPT2Model, GPT2LMHeadModel)
+DEFAULT_ARCHITECTURE = GPT2LMHeadModel
