@@ -106,6 +106,9 @@ def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mask-token-prob", type=float, default=0.8, help="share of chosen tokens set to the mask")
     g.add_argument("--random-token-prob", type=float, default=0.1, help="share set to a random token")
     g.add_argument("--whole-word", action="store_true", help="mask whole words")
+    g = p.add_argument_group("causal LM (GPT)")
+    g.add_argument("--cross-document-attention", action="store_true",
+                   help="plain concatenation: tokens may attend across end-of-text (default: block-diagonal)")
     g = p.add_argument_group("permutation LM (XLNet)")
     g.add_argument("--plm-k", type=float, default=6.0, help="predict about 1/K of the tokens (K > 1)")
     g.add_argument("--max-span", type=int, default=5, help="predicted spans of 1..N tokens")
@@ -133,7 +136,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     objective = args.objective or DEFAULT_OBJECTIVE[preset_config(args.preset).family]
     options = ObjectiveOptions(seq_len=args.seq_len, mask_prob=args.mask_prob, mask_token_prob=args.mask_token_prob,
                                random_token_prob=args.random_token_prob, whole_word=args.whole_word, seed=args.seed,
-                               plm_k=args.plm_k, max_span=args.max_span, noise_density=args.noise_density,
+                               plm_k=args.plm_k, max_span=args.max_span,
+                               cross_document_attention=args.cross_document_attention, noise_density=args.noise_density,
                                mean_span_length=args.mean_span_length,
                                denoising=dict(infill_rate=args.infill_rate, poisson_lambda=args.poisson_lambda,
                                               mask_rate=args.mask_rate, delete_rate=args.delete_rate,

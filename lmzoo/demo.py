@@ -58,6 +58,40 @@ def bert_section(out: Path, corpus: list[str]) -> None:
         print(f"  P(next) = {p:.2f}   {first!r} → {second!r}")
 
 
+@section("gpt")
+def gpt_section(out: Path, corpus: list[str]) -> None:
+    """Causal LM with a tiny GPT on the plays as dialogue (every speech a turn); then it answers in turn."""
+    import torch
+
+    from lmzoo.generate import generate, truncate_at_stop
+    from lmzoo.objectives.clm import TURN_END, chat_turn, dialogue_corpus
+    from lmzoo.pipelines import load_model_and_tokenizer
+    from lmzoo.pretrain import ObjectiveOptions, pretrain
+    from lmzoo.train.loop import TrainConfig
+
+    banner("GPT: byte-level BPE + causal LM on the plays as dialogue (speaker turns)")
+    folder = out / "gpt"
+    folder.mkdir(parents=True, exist_ok=True)
+    scenes = dialogue_corpus(corpus, str(out / "dialogue.jsonl"))
+    print(f"dialogue corpus: {scenes} scenes, one document each, every speech a turn")
+    config = TrainConfig(max_steps=800, batch_size=16, lr=2e-3, warmup_steps=50, eval_batches=10, log_every=20,
+                         precision="bf16", seed=0)
+    result = pretrain(preset="gpt-tiny", objective_name="clm", data=[str(out / "dialogue.jsonl")], out=folder,
+                      train_config=config, options=ObjectiveOptions(seq_len=128, seed=0), vocab_size=2000,
+                      overwrite=True, model_overrides={"dropout": 0.0, "attention_dropout": 0.0})
+    metrics = result.eval_metrics
+    print(f"held-out: loss {metrics.get('eval_loss', float('nan')):.3f}, "
+          f"next-token accuracy {metrics.get('clm_accuracy', float('nan')):.1%}")
+    model, tokenizer = load_model_and_tokenizer(folder)
+    for user, line, bot in (("Romeo", "What light through yonder window breaks?", "Juliet"),
+                            ("Hamlet", "To be, or not to be, that is the question.", "Horatio")):
+        prompt = chat_turn(user, line) + bot.upper() + "\n"
+        new = generate(model, torch.tensor([tokenizer.encode(prompt)]), max_new_tokens=40, do_sample=True,
+                       temperature=0.8, top_k=40, seed=0, stop_strings=(TURN_END,), tokenizer=tokenizer)
+        reply = " ".join(truncate_at_stop(tokenizer.decode(new[0].tolist()), [TURN_END]).split())
+        print(f"  {user.upper()}: {line}\n  {bot.upper()}: {reply}")
+
+
 @section("bart")
 def bart_section(out: Path, corpus: list[str]) -> None:
     """Denoising with a tiny BART (text infilling + sentence permutation); then it repairs lines."""

@@ -36,6 +36,7 @@ class ObjectiveOptions:
     whole_word: bool = False
     plm_k: float = 6.0  # permutation LM: predict about 1/K of the tokens
     max_span: int = 5  # permutation LM: spans of 1..max_span predicted tokens
+    cross_document_attention: bool = False  # causal LM: plain concatenation instead of per-document masks
     noise_density: float = 0.15  # T5 span corruption: share of tokens corrupted
     mean_span_length: float = 3.0  # T5 span corruption
     denoising: dict[str, Any] = field(default_factory=dict)  # BART: DenoisingConfig fields (default: the paper's)
@@ -133,6 +134,26 @@ def build_mlm_nsp(tokenizer: Tokenizer, train_corpus: TokenizedCorpus, eval_corp
 
     return ObjectiveSetup(pairs(train_corpus, options.seed), pairs(eval_corpus, options.seed + 1),
                           _mlm_collator(tokenizer, options), mlm_nsp_metrics, "BertForPreTraining")
+
+
+@objective("clm")
+def build_clm(tokenizer: Tokenizer, train_corpus: TokenizedCorpus, eval_corpus: TokenizedCorpus,
+              options: ObjectiveOptions) -> ObjectiveSetup:
+    """GPT recipe: documents packed into full rows, an end-of-text token after each (a learned
+    target); by default no token attends across a document boundary and positions restart."""
+    from lmzoo.objectives.clm import ClmCollator, clm_dataset, clm_metrics
+
+    if options.family != "gpt2":
+        raise UserError(f"objective clm trains gpt presets, not {options.family}")
+    if tokenizer.eos_id is None:
+        raise UserError("causal LM needs a tokenizer with an end-of-text token")
+
+    def rows(corpus: TokenizedCorpus):
+        return clm_dataset(corpus, options.seq_len, tokenizer.eos_id,
+                           cross_document_attention=options.cross_document_attention)
+
+    return ObjectiveSetup(rows(train_corpus), rows(eval_corpus), ClmCollator(tokenizer.eos_id, tokenizer.pad_id),
+                          clm_metrics(tokenizer.eos_id), "GPT2LMHeadModel")
 
 
 @objective("plm")

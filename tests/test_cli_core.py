@@ -214,3 +214,17 @@ def test_seq2seq_pretraining_objectives_learn(tmp_path, capsys, preset, objectiv
     code, _, stderr = run(capsys, "pretrain", "--preset", preset, "--objective", "plm", "--data", corpus,
                           "--out", tmp_path / "wrong")
     assert code == 2 and "trains xlnet presets" in stderr
+
+
+def test_gpt_clm_pretrain_then_generate(tmp_path, capsys):
+    corpus = learnable_corpus(tmp_path / "numbers.txt", n_docs=200)
+    out = tmp_path / "gpt"
+    code, stdout, stderr = run(capsys, "pretrain", "--preset", "gpt-tiny", "--data", corpus, "--out", out,
+                               "--eval-fraction", 0.2, "--max-steps", 150, "--batch-size", 16, "--seq-len", 32,
+                               "--vocab-size", 200, "--lr", 2e-3, "--no-progress")
+    assert code == 0, stderr
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+    accuracy = float(stdout.split("clm_accuracy")[1].split(",")[0].split(";")[0])
+    assert accuracy > 0.7, stdout  # counting in words is predictable after the first word
+    code, stdout, _ = run(capsys, "generate", out, "three four five", "--max-new-tokens", 4)
+    assert code == 0 and stdout.startswith("three four five six"), stdout
