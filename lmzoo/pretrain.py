@@ -119,7 +119,7 @@ def build_mlm_nsp(tokenizer: Tokenizer, train_corpus: TokenizedCorpus, eval_corp
     from lmzoo.objectives.nsp import NSPDataset, mlm_nsp_metrics
 
     if options.family != "bert":
-        raise UserError(f"objective mlm+nsp trains bert presets (RoBERTa drops NSP: use --objective mlm)")
+        raise UserError("objective mlm+nsp trains bert presets (RoBERTa drops NSP: use --objective mlm)")
     if tokenizer.cls_id is None or tokenizer.sep_id is None:
         raise UserError("next-sentence prediction needs a tokenizer with [CLS] and [SEP] tokens")
 

@@ -16,8 +16,9 @@ from lmzoo.config import ModelConfig
 from lmzoo.errors import UserError
 from lmzoo.models.base import PreTrainedModel
 from lmzoo.models.bert import activation_from_hf
-from lmzoo.models.t5 import (CrossKVCache, EncoderDecoderState, KVCache, decoder_start_id, encoder_mask,
-                             new_generation_state, seq2seq_loss, shift_right)
+from lmzoo.nn.cache import CrossKVCache, StaticKVCache
+from lmzoo.nn.seq2seq import (EncoderDecoderState, decoder_start_id, encoder_mask, new_generation_state,
+                              seq2seq_loss, shift_right)
 from lmzoo.nn.attention import causal_mask, padding_mask
 from lmzoo.nn.block import Block
 from lmzoo.nn.norm import make_norm
@@ -46,7 +47,7 @@ class BartStack(nn.Module):
         *,
         encoder_states: torch.Tensor | None = None,
         encoder_mask: torch.Tensor | None = None,
-        caches: list[KVCache] | None = None,
+        caches: list[StaticKVCache] | None = None,
         cross_caches: list[CrossKVCache] | None = None,
         past: int = 0,
     ) -> torch.Tensor:

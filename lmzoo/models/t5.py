@@ -4,17 +4,15 @@ No biases anywhere, no 1/sqrt(d) in attention (folded into the init), one bucket
 stack, computed once from the first layer and added to every layer's attention mask. v1.0: ReLU
 FFN, LM head tied to the embeddings with the d_model**-0.5 rescale; v1.1: gated GELU, untied head.
 
-The encoder-decoder plumbing shared with BART (shift right, loss, generation state) lives here too.
+The encoder-decoder plumbing shared with BART lives in lmzoo/nn/seq2seq.py.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.config import ModelConfig
@@ -23,110 +21,10 @@ from lmzoo.models.base import PreTrainedModel
 from lmzoo.nn.attention import causal_mask, padding_mask
 from lmzoo.nn.block import Block
 from lmzoo.nn.norm import RMSNorm, make_norm
+from lmzoo.nn.cache import CrossKVCache, StaticKVCache
+from lmzoo.nn.seq2seq import (EncoderDecoderState, decoder_start_id, encoder_mask, new_generation_state,
+                              seq2seq_loss, shift_right)
 from lmzoo.outputs import ModelOutput
-
-# --- encoder-decoder helpers shared with BART -------------------------------------------------
-
-
-def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
-    """Teacher forcing: decoder inputs = [start] + labels[:-1], with ignored labels (-100) as padding."""
-    shifted = labels.new_full(labels.shape, pad_id)
-    shifted[:, 1:] = labels[:, :-1]
-    shifted[:, 0] = start_id
-    return shifted.masked_fill(shifted == -100, pad_id)
-
-
-def seq2seq_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Token-level cross-entropy over labels != -100 (computed in float32)."""
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
-                           label_smoothing=label_smoothing)
-
-
-def decoder_start_id(config: ModelConfig) -> int:
-    start = config.decoder_start_token_id
-    if start is None:
-        raise UserError("the model config has no decoder_start_token_id")
-    return start
-
-
-def encoder_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """Additive key mask for encoder self-attention and cross-attention; None when nothing is padded."""
-    if attention_mask is None or bool(attention_mask.all()):
-        return None
-    return padding_mask(attention_mask, dtype)
-
-
-class KVCache:
-    """Preallocated self-attention keys/values of one layer: [batch, heads, capacity, d_head]."""
-
-    def __init__(self, batch: int, heads: int, capacity: int, d_head: int, *, device, dtype) -> None:
-        self.k = torch.zeros(batch, heads, capacity, d_head, device=device, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
-        self.length = 0
-
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.length + k.shape[2]
-        if end > self.k.shape[2]:
-            raise UserError(f"decoding past the cache capacity of {self.k.shape[2]} tokens")
-        self.k[:, :, self.length:end] = k
-        self.v[:, :, self.length:end] = v
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
-
-    def reorder(self, index: torch.Tensor) -> None:
-        self.k = self.k.index_select(0, index)
-        self.v = self.v.index_select(0, index)
-
-
-class CrossKVCache:
-    """Cross-attention keys/values: projected from the encoder states at the first step, then only read
-    (``Attention`` skips its k/v projections when ``kv`` is set)."""
-
-    def __init__(self) -> None:
-        self.kv: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.kv is None:
-            self.kv = (k, v)
-        return self.kv
-
-    def reorder(self, index: torch.Tensor) -> None:
-        if self.kv is not None:
-            self.kv = (self.kv[0].index_select(0, index), self.kv[1].index_select(0, index))
-
-
-@dataclass
-class EncoderDecoderState:
-    """What ``generation_step`` needs between steps: encoder output, its mask, and the caches."""
-
-    encoder_states: torch.Tensor  # (B, S, D)
-    encoder_mask: torch.Tensor | None  # additive (B, 1, 1, S) or None
-    self_caches: list[KVCache]
-    cross_caches: list[CrossKVCache]
-    length: int = 0  # decoder tokens seen so far
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep / duplicate batch rows (beam search): row i becomes old row index[i]."""
-        self.encoder_states = self.encoder_states.index_select(0, index)
-        if self.encoder_mask is not None:
-            self.encoder_mask = self.encoder_mask.index_select(0, index)
-        for cache in [*self.self_caches, *self.cross_caches]:
-            cache.reorder(index)
-
-
-def new_generation_state(model: nn.Module, encoder_states: torch.Tensor, attention_mask: torch.Tensor | None,
-                         max_new_tokens: int) -> EncoderDecoderState:
-    config = model.config
-    batch = encoder_states.shape[0]
-    make = lambda: KVCache(batch, config.n_heads, max_new_tokens + 1, config.head_dim,  # noqa: E731
-                           device=encoder_states.device, dtype=encoder_states.dtype)
-    return EncoderDecoderState(
-        encoder_states=encoder_states,
-        encoder_mask=encoder_mask(attention_mask, encoder_states.dtype),
-        self_caches=[make() for _ in range(config.n_decoder_layers)],
-        cross_caches=[CrossKVCache() for _ in range(config.n_decoder_layers)],
-    )
-
 
 # --- T5 ---------------------------------------------------------------------------------------
 
@@ -185,7 +83,7 @@ class T5Stack(nn.Module):
         *,
         encoder_states: torch.Tensor | None = None,
         encoder_mask: torch.Tensor | None = None,
-        caches: list[KVCache] | None = None,
+        caches: list[StaticKVCache] | None = None,
         cross_caches: list[CrossKVCache] | None = None,
         past: int = 0,
     ) -> torch.Tensor:

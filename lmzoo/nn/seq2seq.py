@@ -1,0 +1,77 @@
+"""Encoder-decoder plumbing shared by T5 and BART: teacher forcing, the loss, the encoder mask,
+and the generation state (encoder output computed once, self- and cross-attention caches)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmzoo.config import ModelConfig
+from lmzoo.errors import UserError
+from lmzoo.nn.attention import padding_mask
+from lmzoo.nn.cache import CrossKVCache, StaticKVCache
+
+
+
+def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
+    """Teacher forcing: decoder inputs = [start] + labels[:-1], with ignored labels (-100) as padding."""
+    shifted = labels.new_full(labels.shape, pad_id)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = start_id
+    return shifted.masked_fill(shifted == -100, pad_id)
+
+
+def seq2seq_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Token-level cross-entropy over labels != -100 (computed in float32)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
+                           label_smoothing=label_smoothing)
+
+
+def decoder_start_id(config: ModelConfig) -> int:
+    start = config.decoder_start_token_id
+    if start is None:
+        raise UserError("the model config has no decoder_start_token_id")
+    return start
+
+
+def encoder_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Additive key mask for encoder self-attention and cross-attention; None when nothing is padded."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    return padding_mask(attention_mask, dtype)
+
+
+@dataclass
+class EncoderDecoderState:
+    """What ``generation_step`` needs between steps: encoder output, its mask, and the caches."""
+
+    encoder_states: torch.Tensor  # (B, S, D)
+    encoder_mask: torch.Tensor | None  # additive (B, 1, 1, S) or None
+    self_caches: list[StaticKVCache]
+    cross_caches: list[CrossKVCache]
+    length: int = 0  # decoder tokens seen so far
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep / duplicate batch rows (beam search): row i becomes old row index[i]."""
+        self.encoder_states = self.encoder_states.index_select(0, index)
+        if self.encoder_mask is not None:
+            self.encoder_mask = self.encoder_mask.index_select(0, index)
+        for cache in [*self.self_caches, *self.cross_caches]:
+            cache.reorder(index)
+
+
+def new_generation_state(model: nn.Module, encoder_states: torch.Tensor, attention_mask: torch.Tensor | None,
+                         max_new_tokens: int) -> EncoderDecoderState:
+    config = model.config
+    batch = encoder_states.shape[0]
+    make = lambda: StaticKVCache(batch, config.n_heads, max_new_tokens + 1, config.head_dim,  # noqa: E731
+                           device=encoder_states.device, dtype=encoder_states.dtype)
+    return EncoderDecoderState(
+        encoder_states=encoder_states,
+        encoder_mask=encoder_mask(attention_mask, encoder_states.dtype),
+        self_caches=[make() for _ in range(config.n_decoder_layers)],
+        cross_caches=[CrossKVCache() for _ in range(config.n_decoder_layers)],
+    )
