@@ -7,7 +7,6 @@ import random
 import shutil
 
 import pytest
-import torch
 
 from lmzoo.cli import main
 from lmzoo.train.loop import read_metrics
