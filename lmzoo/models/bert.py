@@ -15,6 +15,7 @@ from lmzoo.nn.attention import padding_mask
 from lmzoo.nn.block import Block
 from lmzoo.nn.embedding import Embeddings
 from lmzoo.nn.ffn import activation_fn
+from lmzoo.nn.heads import classifier_dropout, sequence_classification_loss, token_classification_loss
 from lmzoo.nn.norm import make_norm
 from lmzoo.outputs import ModelOutput
 
@@ -255,6 +256,84 @@ class BertForPreTraining(BertForMaskedLM):
         )
 
 
+class BertForSequenceClassification(PreTrainedModel):
+    """Sentence (or sentence-pair) classification / regression: pooled [CLS] → dropout → classifier.
+    Loss by ``config.problem_type`` (see ``lmzoo.nn.heads``); labels: class ids, multi-hot floats or scores."""
+
+    hf_architecture = "BertForSequenceClassification"
+    base_prefix = "bert"
+    base_class = BertModel
+    add_pooler = True
+    head_modules = ("classifier",)
+    head_key_map: list[tuple[str, str | None]] = [("classifier", "classifier")]
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.encoder = self.base_class(config, add_pooler=self.add_pooler)
+        self.dropout = nn.Dropout(classifier_dropout(config))
+        self.classifier = self.make_classifier(config)
+        self.init_weights()
+
+    def make_classifier(self, config: ModelConfig) -> nn.Module:
+        return nn.Linear(config.d_model, config.num_labels)
+
+    def classify(self, out: ModelOutput) -> torch.Tensor:
+        """Encoder output → logits [batch, num_labels]."""
+        return self.classifier(self.dropout(out.pooler_output))
+
+    @classmethod
+    def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
+        return prefixed(cls.base_class.hf_key_map(config), cls.base_prefix, "encoder") + cls.head_key_map
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        out = self.encoder(input_ids, attention_mask, token_type_ids, position_ids)
+        logits = self.classify(out)
+        loss = None if labels is None else sequence_classification_loss(self.config, logits, labels)
+        return ModelOutput(loss=loss, logits=logits, last_hidden_state=out.last_hidden_state,
+                           pooler_output=out.pooler_output)
+
+
+class BertForTokenClassification(PreTrainedModel):
+    """Per-token labels (NER): hidden state → dropout → classifier; labels -100 are not scored."""
+
+    hf_architecture = "BertForTokenClassification"
+    base_prefix = "bert"
+    base_class = BertModel
+    head_modules = ("classifier",)
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.encoder = self.base_class(config, add_pooler=False)
+        self.dropout = nn.Dropout(classifier_dropout(config))
+        self.classifier = nn.Linear(config.d_model, config.num_labels)
+        self.init_weights()
+
+    @classmethod
+    def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
+        return prefixed(cls.base_class.hf_key_map(config), cls.base_prefix, "encoder") + [("classifier", "classifier")]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids, position_ids).last_hidden_state
+        logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
+        loss = None if labels is None else token_classification_loss(logits, labels)
+        return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden)
+
+
 MODEL_TYPES = ("bert",)
-ARCHITECTURES = (BertModel, BertForMaskedLM, BertForPreTraining)
+ARCHITECTURES = (BertModel, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification,
+                 BertForTokenClassification)
 DEFAULT_ARCHITECTURE = BertForPreTraining

@@ -6,10 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
 from lmzoo.config import ModelConfig
 from lmzoo.models import bert
-from lmzoo.models.bert import BertForMaskedLM, BertModel
+from lmzoo.models.bert import BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification, BertModel
+from lmzoo.nn.heads import ClassificationHead, first_token
+from lmzoo.outputs import ModelOutput
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
@@ -61,6 +64,28 @@ class RobertaForMaskedLM(BertForMaskedLM):
     ]
 
 
+class RobertaForSequenceClassification(BertForSequenceClassification):
+    """No pooler: the <s> state → dropout → dense → tanh → dropout → out_proj (HF's RobertaClassificationHead)."""
+
+    hf_architecture = "RobertaForSequenceClassification"
+    base_prefix = "roberta"
+    base_class = RobertaModel
+    add_pooler = False
+    head_key_map = [("classifier.dense", "classifier.dense"), ("classifier.out_proj", "classifier.out_proj")]
+
+    def make_classifier(self, config: ModelConfig) -> nn.Module:
+        return ClassificationHead(config)
+
+    def classify(self, out: ModelOutput) -> torch.Tensor:
+        return self.classifier(first_token(out.last_hidden_state))
+
+
+class RobertaForTokenClassification(BertForTokenClassification):
+    hf_architecture = "RobertaForTokenClassification"
+    base_prefix = "roberta"
+    base_class = RobertaModel
+
+
 MODEL_TYPES = ("roberta",)
-ARCHITECTURES = (RobertaModel, RobertaForMaskedLM)
+ARCHITECTURES = (RobertaModel, RobertaForMaskedLM, RobertaForSequenceClassification, RobertaForTokenClassification)
 DEFAULT_ARCHITECTURE = RobertaForMaskedLM
