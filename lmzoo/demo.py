@@ -100,7 +100,7 @@ def bart_section(out: Path, corpus: list[str]) -> None:
     from lmzoo.tasks.seq2seq import reconstruct_texts
     from lmzoo.train.loop import TrainConfig
 
-    banner("BART: byte-level BPE + denoising (text infilling, sentence permutation)")
+    banner("BART: byte-level BPE + denoising (text infilling of short windows)")
     folder = out / "bart"
     # Short windows (a line or two) and infilling only, so a tiny model learns to copy and fill quickly;
     # `lmzoo pretrain --preset bart-*` uses the paper's recipe (infilling + sentence permutation).
