@@ -160,3 +160,27 @@ def test_state_reorder_follows_beams():
         got = model.generation_step(dec[index, 4:], state)
         want = model(input_ids=ids[index], attention_mask=mask[index], decoder_input_ids=dec[index]).logits[:, -1]
     close(got, want)
+
+
+def test_beam_search_equals_transformers_generate(tmp_path):
+    from lmzoo.generate import generate
+
+    hf = hf_model(transformers.BartForConditionalGeneration, tiny_bart_config(forced_bos_token_id=None), tmp_path)
+    ours = lmzoo.from_pretrained(tmp_path)
+    ids, mask, _ = batch(7)
+    with torch.no_grad():
+        ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=False, num_beams=4,
+                          length_penalty=1.0, early_stopping=False)
+        mine = generate(ours, ids, attention_mask=mask, max_new_tokens=16, num_beams=4)
+    eos = hf.config.eos_token_id
+
+    def until_eos(row):
+        out = []
+        for token in row.tolist():
+            out.append(token)
+            if token == eos:
+                break
+        return out
+
+    for row_ref, row_mine in zip(ref[:, 1:], mine):
+        assert until_eos(row_mine) == until_eos(row_ref)

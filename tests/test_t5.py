@@ -172,3 +172,30 @@ def test_greedy_decoding_equals_transformers_generate(tmp_path, v11):
         ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=40, do_sample=False, num_beams=1,
                           min_new_tokens=40)
     assert torch.equal(greedy_decode(ours, ids, mask, 40), ref[:, 1:])
+
+
+def until_eos(row: torch.Tensor, eos: int) -> list[int]:
+    """Tokens up to and including the first eos (what follows is padding, filled differently)."""
+    out = []
+    for token in row.tolist():
+        out.append(token)
+        if token == eos:
+            break
+    return out
+
+
+@pytest.mark.parametrize("v11", [False, True], ids=["v1.0", "v1.1"])
+def test_beam_search_equals_transformers_generate(tmp_path, v11):
+    from lmzoo.generate import generate
+
+    hf = hf_model(transformers.T5ForConditionalGeneration, tiny_t5_config(v11, num_decoder_layers=2), tmp_path,
+                  untie=v11)
+    ours = lmzoo.from_pretrained(tmp_path)
+    ids, mask, _ = batch(6)
+    with torch.no_grad():
+        ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False, num_beams=4,
+                          length_penalty=1.0, early_stopping=False)
+        mine = generate(ours, ids, attention_mask=mask, max_new_tokens=24, num_beams=4)
+    eos = hf.config.eos_token_id
+    for row_ref, row_mine in zip(ref[:, 1:], mine):
+        assert until_eos(row_mine, eos) == until_eos(row_ref, eos)
