@@ -224,3 +224,16 @@ def test_generation_state_reorder():
     fresh = model.prepare_generation(prompt[[2, 2, 0]], None, 3)
     model.generation_step(prompt[[2, 2, 0]], fresh)
     close(logits, model.generation_step(nxt, fresh))
+
+
+def test_shared_generate_module_equals_transformers_greedy(tmp_path):
+    from lmzoo.generate import generate
+
+    config = tiny_config(initializer_range=0.3)
+    hf = hf_model(transformers.XLNetLMHeadModel, config, tmp_path, seed=1)
+    ours = lmzoo.from_pretrained(tmp_path)
+    prompt = torch.randint(6, VOCAB, (2, 7), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = hf.generate(prompt, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+        mine = generate(ours, prompt, max_new_tokens=12, eos_token_id=())
+    assert torch.equal(mine, ref[:, 7:])
