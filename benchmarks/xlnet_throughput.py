@@ -81,6 +81,7 @@ def bench_train(args) -> None:
 
 
 def lmzoo_greedy(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """The new tokens only [B, new_tokens] (lmzoo.generate's convention), without the prompt."""
     try:
         from lmzoo.generate import generate  # the shared module, once it exists
     except ImportError:
@@ -92,7 +93,7 @@ def lmzoo_greedy(model, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
     for _ in range(new_tokens):
         new = model.generation_step(new, state).argmax(-1, keepdim=True)
         out = torch.cat([out, new], 1)
-    return out
+    return out[:, prompt.shape[1]:]
 
 
 def bench_generate(args) -> None:
@@ -108,7 +109,10 @@ def bench_generate(args) -> None:
         mine = lmzoo_greedy(ours, prompt, n)
         t_hf = timed(lambda: hf.generate(prompt, max_new_tokens=n, do_sample=False, pad_token_id=5), 2, warmup=1)
         t_ours = timed(lambda: lmzoo_greedy(ours, prompt, n), 2, warmup=1)
-    same = int((ref[0] == mine[0]).long().cumprod(0).sum()) - prompt.shape[1]
+    # transformers returns prompt + new tokens, lmzoo the new tokens: compare the new ones
+    ref_new = ref[0, prompt.shape[1]:]
+    k = min(ref_new.shape[0], mine.shape[1])
+    same = int((ref_new[:k] == mine[0, :k]).long().cumprod(0).sum())
     print(f"greedy generation, batch 1, prompt 16, {n} new tokens, {DEVICE}: lmzoo {n / t_ours:7.1f} tok/s   "
           f"transformers {n / t_hf:7.1f} tok/s   ratio {t_hf / t_ours:.2f}x   ({same}/{n} tokens equal)")
 

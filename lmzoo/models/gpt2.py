@@ -31,6 +31,7 @@ from lmzoo.nn.attention import causal_mask
 from lmzoo.nn.block import Block
 from lmzoo.nn.cache import DecoderState
 from lmzoo.nn.embedding import Embeddings
+from lmzoo.nn.loss import linear_cross_entropy
 from lmzoo.nn.norm import make_norm
 from lmzoo.outputs import ModelOutput
 
@@ -236,7 +237,8 @@ class GPT2Model(PreTrainedModel):
 
 class GPT2LMHeadModel(PreTrainedModel):
     """GPT-2 with the tied LM head. With ``labels`` (usually = input_ids; -100 = ignored) the loss is
-    the mean next-token cross-entropy: logits at position t predict labels at t + 1 (as HF)."""
+    the mean next-token cross-entropy: logits at position t predict labels at t + 1 (as HF). In training
+    mode with grad enabled the loss is fused with the head (``lmzoo.nn.loss``) and ``logits`` is None."""
 
     hf_architecture = "GPT2LMHeadModel"
     base_prefix = "transformer"
@@ -275,6 +277,10 @@ class GPT2LMHeadModel(PreTrainedModel):
         labels: torch.Tensor | None = None,
     ) -> ModelOutput:
         hidden = self.transformer(input_ids, attention_mask, position_ids, document_ids).last_hidden_state
+        if labels is not None and self.training and torch.is_grad_enabled():
+            # training: fused chunked head + loss, the [B, T, V] logits are never stored (logits=None)
+            loss = linear_cross_entropy(hidden[:, :-1], self.lm_head.weight, labels[:, 1:])
+            return ModelOutput(loss=loss, logits=None, last_hidden_state=hidden)
         logits = self.lm_head(hidden)  # (B, T, V)
         loss = None
         if labels is not None:

@@ -1,0 +1,114 @@
+"""Fused, chunked linear + cross-entropy: the LM-head loss without materialising [N, vocab] logits.
+
+``linear_cross_entropy(hidden, weight, labels)`` equals
+``F.cross_entropy(F.linear(hidden, weight, bias).float(), labels, ignore_index=-100)`` (mean over the
+labels that are not ignored). It walks the rows in chunks: for each chunk it computes the logits, their
+log-softmax in float32, the loss, and at once the gradients wrt the hidden rows and the weight, then
+drops the chunk's logits. Peak memory is one chunk of logits instead of all of them, and the full-size
+log-probabilities and their gradient are never written, which is most of the time a large-vocabulary
+LM head spends outside its matmuls.
+
+Under autocast the matmuls run in the autocast dtype (as ``F.linear`` would) and the softmax in
+float32 (as the ``.float()`` cross-entropy would); the gradients come back in the inputs' dtypes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lmzoo.errors import UserError
+
+IGNORE_INDEX = -100
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Forward computes the loss and (when needed) the gradients; backward only scales them."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
+                chunk_size: int, ignore_index: int) -> torch.Tensor:
+        device_type = hidden.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+        needs_h, needs_w, needs_b = ctx.needs_input_grad[:3]
+        keep = labels != ignore_index
+        n_valid = int(keep.sum())
+        rows = keep.nonzero().squeeze(1)
+        h = hidden.index_select(0, rows).to(dtype)  # ignored rows contribute nothing: drop them up front
+        target = labels.index_select(0, rows)
+        w = weight.to(dtype)
+        b = bias.to(dtype) if bias is not None else None
+        grad_h = torch.empty_like(h) if needs_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if needs_b else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        # buffers reused by every chunk: large fresh allocations cost page faults on CPU
+        rows_per_chunk, vocab = min(chunk_size, n_valid), weight.shape[0]
+        logits_buf = h.new_empty(rows_per_chunk, vocab)
+        probs_buf = torch.empty(rows_per_chunk, vocab, dtype=torch.float32, device=h.device)
+        low_buf = h.new_empty(rows_per_chunk, vocab) if dtype != torch.float32 else None
+        grad_w_buf = torch.empty(weight.shape, dtype=dtype, device=weight.device) if needs_w and low_buf is not None \
+            else None
+        with torch.autocast(device_type, enabled=False):
+            for start in range(0, n_valid, chunk_size):
+                h_c, t_c = h[start:start + chunk_size], target[start:start + chunk_size]
+                n = h_c.shape[0]
+                index = torch.arange(n, device=t_c.device)
+                logits = logits_buf[:n]
+                if b is None:
+                    torch.mm(h_c, w.t(), out=logits)
+                else:
+                    torch.addmm(b, h_c, w.t(), out=logits)
+                probs = torch.softmax(logits, -1, dtype=torch.float32, out=probs_buf[:n])
+                loss_rows = -probs[index, t_c].log()
+                tiny = probs[index, t_c] < 1e-30  # -log(p) loses precision near underflow: use the lse there
+                if bool(tiny.any()):
+                    sel = index[tiny]
+                    rows_logits = logits[sel].float()
+                    loss_rows[tiny] = torch.logsumexp(rows_logits, -1) - rows_logits[torch.arange(len(sel)), t_c[sel]]
+                total += loss_rows.sum()
+                if not (needs_h or needs_w or needs_b):
+                    continue
+                probs[index, t_c] -= 1.0  # softmax - onehot = d(sum of row losses) / d logits
+                if needs_b:
+                    grad_b += probs.sum(0)
+                grad = probs if low_buf is None else low_buf[:n].copy_(probs)
+                if needs_h:
+                    torch.mm(grad, w, out=grad_h[start:start + chunk_size])
+                if needs_w and grad_w_buf is None:
+                    grad_w.addmm_(grad.t(), h_c)
+                elif needs_w:
+                    grad_w += torch.mm(grad.t(), h_c, out=grad_w_buf)  # autocast dtype, summed in float32
+        scale = 1.0 / n_valid if n_valid else float("nan")
+        ctx.save_for_backward(rows, grad_h, grad_w, grad_b)
+        ctx.scale, ctx.shapes = scale, (hidden.shape, hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return total / n_valid  # 0 / 0 = NaN when every label is ignored, as F.cross_entropy
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        rows, grad_h, grad_w, grad_b = ctx.saved_tensors
+        hidden_shape, hidden_dtype, weight_dtype, bias_dtype = ctx.shapes
+        scale = grad_loss * ctx.scale
+        out_h = out_w = out_b = None
+        if ctx.needs_input_grad[0]:
+            out_h = torch.zeros(hidden_shape, dtype=hidden_dtype, device=grad_h.device)
+            out_h.index_copy_(0, rows, (grad_h * scale.to(grad_h.dtype)).to(hidden_dtype))
+        if ctx.needs_input_grad[1]:
+            out_w = (grad_w * scale).to(weight_dtype)
+        if ctx.needs_input_grad[2]:
+            out_b = (grad_b * scale).to(bias_dtype)
+        return out_h, out_w, out_b, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                         bias: torch.Tensor | None = None, *, chunk_size: int = 1024,
+                         ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Mean cross-entropy of ``hidden @ weight.T + bias`` [N, V] against ``labels`` [N], without the logits.
+
+    ``hidden`` [N, D] (or [..., D] with ``labels`` [...]); rows whose label is ``ignore_index`` are left
+    out of the mean (NaN when every row is ignored, as ``F.cross_entropy``). ``chunk_size`` rows of
+    logits exist at a time.
+    """
+    if chunk_size < 1:
+        raise UserError(f"chunk_size must be >= 1, got {chunk_size}")
+    return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, bias, labels.reshape(-1),
+                                     chunk_size, ignore_index)
