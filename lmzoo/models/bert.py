@@ -157,6 +157,19 @@ class BertModel(PreTrainedModel):
         return ModelOutput(last_hidden_state=x, pooler_output=pooled)
 
 
+class EncoderHeadModel(PreTrainedModel):
+    """A task head over the encoder (``self.encoder``); its HF keys are the body's under
+    ``base_prefix`` ("bert.", "roberta.") followed by ``head_key_map``."""
+
+    base_prefix = "bert"
+    base_class = BertModel
+    head_key_map: list[tuple[str, str | None]] = []
+
+    @classmethod
+    def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
+        return prefixed(cls.base_class.hf_key_map(config), cls.base_prefix, "encoder") + cls.head_key_map
+
+
 class MLMHead(nn.Module):
     """dense → activation → LayerNorm → tied decoder + bias."""
 
@@ -182,10 +195,8 @@ def masked_lm(head: MLMHead, hidden: torch.Tensor, labels: torch.Tensor | None) 
     return logits, loss
 
 
-class BertForMaskedLM(PreTrainedModel):
+class BertForMaskedLM(EncoderHeadModel):
     hf_architecture = "BertForMaskedLM"
-    base_prefix = "bert"
-    base_class = BertModel
     with_nsp = False
     head_modules = ("mlm_head", "nsp_head")
     head_key_map: list[tuple[str, str | None]] = [
@@ -203,10 +214,6 @@ class BertForMaskedLM(PreTrainedModel):
         self.nsp_head = nn.Linear(config.d_model, 2) if self.with_nsp else None
         self.init_weights()
         self.mlm_head.decoder.weight = self.encoder.embed.tokens.weight
-
-    @classmethod
-    def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
-        return prefixed(cls.base_class.hf_key_map(config), cls.base_prefix, "encoder") + cls.head_key_map
 
     def tied_parameters(self) -> dict[str, str]:
         return {"mlm_head.decoder.weight": "encoder.embed.tokens.weight"}
@@ -256,13 +263,11 @@ class BertForPreTraining(BertForMaskedLM):
         )
 
 
-class BertForSequenceClassification(PreTrainedModel):
+class BertForSequenceClassification(EncoderHeadModel):
     """Sentence (or sentence-pair) classification / regression: pooled [CLS] → dropout → classifier.
     Loss by ``config.problem_type`` (see ``lmzoo.nn.heads``); labels: class ids, multi-hot floats or scores."""
 
     hf_architecture = "BertForSequenceClassification"
-    base_prefix = "bert"
-    base_class = BertModel
     add_pooler = True
     head_modules = ("classifier",)
     head_key_map: list[tuple[str, str | None]] = [("classifier", "classifier")]
@@ -281,10 +286,6 @@ class BertForSequenceClassification(PreTrainedModel):
         """Encoder output → logits [batch, num_labels]."""
         return self.classifier(self.dropout(out.pooler_output))
 
-    @classmethod
-    def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
-        return prefixed(cls.base_class.hf_key_map(config), cls.base_prefix, "encoder") + cls.head_key_map
-
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -300,13 +301,12 @@ class BertForSequenceClassification(PreTrainedModel):
                            pooler_output=out.pooler_output)
 
 
-class BertForTokenClassification(PreTrainedModel):
+class BertForTokenClassification(EncoderHeadModel):
     """Per-token labels (NER): hidden state → dropout → classifier; labels -100 are not scored."""
 
     hf_architecture = "BertForTokenClassification"
-    base_prefix = "bert"
-    base_class = BertModel
     head_modules = ("classifier",)
+    head_key_map: list[tuple[str, str | None]] = [("classifier", "classifier")]
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -314,10 +314,6 @@ class BertForTokenClassification(PreTrainedModel):
         self.dropout = nn.Dropout(classifier_dropout(config))
         self.classifier = nn.Linear(config.d_model, config.num_labels)
         self.init_weights()
-
-    @classmethod
-    def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
-        return prefixed(cls.base_class.hf_key_map(config), cls.base_prefix, "encoder") + [("classifier", "classifier")]
 
     def forward(
         self,

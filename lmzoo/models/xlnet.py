@@ -28,6 +28,7 @@ from lmzoo.models.bert import HF_ACTIVATIONS, activation_from_hf, label_map_from
 from lmzoo.nn.embedding import Embeddings
 from lmzoo.nn.ffn import FeedForward
 from lmzoo.nn.norm import make_norm
+from lmzoo.nn.heads import sequence_classification_loss
 from lmzoo.outputs import ModelOutput
 
 # HF XLNet fields without a ModelConfig field: kept in ``extra`` when they differ from these.
@@ -563,23 +564,8 @@ class XLNetForSequenceClassification(XLNetPreTrainedModel):
     ) -> ModelOutput:
         hidden = self.transformer(input_ids, attention_mask, token_type_ids).last_hidden_state
         logits = self.logits_proj(self.summary(hidden))
-        loss = None if labels is None else classification_loss(self.config, logits, labels)
+        loss = None if labels is None else sequence_classification_loss(self.config, logits, labels)
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden)
-
-
-def classification_loss(config: ModelConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """HF's rule: problem_type, else regression for 1 label, CE for integer labels, BCE otherwise."""
-    n = logits.shape[-1]
-    problem = config.problem_type or (
-        "regression" if n == 1
-        else "single_label_classification" if labels.dtype in (torch.long, torch.int) else "multi_label_classification"
-    )
-    if problem == "regression":
-        return F.mse_loss(logits.float().squeeze(-1) if n == 1 else logits.float(), labels.float().view_as(
-            logits.squeeze(-1) if n == 1 else logits))
-    if problem == "single_label_classification":
-        return F.cross_entropy(logits.float().view(-1, n), labels.view(-1))
-    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
 MODEL_TYPES = ("xlnet",)
