@@ -47,6 +47,7 @@ class GenerationConfig:
     """How to generate. ``do_sample=False`` with ``num_beams=1`` is greedy decoding."""
 
     max_new_tokens: int = 32
+    min_new_tokens: int = 0  # eos cannot end a sequence before this many new tokens (as HF)
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
@@ -67,6 +68,8 @@ class GenerationConfig:
 
         if self.max_new_tokens <= 0:
             bad(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            bad(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
         if not self.temperature > 0:
             bad(f"temperature must be > 0, got {self.temperature}")
         if self.top_k < 0:
@@ -119,10 +122,14 @@ def top_p_filter(scores: torch.Tensor, p: float) -> torch.Tensor:
     return scores.masked_fill(remove, float("-inf"))
 
 
-def process_scores(scores: torch.Tensor, config: GenerationConfig, seen: torch.Tensor | None) -> torch.Tensor:
-    """The processors of ``config`` in HF's order; warpers (temperature, top-k/p) only when sampling."""
+def process_scores(scores: torch.Tensor, config: GenerationConfig, seen: torch.Tensor | None,
+                   step: int = 0, eos: Sequence[int] = ()) -> torch.Tensor:
+    """The processors of ``config`` in HF's order; warpers (temperature, top-k/p) only when sampling.
+    ``step``: new tokens generated so far; ``eos``: the ids held back while step < min_new_tokens."""
     if config.repetition_penalty != 1.0 and seen is not None:
         scores = repetition_penalty(scores, seen, config.repetition_penalty)
+    if step < config.min_new_tokens and eos:
+        scores = scores.index_fill(-1, torch.tensor(list(eos), device=scores.device), float("-inf"))
     if config.do_sample:
         if config.temperature != 1.0:
             scores = scores / config.temperature
@@ -350,7 +357,7 @@ def _sample(model, state, logits, config, eos, pad, seen, generator, streamer, s
     for step in range(config.max_new_tokens):
         if step > 0:
             logits = model.generation_step(out[:, step - 1:step], state)
-        scores = process_scores(logits.float(), config, seen)
+        scores = process_scores(logits.float(), config, seen, step, eos)
         if config.do_sample:
             tokens = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
         else:
@@ -393,7 +400,7 @@ def _beam_search(model, state, logits, config, batch, eos, pad, seen) -> torch.T
     for cur in range(max_new):
         if cur > 0:
             logits = model.generation_step(running[:, :, cur - 1].reshape(-1, 1), state)
-        log_probs = process_scores(F.log_softmax(logits.float(), -1), config, seen)
+        log_probs = process_scores(F.log_softmax(logits.float(), -1), config, seen, cur, eos)
         totals = (log_probs.view(batch, beams, vocab) + running_scores[..., None]).view(batch, beams * vocab)
         cand_scores, cand_index = torch.topk(totals, keep)  # (B, keep), best first
         cand_beam, cand_token = cand_index // vocab, cand_index % vocab

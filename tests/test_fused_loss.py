@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lmzoo.models.bart import BartForConditionalGeneration
 from lmzoo.models.gpt2 import GPT2LMHeadModel
+from lmzoo.models.t5 import T5ForConditionalGeneration
 from lmzoo.nn.loss import linear_cross_entropy
 from lmzoo.presets import preset_config
 
@@ -33,10 +35,29 @@ def test_loss_and_gradients_equal_unfused(chunk_size, bias):
     ref = F.cross_entropy(F.linear(hidden, weight, b), labels, ignore_index=-100)
     ours = linear_cross_entropy(hidden, weight, labels, b, chunk_size=chunk_size)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
-    for g_ours, g_ref in zip(grads(ours * 3.0, (hidden, weight, b)), grads(ref * 3.0, (hidden, weight, b))):
+    g_ours = grads(ours * 3.0, (hidden, weight, b))
+    for g_o, g_ref in zip(g_ours, grads(ref * 3.0, (hidden, weight, b))):
+        torch.testing.assert_close(g_o, g_ref, atol=1e-5, rtol=0)
+    assert bool((g_ours[0][labels == -100] == 0).all())  # ignored rows get no gradient
+    with pytest.raises(RuntimeError, match="twice"):
+        grads(ours, (hidden,))
+
+
+@pytest.mark.parametrize("smoothing", [0.1, 0.3])
+@pytest.mark.parametrize("bias", [False, True])
+def test_label_smoothing_equals_cross_entropy(smoothing, bias):
+    hidden, weight, b, labels = problem(bias=bias)
+    ref = F.cross_entropy(F.linear(hidden, weight, b), labels, ignore_index=-100, label_smoothing=smoothing)
+    ours = linear_cross_entropy(hidden, weight, labels, b, chunk_size=8, label_smoothing=smoothing)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    for g_ours, g_ref in zip(grads(ours, (hidden, weight, b)), grads(ref, (hidden, weight, b))):
         torch.testing.assert_close(g_ours, g_ref, atol=1e-5, rtol=0)
-    g_hidden = grads(ours, (hidden,))[0]
-    assert bool((g_hidden[labels == -100] == 0).all())  # ignored rows get no gradient
+
+
+def test_default_chunks_keep_the_logits_buffer_small():
+    hidden, weight, _, labels = problem(n=300, v=40000)
+    ref = F.cross_entropy(F.linear(hidden, weight), labels, ignore_index=-100)
+    torch.testing.assert_close(linear_cross_entropy(hidden, weight, labels), ref, atol=1e-5, rtol=0)
 
 
 def test_extreme_logits_keep_the_exact_loss():
@@ -91,3 +112,30 @@ def test_gpt2_training_loss_and_gradients_equal_unfused_path():
     with torch.no_grad():  # no grad in training mode: logits are still returned
         model.train()
         assert model(input_ids=ids, labels=labels).logits is not None
+
+
+@pytest.mark.parametrize("cls,preset", [(T5ForConditionalGeneration, "t5-tiny"),
+                                        (T5ForConditionalGeneration, "t5-v1_1-small"),
+                                        (BartForConditionalGeneration, "bart-tiny")])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_seq2seq_training_loss_and_gradients_equal_unfused_path(cls, preset, smoothing):
+    overrides = dict(vocab_size=150, dropout=0.0, attention_dropout=0.0)
+    if preset == "t5-v1_1-small":
+        overrides.update(d_model=32, d_ff=48, n_layers=2, n_decoder_layers=2, n_heads=2, d_head=16)
+    torch.manual_seed(0)
+    model = cls(preset_config(preset, **overrides), label_smoothing=smoothing)
+    if hasattr(model, "final_logits_bias"):
+        model.final_logits_bias.normal_()
+    g = torch.Generator().manual_seed(3)
+    ids, labels = torch.randint(3, 150, (2, 11), generator=g), torch.randint(3, 150, (2, 7), generator=g)
+    labels[1, 4:] = -100
+    model.train()
+    fused = model(input_ids=ids, labels=labels)
+    assert fused.logits is None
+    fused_grads = torch.autograd.grad(fused.loss, list(model.parameters()))
+    model.eval()
+    plain = model(input_ids=ids, labels=labels)
+    ref = F.cross_entropy(plain.logits.flatten(0, 1), labels.flatten(), ignore_index=-100, label_smoothing=smoothing)
+    torch.testing.assert_close(fused.loss, ref, atol=1e-5, rtol=0)
+    for g_fused, g_plain in zip(fused_grads, torch.autograd.grad(plain.loss, list(model.parameters()))):
+        torch.testing.assert_close(g_fused, g_plain, atol=1e-5, rtol=1e-4)

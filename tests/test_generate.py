@@ -74,6 +74,20 @@ def test_beam_search_matches_transformers(models, kw, eos_at):
     assert torch.equal(got, ref)
 
 
+@pytest.mark.parametrize("beams", [1, 4])
+def test_min_new_tokens_holds_eos_back_as_transformers(models, beams):
+    hf, ours = models
+    ids, mask = prompts()
+    eos = int(hf_generate(hf, ids, mask, max_new_tokens=10, num_beams=beams)[0, 1])  # produced at step 2
+    ref = hf_generate(hf, ids, mask, max_new_tokens=10, min_new_tokens=6, num_beams=beams, eos_token_id=eos)
+    got = generate(ours, ids, mask, max_new_tokens=10, min_new_tokens=6, num_beams=beams, eos_token_id=eos,
+                   pad_token_id=EOS)
+    assert torch.equal(got, ref)
+    assert not (got[:, :6] == eos).any()
+    with pytest.raises(UserError, match="min_new_tokens"):
+        GenerationConfig(max_new_tokens=4, min_new_tokens=5)
+
+
 def test_cached_equals_uncached_at_every_step(models):
     _, ours = models
     ids, mask = prompts()

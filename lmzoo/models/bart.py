@@ -18,7 +18,7 @@ from lmzoo.models.base import PreTrainedModel
 from lmzoo.models.bert import activation_from_hf
 from lmzoo.nn.cache import CrossKVCache, StaticKVCache
 from lmzoo.nn.seq2seq import (EncoderDecoderState, decoder_start_id, encoder_mask, new_generation_state,
-                              seq2seq_loss, shift_right)
+                              head_and_loss, shift_right)
 from lmzoo.nn.attention import causal_mask, padding_mask
 from lmzoo.nn.block import Block
 from lmzoo.nn.norm import make_norm
@@ -184,8 +184,7 @@ class BartForConditionalGeneration(PreTrainedModel):
             decoder_input_ids = shift_right(source, decoder_start_id(self.config), self.config.pad_token_id)
         enc = self.model.encode(input_ids, attention_mask)
         hidden = self.model.decode(decoder_input_ids, decoder_attention_mask, enc, attention_mask)
-        logits = self.logits(hidden)
-        loss = seq2seq_loss(logits, labels, self.label_smoothing) if labels is not None else None
+        logits, loss = head_and_loss(self, hidden, labels, self.model.shared.weight, self.final_logits_bias)
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden, encoder_last_hidden_state=enc)
 
     # generation protocol (lmzoo.generate)

@@ -23,7 +23,7 @@ from lmzoo.nn.block import Block
 from lmzoo.nn.norm import RMSNorm, make_norm
 from lmzoo.nn.cache import CrossKVCache, StaticKVCache
 from lmzoo.nn.seq2seq import (EncoderDecoderState, decoder_start_id, encoder_mask, new_generation_state,
-                              seq2seq_loss, shift_right)
+                              head_and_loss, shift_right)
 from lmzoo.outputs import ModelOutput
 
 # --- T5 ---------------------------------------------------------------------------------------
@@ -225,8 +225,8 @@ class T5ForConditionalGeneration(T5PreTrainedModel):
         enc = encoder_last_hidden_state if encoder_last_hidden_state is not None else self.encode(input_ids, attention_mask)
         hidden = self.decoder(self.shared(decoder_input_ids), decoder_attention_mask, encoder_states=enc,
                               encoder_mask=encoder_mask(attention_mask, enc.dtype))
-        logits = self.logits(hidden)
-        loss = seq2seq_loss(logits, labels, self.label_smoothing) if labels is not None else None
+        scaled = hidden * self.config.d_model ** -0.5 if self.config.tied_logits_scale else hidden
+        logits, loss = head_and_loss(self, scaled, labels, self.lm_head.weight)
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden, encoder_last_hidden_state=enc)
 
     # generation protocol (lmzoo.generate)

@@ -19,6 +19,7 @@ import torch
 from lmzoo.errors import UserError
 
 IGNORE_INDEX = -100
+CHUNK_ELEMENTS = 1 << 22  # logits per chunk by default
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -26,7 +27,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
-                chunk_size: int, ignore_index: int) -> torch.Tensor:
+                chunk_size: int, ignore_index: int, label_smoothing: float) -> torch.Tensor:
         device_type = hidden.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
         needs_h, needs_w, needs_b = ctx.needs_input_grad[:3]
@@ -46,8 +47,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
         logits_buf = h.new_empty(rows_per_chunk, vocab)
         probs_buf = torch.empty(rows_per_chunk, vocab, dtype=torch.float32, device=h.device)
         low_buf = h.new_empty(rows_per_chunk, vocab) if dtype != torch.float32 else None
-        grad_w_buf = torch.empty(weight.shape, dtype=dtype, device=weight.device) if needs_w and low_buf is not None \
-            else None
         with torch.autocast(device_type, enabled=False):
             for start in range(0, n_valid, chunk_size):
                 h_c, t_c = h[start:start + chunk_size], target[start:start + chunk_size]
@@ -65,27 +64,42 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     sel = index[tiny]
                     rows_logits = logits[sel].float()
                     loss_rows[tiny] = torch.logsumexp(rows_logits, -1) - rows_logits[torch.arange(len(sel)), t_c[sel]]
+                if label_smoothing:  # (1 - eps) * nll + eps * mean over the vocabulary of -log p
+                    lse = torch.logsumexp(logits, -1, keepdim=True).float()
+                    smooth_rows = lse.squeeze(1) - logits.float().mean(-1)
+                    loss_rows = (1.0 - label_smoothing) * loss_rows + label_smoothing * smooth_rows
                 total += loss_rows.sum()
                 if not (needs_h or needs_w or needs_b):
                     continue
-                probs[index, t_c] -= 1.0  # softmax - onehot = d(sum of row losses) / d logits
+                # softmax - smoothed one-hot = d(sum of row losses) / d logits
+                probs[index, t_c] -= 1.0 - label_smoothing
+                if label_smoothing:
+                    probs -= label_smoothing / vocab
                 if needs_b:
                     grad_b += probs.sum(0)
-                grad = probs if low_buf is None else low_buf[:n].copy_(probs)
                 if needs_h:
+                    grad = probs if low_buf is None else low_buf[:n].copy_(probs)
                     torch.mm(grad, w, out=grad_h[start:start + chunk_size])
-                if needs_w and grad_w_buf is None:
-                    grad_w.addmm_(grad.t(), h_c)
-                elif needs_w:
-                    grad_w += torch.mm(grad.t(), h_c, out=grad_w_buf)  # autocast dtype, summed in float32
+                if needs_w:
+                    # one float32 GEMM per chunk straight into the float32 sum: cheaper on CPU than a
+                    # low-precision GEMM into a [V, D] temporary plus a mixed-dtype add of it
+                    grad_w.addmm_(probs.t(), h_c if low_buf is None else h_c.float())
         scale = 1.0 / n_valid if n_valid else float("nan")
-        ctx.save_for_backward(rows, grad_h, grad_w, grad_b)
+        ctx.save_for_backward(rows)
+        # the gradients are kept as attributes, not saved tensors: backward scales them in place and
+        # hands them over, so autograd stores them as .grad without copying [V, D] tensors
+        ctx.grads = (grad_h, grad_w, grad_b)
         ctx.scale, ctx.shapes = scale, (hidden.shape, hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         return total / n_valid  # 0 / 0 = NaN when every label is ignored, as F.cross_entropy
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
-        rows, grad_h, grad_w, grad_b = ctx.saved_tensors
+        (rows,) = ctx.saved_tensors
+        if ctx.grads is None:
+            raise RuntimeError("linear_cross_entropy: backward through the same loss twice (retain_graph) "
+                               "is not supported")
+        grad_h, grad_w, grad_b = ctx.grads
+        ctx.grads = None
         hidden_shape, hidden_dtype, weight_dtype, bias_dtype = ctx.shapes
         scale = grad_loss * ctx.scale
         out_h = out_w = out_b = None
@@ -93,22 +107,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
             out_h = torch.zeros(hidden_shape, dtype=hidden_dtype, device=grad_h.device)
             out_h.index_copy_(0, rows, (grad_h * scale.to(grad_h.dtype)).to(hidden_dtype))
         if ctx.needs_input_grad[1]:
-            out_w = (grad_w * scale).to(weight_dtype)
+            out_w = grad_w.mul_(scale).to(weight_dtype)
         if ctx.needs_input_grad[2]:
-            out_b = (grad_b * scale).to(bias_dtype)
-        return out_h, out_w, out_b, None, None, None
+            out_b = grad_b.mul_(scale).to(bias_dtype)
+        return out_h, out_w, out_b, None, None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         bias: torch.Tensor | None = None, *, chunk_size: int = 1024,
-                         ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+                         bias: torch.Tensor | None = None, *, chunk_size: int | None = None,
+                         ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ weight.T + bias`` [N, V] against ``labels`` [N], without the logits.
 
     ``hidden`` [N, D] (or [..., D] with ``labels`` [...]); rows whose label is ``ignore_index`` are left
     out of the mean (NaN when every row is ignored, as ``F.cross_entropy``). ``chunk_size`` rows of
-    logits exist at a time.
+    logits exist at a time (default: about 4M logits, ~16 MB in float32, small enough for the
+    allocator to recycle the buffers between calls instead of page-faulting fresh ones in).
+    ``label_smoothing`` as ``F.cross_entropy``'s.
     """
+    if chunk_size is None:
+        chunk_size = max(16, CHUNK_ELEMENTS // weight.shape[0])
     if chunk_size < 1:
         raise UserError(f"chunk_size must be >= 1, got {chunk_size}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise UserError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, bias, labels.reshape(-1),
-                                     chunk_size, ignore_index)
+                                     chunk_size, ignore_index, float(label_smoothing))

@@ -13,6 +13,7 @@ from lmzoo.config import ModelConfig
 from lmzoo.errors import UserError
 from lmzoo.nn.attention import padding_mask
 from lmzoo.nn.cache import CrossKVCache, StaticKVCache
+from lmzoo.nn.loss import linear_cross_entropy
 
 
 
@@ -28,6 +29,17 @@ def seq2seq_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: fl
     """Token-level cross-entropy over labels != -100 (computed in float32)."""
     return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
                            label_smoothing=label_smoothing)
+
+
+def head_and_loss(model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor | None, weight: torch.Tensor,
+                  bias: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(logits, loss) of the LM head ``hidden @ weight.T + bias``. Training with gradients: the head is fused
+    with the loss (``lmzoo.nn.loss``) and logits is None, the [B, T, V] logits are never stored."""
+    smoothing = getattr(model, "label_smoothing", 0.0)
+    if labels is not None and model.training and torch.is_grad_enabled():
+        return None, linear_cross_entropy(hidden, weight, labels, bias, label_smoothing=smoothing)
+    logits = F.linear(hidden, weight, bias)
+    return logits, (seq2seq_loss(logits, labels, smoothing) if labels is not None else None)
 
 
 def decoder_start_id(config: ModelConfig) -> int:
@@ -53,13 +65,22 @@ class EncoderDecoderState:
     self_caches: list[StaticKVCache]
     cross_caches: list[CrossKVCache]
     length: int = 0  # decoder tokens seen so far
+    source_row: torch.Tensor | None = None  # (B,) the input row each row's encoder side comes from
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep / duplicate batch rows (beam search): row i becomes old row index[i]."""
+        if self.source_row is None:
+            self.source_row = torch.arange(self.encoder_states.shape[0], device=index.device)
+        new_source = self.source_row.index_select(0, index)
+        for cache in self.self_caches:
+            cache.reorder(index)
+        if torch.equal(new_source, self.source_row):
+            return  # a beam step: every row takes a beam of its own input, whose encoder side it already has
+        self.source_row = new_source
         self.encoder_states = self.encoder_states.index_select(0, index)
         if self.encoder_mask is not None:
             self.encoder_mask = self.encoder_mask.index_select(0, index)
-        for cache in [*self.self_caches, *self.cross_caches]:
+        for cache in self.cross_caches:
             cache.reorder(index)
 
 
