@@ -170,6 +170,9 @@ def load_pretrained(folder: str | Path, model_class: type[PreTrainedModel] | Non
 
 def save_pretrained(model: PreTrainedModel, folder: str | Path) -> None:
     """Write ``config.json`` and ``model.safetensors`` in HF format; each file atomically."""
+    from lmzoo.quantize import refuse_if_quantized
+
+    refuse_if_quantized(model, "save")
     folder = Path(folder)
     family = FAMILY_OF[model.config.family]
     hf_config = {"architectures": [model.hf_architecture], **family.config_to_hf(model.config)}

@@ -184,7 +184,8 @@ class BartForConditionalGeneration(PreTrainedModel):
             decoder_input_ids = shift_right(source, decoder_start_id(self.config), self.config.pad_token_id)
         enc = self.model.encode(input_ids, attention_mask)
         hidden = self.model.decode(decoder_input_ids, decoder_attention_mask, enc, attention_mask)
-        logits, loss = head_and_loss(self, hidden, labels, self.model.shared.weight, self.final_logits_bias)
+        logits, loss = head_and_loss(self, hidden, labels, None, self.model.shared.weight,
+                                     self.final_logits_bias)
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden, encoder_last_hidden_state=enc)
 
     # generation protocol (lmzoo.generate)

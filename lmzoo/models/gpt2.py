@@ -301,7 +301,7 @@ class GPT2LMHeadModel(PreTrainedModel):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         return DecoderState.allocate(self.config.n_layers, self.config.n_heads, self.config.head_dim,
-                                     attention_mask.long(), capacity, dtype=self.lm_head.weight.dtype)
+                                     attention_mask.long(), capacity, dtype=self.transformer.embed.tokens.weight.dtype)
 
     @torch.no_grad()
     def generation_step(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:

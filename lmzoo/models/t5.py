@@ -226,7 +226,7 @@ class T5ForConditionalGeneration(T5PreTrainedModel):
         hidden = self.decoder(self.shared(decoder_input_ids), decoder_attention_mask, encoder_states=enc,
                               encoder_mask=encoder_mask(attention_mask, enc.dtype))
         scaled = hidden * self.config.d_model ** -0.5 if self.config.tied_logits_scale else hidden
-        logits, loss = head_and_loss(self, scaled, labels, self.lm_head.weight)
+        logits, loss = head_and_loss(self, scaled, labels, self.lm_head, self.lm_head.weight)
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden, encoder_last_hidden_state=enc)
 
     # generation protocol (lmzoo.generate)

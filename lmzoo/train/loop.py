@@ -438,6 +438,9 @@ def train(
     every rank after each checkpoint is in place (an exception there stops the run, like a kill).
     Under torchrun the run is data-parallel (DDP, or FSDP2 with ``config.fsdp``); rank 0 writes files.
     """
+    from lmzoo.quantize import refuse_if_quantized
+
+    refuse_if_quantized(model, "train")
     out_dir = Path(out_dir)
     if resume and overwrite:
         raise UserError("pass either --resume or --overwrite, not both")
