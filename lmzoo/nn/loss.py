@@ -14,12 +14,28 @@ float32 (as the ``.float()`` cross-entropy would); the gradients come back in th
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from lmzoo.errors import UserError
 
 IGNORE_INDEX = -100
-CHUNK_ELEMENTS = 1 << 22  # logits per chunk by default
+CHUNK_ELEMENTS = int(os.environ.get("LMZOO_CE_CHUNK_ELEMENTS", 1 << 24))  # logits per chunk by default
+
+_WORKSPACE: dict[tuple, torch.Tensor] = {}
+
+
+def _workspace(name: str, rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A [rows, cols] scratch buffer kept between calls on CPU, where a fresh large allocation is
+    page-faulted in again on every call (CUDA's caching allocator already reuses memory)."""
+    if device.type != "cpu":
+        return torch.empty(rows, cols, dtype=dtype, device=device)
+    key = (name, dtype, device)
+    buf = _WORKSPACE.get(key)
+    if buf is None or buf.numel() < rows * cols:
+        buf = _WORKSPACE[key] = torch.empty(rows * cols, dtype=dtype, device=device)
+    return buf[:rows * cols].view(rows, cols)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -42,11 +58,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if needs_b else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        # buffers reused by every chunk: large fresh allocations cost page faults on CPU
+        # buffers reused by every chunk (and kept between calls on CPU)
         rows_per_chunk, vocab = min(chunk_size, n_valid), weight.shape[0]
-        logits_buf = h.new_empty(rows_per_chunk, vocab)
-        probs_buf = torch.empty(rows_per_chunk, vocab, dtype=torch.float32, device=h.device)
-        low_buf = h.new_empty(rows_per_chunk, vocab) if dtype != torch.float32 else None
+        logits_buf = _workspace("logits", rows_per_chunk, vocab, dtype, h.device)
+        probs_buf = _workspace("probs", rows_per_chunk, vocab, torch.float32, h.device)
+        low_buf = _workspace("low", rows_per_chunk, vocab, dtype, h.device) if dtype != torch.float32 else None
         with torch.autocast(device_type, enabled=False):
             for start in range(0, n_valid, chunk_size):
                 h_c, t_c = h[start:start + chunk_size], target[start:start + chunk_size]
