@@ -27,7 +27,7 @@ from lmzoo.io import atomic_write_json
 if TYPE_CHECKING:
     from lmzoo.tokenizer import Tokenizer
 
-TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
+TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".py")  # .py: source code is a corpus too (code GPT)
 DOCUMENT_SPLITS = ("blank_line", "file")
 
 
@@ -40,7 +40,7 @@ def _is_text_file(path: Path) -> bool:
 
 
 def resolve_paths(spec: str | os.PathLike | list) -> list[Path]:
-    """The files named by ``spec``: a file, a folder (searched recursively for .txt/.md/.jsonl
+    """The files named by ``spec``: a file, a folder (searched recursively for .txt/.md/.jsonl/.py
     and their .gz), a glob pattern, or a list of those. Sorted, without duplicates."""
     specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
     if not specs:
@@ -57,7 +57,7 @@ def resolve_paths(spec: str | os.PathLike | list) -> list[Path]:
             hits = [q for q in hits if q.is_file()]
         if not hits:
             raise UserError(f"no text files found for {str(s)!r} (expected a file, a folder of "
-                            f".txt/.md/.jsonl[.gz] files, or a glob)")
+                            f".txt/.md/.jsonl/.py[.gz] files, or a glob)")
         found.update(q.resolve() for q in hits)
     return sorted(found)
 

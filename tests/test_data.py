@@ -28,7 +28,7 @@ def tree(tmp_path):
         json.dumps({"text": "json one", "id": 1}) + "\n\n" + json.dumps({"text": "json two"}) + "\n")
     with gzip.open(root / "sub" / "d.txt.gz", "wt") as f:
         f.write("gz doc one\n\ngz doc two\n")
-    (root / "ignored.py").write_text("not text corpus")
+    (root / "script.py").write_text("def f():\n    return 1\n")  # source code is text too
     (root / "weights.bin").write_bytes(b"\x00\x01")
     return root
 
@@ -60,7 +60,7 @@ def first_doc(tmp_path):
 
 def test_resolve_paths_folder_glob_file_and_list(tree):
     found = resolve_paths(str(tree))
-    assert [p.name for p in found] == ["a.txt", "b.md", "d.txt.gz", "c.jsonl"]  # sorted by full path
+    assert [p.name for p in found] == ["a.txt", "script.py", "b.md", "d.txt.gz", "c.jsonl"]  # sorted by full path
     assert found == sorted(found)
     assert resolve_paths(str(tree / "a.txt")) == [(tree / "a.txt").resolve()]
     assert [p.name for p in resolve_paths(str(tree / "**" / "*.md"))] == ["b.md"]
@@ -74,11 +74,13 @@ def test_resolve_paths_folder_glob_file_and_list(tree):
 def test_documents_from_every_format(tree):
     docs = list(iter_documents(str(tree)))
     assert docs == ["First doc line one.\nline two: more here!", "Second doc.   Has two sentences?", "Third",
-                    "Title", "NAME\nSpeaks softly here.", "gz doc one", "gz doc two", "json one", "json two"]
+                    "def f():\n    return 1", "Title", "NAME\nSpeaks softly here.", "gz doc one", "gz doc two",
+                    "json one", "json two"]
     by_file = list(iter_documents(str(tree), document_split="file"))
-    assert by_file[0] == TEXT_A.rstrip() and by_file[1] == "Title\n\nNAME\nSpeaks softly here."
-    assert by_file[2] == "gz doc one\n\ngz doc two"
-    assert by_file[3:] == ["json one", "json two"]  # jsonl stays one document per line
+    assert by_file[0] == TEXT_A.rstrip() and by_file[2] == "Title\n\nNAME\nSpeaks softly here."
+    assert by_file[1] == "def f():\n    return 1"  # indentation kept
+    assert by_file[3] == "gz doc one\n\ngz doc two"
+    assert by_file[4:] == ["json one", "json two"]  # jsonl stays one document per line
     (tree / "code.txt").write_text("\n\n" + TEXT_B)
     assert list(iter_documents(str(tree / "code.txt"), document_split="file")) == [TEXT_B.rstrip()]
     (tree / "x.jsonl").write_text(json.dumps({"body": "custom field"}) + "\n")
