@@ -64,6 +64,9 @@ def test_metrics_known_values():
     assert same == {"bleu": pytest.approx(100.0), "chrf": pytest.approx(100.0), "rougeL": pytest.approx(100.0)}
     half = text_metrics(["the cat"], ["the cat sat on"])
     assert half["rougeL"] == pytest.approx(100 * 2 * (1.0 * 0.5) / 1.5) and half["bleu"] < 50
+    # ROUGE-L words are Unicode: "Schließen" is one word (rouge-score's default would split it at ß)
+    german = text_metrics(["Schließen das Fenster"], ["Schließen die Fenster"])
+    assert german["rougeL"] == pytest.approx(100 * 2 / 3)
 
 
 def test_dataset_and_collator(bart_folder, tmp_path):

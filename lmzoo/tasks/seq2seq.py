@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,13 +179,21 @@ def reconstruct_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_n
     return out
 
 
+class _UnicodeWords:
+    """rouge-score's default tokenizer (lowercase runs of letters and digits) for every script:
+    the default keeps only a-z and 0-9, which breaks German "Schließen" into "schlie" + "en"."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return re.findall(r"[^\W_]+", text.lower())
+
+
 def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Corpus BLEU and chrF (sacrebleu) and mean ROUGE-L F1 (rouge-score, ×100)."""
     import sacrebleu
     from rouge_score import rouge_scorer
 
     refs = [list(references)]
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=_UnicodeWords())
     rouge = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]
     return {
         "bleu": sacrebleu.corpus_bleu(list(predictions), refs).score,
