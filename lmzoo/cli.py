@@ -424,7 +424,7 @@ def _complete_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_complete(args: argparse.Namespace) -> None:
     import torch
 
-    from lmzoo.generate import code_block_end, generate
+    from lmzoo.generate import code_block_end, generate, heal_trailing_whitespace
 
     options = _sampling_options(args)
     if args.file:
@@ -435,11 +435,21 @@ def cmd_complete(args: argparse.Namespace) -> None:
     else:
         prefix = sys.stdin.read()
     model, tokenizer = _load_lm(args.model, args.bf16, args.quantize)
-    ids, max_new = _encode_prompt(model, tokenizer, prefix, args.max_new_tokens)
+    prompt, tail, allowed = heal_trailing_whitespace(prefix, tokenizer)
+    ids, max_new = _encode_prompt(model, tokenizer, prompt, args.max_new_tokens)
     cut = code_block_end(prefix, args.until)
-    out = generate(model, torch.tensor([ids]), max_new_tokens=max_new, tokenizer=tokenizer,
-                   stop_when=lambda text: cut(text) is not None, **options)
-    text = tokenizer.decode(out[0].tolist())
+
+    def completion(text: str) -> str | None:
+        """The new text after the prefix's own trailing whitespace (None while that is not written yet)."""
+        return text[len(tail):] if text.startswith(tail) else None
+
+    def done(text: str) -> bool:
+        new = completion(text)
+        return new is not None and cut(new) is not None
+
+    out = generate(model, torch.tensor([ids]), max_new_tokens=max_new, tokenizer=tokenizer, stop_when=done,
+                   allowed_tokens=allowed, **options)
+    text = completion(tokenizer.decode(out[0].tolist())) or ""
     end = cut(text)
     sys.stdout.write((text[:end] if end is not None else text).rstrip("\n") + "\n")
 

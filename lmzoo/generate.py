@@ -231,6 +231,31 @@ class _TextStop:
         return hit
 
 
+def heal_trailing_whitespace(prefix: str, tokenizer: Any
+                             ) -> tuple[str, str, Callable[[int, list[int]], list[int] | None] | None]:
+    """Token healing for a prefix ending in whitespace (a file's final newline, an indentation).
+
+    Byte-level BPE learns a newline together with the next line's indentation as one token, so a
+    prompt ending in a bare newline token is one the model never saw. Returns (prompt, tail,
+    allowed_tokens): the prompt without the trailing whitespace ``tail``, and an ``allowed_tokens``
+    constraint for ``generate`` under which the new text must first reproduce ``tail`` (a token may
+    run past it, e.g. newline + indentation + code). Nothing to heal: (prefix, "", None).
+    """
+    tail = prefix[len(prefix.rstrip()):]
+    if not tail or not prefix.strip():
+        return prefix, "", None
+    pieces = [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
+
+    def allowed(row: int, new_tokens: list[int]) -> list[int] | None:
+        text = tokenizer.decode(new_tokens)
+        if len(text) >= len(tail):
+            return None
+        return [i for i, piece in enumerate(pieces)
+                if piece and ((text + piece).startswith(tail) or tail.startswith(text + piece))]
+
+    return prefix[:len(prefix) - len(tail)], tail, allowed
+
+
 def code_block_end(prefix: str, until: str = "block") -> Callable[[str], int | None]:
     """Where a code completion of ``prefix`` should stop: a function of the new text returning the
     index to cut it at, or None while it should go on.
@@ -281,6 +306,7 @@ def generate(
     tokenizer: Any = None,
     stop_when: Callable[[str], bool] | None = None,
     generator: torch.Generator | None = None,
+    allowed_tokens: Callable[[int, list[int]], Sequence[int] | None] | None = None,
     **options: Any,
 ) -> torch.Tensor:
     """New tokens [B * num_return_sequences, <= max_new_tokens] after each prompt.
@@ -289,7 +315,9 @@ def generate(
     ...) or ``config=GenerationConfig(...)``. ``streamer(tokens [N])`` is called with each step's
     new tokens (greedy / sampling). ``tokenizer`` decodes for ``stop_strings`` and ``stop_when``
     (a row stops once ``stop_when(its new text)`` is true; greedy / sampling only). ``generator``
-    overrides ``seed`` as the source of sampling randomness.
+    overrides ``seed`` as the source of sampling randomness. ``allowed_tokens(row, its new tokens)``
+    constrains the next token of a row to the ids it returns (None: no constraint; greedy / sampling
+    only), like HF's ``prefix_allowed_tokens_fn``.
     """
     config = options.pop("config", None) or GenerationConfig()
     known = {f.name for f in fields(GenerationConfig)}
@@ -306,8 +334,8 @@ def generate(
         raise UserError(f"{type(model).__name__} cannot generate (it has no LM head / generation protocol)")
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise UserError("empty prompt: generation needs at least one token")
-    if stop_when is not None and config.num_beams > 1:
-        raise UserError("stop_when works with greedy decoding and sampling, not beam search")
+    if (stop_when is not None or allowed_tokens is not None) and config.num_beams > 1:
+        raise UserError("stop_when / allowed_tokens work with greedy decoding and sampling, not beam search")
     stop = _TextStop(config.stop_strings, stop_when, tokenizer) if config.stop_strings or stop_when else None
     model_config = model.config
     eos = _eos_ids(config, model_config)
@@ -344,10 +372,22 @@ def generate(
     if generator is None and config.do_sample:
         generator = torch.Generator(device=device)
         generator.manual_seed(config.seed if config.seed is not None else int(torch.randint(2**62, ()).item()))
-    return _sample(model, state, logits, config, eos, pad, seen, generator, streamer, stop)
+    return _sample(model, state, logits, config, eos, pad, seen, generator, streamer, stop, allowed_tokens)
 
 
-def _sample(model, state, logits, config, eos, pad, seen, generator, streamer, stop) -> torch.Tensor:
+def _constrain(scores: torch.Tensor, allowed_tokens: Callable, new_tokens: torch.Tensor) -> torch.Tensor:
+    """Scores of tokens a row's ``allowed_tokens`` does not list set to -inf."""
+    for row in range(scores.shape[0]):
+        allowed = allowed_tokens(row, new_tokens[row].tolist())
+        if allowed is not None:
+            keep = torch.zeros(scores.shape[1], dtype=torch.bool, device=scores.device)
+            keep[torch.as_tensor(list(allowed), dtype=torch.long, device=scores.device)] = True
+            scores[row] = scores[row].masked_fill(~keep, float("-inf"))
+    return scores
+
+
+def _sample(model, state, logits, config, eos, pad, seen, generator, streamer, stop, allowed_tokens=None
+            ) -> torch.Tensor:
     """Greedy (argmax) or sampling, one token per step, all rows in lockstep."""
     rows, device = logits.shape[0], logits.device
     out = torch.full((rows, config.max_new_tokens), pad, dtype=torch.long, device=device)
@@ -358,6 +398,8 @@ def _sample(model, state, logits, config, eos, pad, seen, generator, streamer, s
         if step > 0:
             logits = model.generation_step(out[:, step - 1:step], state)
         scores = process_scores(logits.float(), config, seen, step, eos)
+        if allowed_tokens is not None:
+            scores = _constrain(scores, allowed_tokens, out[:, :step])
         if config.do_sample:
             tokens = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
         else:

@@ -169,3 +169,15 @@ def test_complete_held_out_prefix_stops_exactly_at_the_boundary(code_gpt, capsys
     # left alone the model writes on past the boundary (more code): the stop is the rule's doing
     raw = raw_continuation(folder, prefix)
     assert raw.startswith(expected) and raw[len(expected):].strip()
+
+
+@pytest.mark.parametrize("prefix, expected", [
+    # a file that ends in a newline (as editors save them): the model must not start from a bare
+    # newline token it never saw in training (newline + indentation is one token) — token healing
+    (f"def scale_{HELD_OUT_N}(values):\n", SCALE.split(":\n", 1)[1]),
+    (f"def shift_{HELD_OUT_N}(values):\n", SHIFT.split(":\n", 1)[1]),
+    (f"def scale_{HELD_OUT_N}(values):\n    ", SCALE.split(":\n    ", 1)[1]),
+])
+def test_complete_heals_a_prefix_ending_in_whitespace(code_gpt, capsys, tmp_path, prefix, expected):
+    folder, _ = code_gpt
+    assert complete(capsys, folder, prefix, "block", tmp_path) == expected

@@ -88,6 +88,18 @@ def test_min_new_tokens_holds_eos_back_as_transformers(models, beams):
         GenerationConfig(max_new_tokens=4, min_new_tokens=5)
 
 
+def test_allowed_tokens_constrains_the_next_token(models):
+    _, ours = models
+    ids = torch.tensor([[5, 9, 2, 7, 1, 33]])
+    free = generate(ours, ids, max_new_tokens=6)
+    forced = int(free[0, 0]) + 1  # not what greedy picks first
+    got = generate(ours, ids, max_new_tokens=6, allowed_tokens=lambda row, new: [forced] if not new else None)
+    assert int(got[0, 0]) == forced
+    assert torch.equal(got[:, 1:], generate(ours, torch.cat([ids, got[:, :1]], 1), max_new_tokens=5))
+    with pytest.raises(UserError, match="allowed_tokens"):
+        generate(ours, ids, max_new_tokens=3, num_beams=2, allowed_tokens=lambda row, new: None)
+
+
 def test_cached_equals_uncached_at_every_step(models):
     _, ours = models
     ids, mask = prompts()
