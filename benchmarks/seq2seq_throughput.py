@@ -2,7 +2,7 @@
 
 Training: tokens/s (source + target) of forward + backward + AdamW step, d_model 256, 4+4 layers,
 source 256, target 64, batch 16, fp32 and bf16 autocast. Generation: T5-small config, 4 beams, exactly
-64 new tokens (eos held back by min_new_tokens on both sides), batch 8, source 128. Both sides train
+64 new tokens (eos held back by min_new_tokens on both sides), batch 1 and 8, source 128. Both sides train
 with fused AdamW (lmzoo's loop; HF Trainer's default on torch >= 2.8).
 
     python benchmarks/seq2seq_throughput.py [--device cuda] [--steps 4] [--only train|generate]
@@ -80,19 +80,19 @@ def generation_tokens_per_s(fn, n_new, batch_size, device, repeats=3):
     return repeats * n_new * batch_size / (time.perf_counter() - start)
 
 
-def beam_search_row(device: str, g: torch.Generator) -> tuple[str, float, float]:
-    """T5-small, batch 8, source 128, 4 beams, exactly 64 new tokens on both sides (eos held back)."""
+def beam_search_row(device: str, g: torch.Generator, batch: int) -> tuple[str, float, float]:
+    """T5-small, source 128, 4 beams, exactly 64 new tokens on both sides (eos held back)."""
     ours = T5ForConditionalGeneration(preset_config("t5-small", dropout=0.0)).to(device).eval()
     hf = hf_twin(ours, transformers.T5ForConditionalGeneration).eval()
-    src = torch.randint(3, 32000, (8, 128), generator=g).to(device)
+    src = torch.randint(3, 32000, (batch, 128), generator=g).to(device)
     mask = torch.ones_like(src)
     with torch.no_grad():
         a = generation_tokens_per_s(lambda: generate(ours, src, mask, max_new_tokens=64, min_new_tokens=64,
-                                                     num_beams=4), 64, 8, device)
+                                                     num_beams=4), 64, batch, device)
         b = generation_tokens_per_s(lambda: hf.generate(input_ids=src, attention_mask=mask, max_new_tokens=64,
                                                         min_new_tokens=64, num_beams=4, do_sample=False),
-                                    64, 8, device)
-    return "generate T5-small beam 4", a, b
+                                    64, batch, device)
+    return f"T5-small beam 4, batch {batch}", a, b
 
 
 def main() -> None:
@@ -126,7 +126,7 @@ def main() -> None:
         del ours, hf
 
     if args.only != "train":
-        rows.append(beam_search_row(device, g))
+        rows.extend(beam_search_row(device, g, batch) for batch in (1, 8))
 
     print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}")
     print(f"{'benchmark':<28}{'lmzoo tok/s':>14}{'transformers':>14}{'ratio':>8}")

@@ -21,6 +21,7 @@ from lmzoo.nn.seq2seq import (EncoderDecoderState, decoder_start_id, encoder_mas
                               head_and_loss, shift_right)
 from lmzoo.nn.attention import causal_mask, padding_mask
 from lmzoo.nn.block import Block
+from lmzoo.nn.heads import decode_logits
 from lmzoo.nn.norm import make_norm
 from lmzoo.outputs import ModelOutput
 
@@ -169,7 +170,8 @@ class BartForConditionalGeneration(PreTrainedModel):
         return {**state, "final_logits_bias": state["final_logits_bias"].reshape(1, -1)}
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(hidden, self.model.shared.weight, self.final_logits_bias)
+        """LM-head logits of decoding rows [N, D] (tied to the embeddings, plus final_logits_bias)."""
+        return decode_logits(hidden, self.model.shared.weight, self.final_logits_bias)
 
     def forward(
         self,

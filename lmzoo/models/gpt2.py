@@ -31,6 +31,7 @@ from lmzoo.nn.attention import causal_mask
 from lmzoo.nn.block import Block
 from lmzoo.nn.cache import DecoderState
 from lmzoo.nn.embedding import Embeddings
+from lmzoo.nn.heads import decode_logits
 from lmzoo.nn.loss import linear_cross_entropy
 from lmzoo.nn.norm import make_norm
 from lmzoo.outputs import ModelOutput
@@ -307,7 +308,7 @@ class GPT2LMHeadModel(PreTrainedModel):
     def generation_step(self, tokens: torch.Tensor, state: DecoderState) -> torch.Tensor:
         """Feed ``tokens`` [B, t] (the prompt first, then one token per step); logits [B, vocab] of the last."""
         hidden = self.transformer(tokens, state=state).last_hidden_state
-        return self.lm_head(hidden[:, -1])
+        return decode_logits(hidden[:, -1], self.lm_head)
 
 
 MODEL_TYPES = ("gpt2",)

@@ -20,6 +20,7 @@ from lmzoo.errors import UserError
 from lmzoo.models.base import PreTrainedModel
 from lmzoo.nn.attention import causal_mask, padding_mask
 from lmzoo.nn.block import Block
+from lmzoo.nn.heads import decode_logits
 from lmzoo.nn.norm import RMSNorm, make_norm
 from lmzoo.nn.cache import CrossKVCache, StaticKVCache
 from lmzoo.nn.seq2seq import (EncoderDecoderState, decoder_start_id, encoder_mask, new_generation_state,
@@ -205,9 +206,10 @@ class T5ForConditionalGeneration(T5PreTrainedModel):
         return self.encoder(self.shared(input_ids), attention_mask)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits of decoding rows [N, D]."""
         if self.config.tied_logits_scale:
             hidden = hidden * self.config.d_model ** -0.5
-        return self.lm_head(hidden)
+        return decode_logits(hidden, self.lm_head)
 
     def forward(
         self,

@@ -88,3 +88,23 @@ def sequence_classification_loss(config: ModelConfig, logits: torch.Tensor, labe
 def token_classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over labelled tokens (-100 = not scored: padding, specials, later subwords)."""
     return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=IGNORE_INDEX)
+
+
+def decode_logits(hidden: torch.Tensor, head: nn.Module | torch.Tensor, bias: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """LM-head logits [N, V] of a decoding step's rows ``hidden`` [N, D]; ``head`` is an nn.Linear
+    (or a quantized head module) or a weight [V, D].
+
+    For 2-16 float32 rows on CPU the product runs as (W @ hidden.T).T: there F.linear takes a slow
+    path (4 rows of a 32k x 512 head: 12.7 ms vs 3.4 ms measured), and beam search feeds exactly
+    such small batches (num_beams rows per prompt).
+    """
+    if isinstance(head, nn.Linear):
+        head, bias = head.weight, head.bias
+    elif isinstance(head, nn.Module):
+        return head(hidden)
+    if (hidden.device.type == "cpu" and hidden.dtype == torch.float32 and head.dtype == torch.float32
+            and hidden.ndim == 2 and 2 <= hidden.shape[0] <= 16):
+        logits = (head @ hidden.t()).t().contiguous()
+        return logits + bias if bias is not None else logits
+    return F.linear(hidden, head, bias)
