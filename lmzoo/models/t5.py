@@ -205,11 +205,13 @@ class T5ForConditionalGeneration(T5PreTrainedModel):
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.encoder(self.shared(input_ids), attention_mask)
 
+    def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The decoder output as the LM head sees it (v1.0's tied head rescales it by d_model^-0.5)."""
+        return hidden * self.config.d_model ** -0.5 if self.config.tied_logits_scale else hidden
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """LM-head logits of decoding rows [N, D]."""
-        if self.config.tied_logits_scale:
-            hidden = hidden * self.config.d_model ** -0.5
-        return decode_logits(hidden, self.lm_head)
+        return decode_logits(self.head_input(hidden), self.lm_head)
 
     def forward(
         self,
@@ -227,8 +229,7 @@ class T5ForConditionalGeneration(T5PreTrainedModel):
         enc = encoder_last_hidden_state if encoder_last_hidden_state is not None else self.encode(input_ids, attention_mask)
         hidden = self.decoder(self.shared(decoder_input_ids), decoder_attention_mask, encoder_states=enc,
                               encoder_mask=encoder_mask(attention_mask, enc.dtype))
-        scaled = hidden * self.config.d_model ** -0.5 if self.config.tied_logits_scale else hidden
-        logits, loss = head_and_loss(self, scaled, labels, self.lm_head, self.lm_head.weight)
+        logits, loss = head_and_loss(self, self.head_input(hidden), labels, self.lm_head, self.lm_head.weight)
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden, encoder_last_hidden_state=enc)
 
     # generation protocol (lmzoo.generate)
