@@ -23,6 +23,8 @@ from lmzoo.errors import UserError
 IGNORE_INDEX = -100
 CHUNK_ELEMENTS = int(os.environ.get("LMZOO_CE_CHUNK_ELEMENTS", 1 << 24))  # logits per chunk by default
 
+STASH_BYTES = 512 << 20  # low precision: logits gradients kept for one weight-gradient GEMM
+
 _WORKSPACE: dict[tuple, torch.Tensor] = {}
 
 
@@ -55,14 +57,24 @@ class _LinearCrossEntropy(torch.autograd.Function):
         w = weight.to(dtype)
         b = bias.to(dtype) if bias is not None else None
         grad_h = torch.empty_like(h) if needs_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_w else None
+        low = dtype != torch.float32
+        # float32: the weight gradient is summed chunk by chunk (addmm_). Low precision: the chunks'
+        # gradients wrt the logits are stashed and the weight gradient is one GEMM per stash (as
+        # F.linear's backward computes it: float32 accumulation inside the GEMM, one rounding)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if needs_w and (not low or n_valid == 0) else None
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if needs_b else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         # buffers reused by every chunk (and kept between calls on CPU)
         rows_per_chunk, vocab = min(chunk_size, n_valid), weight.shape[0]
         logits_buf = _workspace("logits", rows_per_chunk, vocab, dtype, h.device)
         probs_buf = _workspace("probs", rows_per_chunk, vocab, torch.float32, h.device)
-        low_buf = _workspace("low", rows_per_chunk, vocab, dtype, h.device) if dtype != torch.float32 else None
+        low_buf = _workspace("low", rows_per_chunk, vocab, dtype, h.device) if low else None
+        stash = None
+        if low and needs_w and n_valid:
+            stash_rows = rows_per_chunk * max(1, STASH_BYTES // (rows_per_chunk * vocab * h.element_size()))
+            stash = _workspace("stash", min(stash_rows, n_valid), vocab, dtype, h.device)
+        stash_start = 0  # first row of h whose gradient is in the stash
         with torch.autocast(device_type, enabled=False):
             for start in range(0, n_valid, chunk_size):
                 h_c, t_c = h[start:start + chunk_size], target[start:start + chunk_size]
@@ -93,13 +105,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     probs -= label_smoothing / vocab
                 if needs_b:
                     grad_b += probs.sum(0)
+                if stash is not None:  # low precision, weight gradient needed: the stash is the buffer
+                    offset = start - stash_start
+                    grad = stash[offset:offset + n].copy_(probs)
+                    if needs_h:
+                        torch.mm(grad, w, out=grad_h[start:start + chunk_size])
+                    if offset + n == stash.shape[0] or start + n == n_valid:  # stash full or last chunk
+                        part = torch.mm(stash[:offset + n].t(), h[stash_start:start + n])
+                        grad_w = part.float() if grad_w is None else grad_w.add_(part)
+                        stash_start = start + n
+                    continue
                 if needs_h:
                     grad = probs if low_buf is None else low_buf[:n].copy_(probs)
                     torch.mm(grad, w, out=grad_h[start:start + chunk_size])
                 if needs_w:
-                    # one float32 GEMM per chunk straight into the float32 sum: cheaper on CPU than a
-                    # low-precision GEMM into a [V, D] temporary plus a mixed-dtype add of it
-                    grad_w.addmm_(probs.t(), h_c if low_buf is None else h_c.float())
+                    grad_w.addmm_(probs.t(), h_c)
         scale = 1.0 / n_valid if n_valid else float("nan")
         ctx.save_for_backward(rows)
         # the gradients are kept as attributes, not saved tensors: backward scales them in place and
