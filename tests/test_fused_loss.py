@@ -139,3 +139,18 @@ def test_seq2seq_training_loss_and_gradients_equal_unfused_path(cls, preset, smo
     torch.testing.assert_close(fused.loss, ref, atol=1e-5, rtol=0)
     for g_fused, g_plain in zip(fused_grads, torch.autograd.grad(plain.loss, list(model.parameters()))):
         torch.testing.assert_close(g_fused, g_plain, atol=1e-5, rtol=1e-4)
+
+
+def test_bf16_weight_gradient_in_several_stashes_matches_unfused(monkeypatch):
+    import lmzoo.nn.loss as loss_module
+
+    hidden, weight, _, labels = problem(n=64, d=32, v=97)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = F.cross_entropy(F.linear(hidden, weight).float(), labels)
+    g_ref = grads(ref, (hidden, weight))
+    monkeypatch.setattr(loss_module, "STASH_BYTES", 97 * 2 * 20)  # a stash of 16 rows: 4 weight-gradient GEMMs
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = linear_cross_entropy(hidden, weight, labels, chunk_size=8)
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+    for a, r in zip(grads(ours, (hidden, weight)), g_ref):
+        torch.testing.assert_close(a, r, atol=2e-4, rtol=2e-2)
