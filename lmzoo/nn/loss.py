@@ -2,11 +2,19 @@
 
 ``linear_cross_entropy(hidden, weight, labels)`` equals
 ``F.cross_entropy(F.linear(hidden, weight, bias).float(), labels, ignore_index=-100)`` (mean over the
-labels that are not ignored). It walks the rows in chunks: for each chunk it computes the logits, their
-log-softmax in float32, the loss, and at once the gradients wrt the hidden rows and the weight, then
-drops the chunk's logits. Peak memory is one chunk of logits instead of all of them, and the full-size
-log-probabilities and their gradient are never written, which is most of the time a large-vocabulary
-LM head spends outside its matmuls.
+labels that are not ignored). It walks the rows in chunks (~16M logits each): for each chunk it computes
+the logits, their softmax in float32, the loss, and at once the gradient wrt the hidden rows; the
+full-size float32 logits, log-probabilities and their gradient are never written, which is most of the
+time a large-vocabulary LM head spends outside its matmuls.
+
+The weight gradient: in float32 it is summed chunk by chunk. Under autocast the chunks' gradients wrt
+the logits are stashed in the autocast dtype (up to 512 MB) and the weight gradient is one GEMM per
+stash, which rounds it once, as F.linear's backward does (and is much faster on CPU than per-chunk
+float32 sums).
+
+The chunk buffers and the stash are kept between calls on CPU (a module-level workspace), because a
+fresh large allocation is page-faulted in again on every training step there; that memory stays
+reserved for the life of the process.
 
 Under autocast the matmuls run in the autocast dtype (as ``F.linear`` would) and the softmax in
 float32 (as the ``.float()`` cross-entropy would); the gradients come back in the inputs' dtypes.
@@ -14,15 +22,12 @@ float32 (as the ``.float()`` cross-entropy would); the gradients come back in th
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from lmzoo.errors import UserError
 
 IGNORE_INDEX = -100
-CHUNK_ELEMENTS = int(os.environ.get("LMZOO_CE_CHUNK_ELEMENTS", 1 << 24))  # logits per chunk by default
-
+CHUNK_ELEMENTS = 1 << 24  # logits per chunk by default
 STASH_BYTES = 512 << 20  # low precision: logits gradients kept for one weight-gradient GEMM
 
 _WORKSPACE: dict[tuple, torch.Tensor] = {}
@@ -69,11 +74,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         rows_per_chunk, vocab = min(chunk_size, n_valid), weight.shape[0]
         logits_buf = _workspace("logits", rows_per_chunk, vocab, dtype, h.device)
         probs_buf = _workspace("probs", rows_per_chunk, vocab, torch.float32, h.device)
-        low_buf = _workspace("low", rows_per_chunk, vocab, dtype, h.device) if low else None
         stash = None
         if low and needs_w and n_valid:
             stash_rows = rows_per_chunk * max(1, STASH_BYTES // (rows_per_chunk * vocab * h.element_size()))
             stash = _workspace("stash", min(stash_rows, n_valid), vocab, dtype, h.device)
+        low_buf = _workspace("low", rows_per_chunk, vocab, dtype, h.device) if low and stash is None else None
         stash_start = 0  # first row of h whose gradient is in the stash
         with torch.autocast(device_type, enabled=False):
             for start in range(0, n_valid, chunk_size):
@@ -156,8 +161,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
 
     ``hidden`` [N, D] (or [..., D] with ``labels`` [...]); rows whose label is ``ignore_index`` are left
     out of the mean (NaN when every row is ignored, as ``F.cross_entropy``). ``chunk_size`` rows of
-    logits exist at a time (default: about 4M logits, ~16 MB in float32, small enough for the
-    allocator to recycle the buffers between calls instead of page-faulting fresh ones in).
+    logits exist at a time (default: ``CHUNK_ELEMENTS // vocab`` rows, about 16M logits).
     ``label_smoothing`` as ``F.cross_entropy``'s.
     """
     if chunk_size is None:
