@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.config import ModelConfig
+from lmzoo.nn.linear import Linear
 
 
 class LayerKVCache(Protocol):
@@ -47,10 +48,10 @@ class Attention(nn.Module):
         self.n_heads = config.n_heads
         self.d_head = config.head_dim
         inner = self.n_heads * self.d_head
-        self.q = nn.Linear(config.d_model, inner, bias=config.bias)
-        self.k = nn.Linear(config.d_model, inner, bias=config.bias)
-        self.v = nn.Linear(config.d_model, inner, bias=config.bias)
-        self.o = nn.Linear(inner, config.d_model, bias=config.bias)
+        self.q = Linear(config.d_model, inner, bias=config.bias)
+        self.k = Linear(config.d_model, inner, bias=config.bias)
+        self.v = Linear(config.d_model, inner, bias=config.bias)
+        self.o = Linear(inner, config.d_model, bias=config.bias)
         self.scale = None if config.attention_scale else 1.0  # None = SDPA's 1/sqrt(d_head)
         self.attention_dropout = config.attention_dropout
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.config import ModelConfig
+from lmzoo.nn.linear import Linear
 
 
 def activation_fn(name: str):
@@ -21,9 +22,9 @@ def activation_fn(name: str):
 class FeedForward(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.up = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
-        self.gate = nn.Linear(config.d_model, config.d_ff, bias=config.bias) if config.gated_ffn else None
-        self.down = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+        self.up = Linear(config.d_model, config.d_ff, bias=config.bias)
+        self.gate = Linear(config.d_model, config.d_ff, bias=config.bias) if config.gated_ffn else None
+        self.down = Linear(config.d_ff, config.d_model, bias=config.bias)
         self.act = activation_fn(config.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.config import ModelConfig
+from lmzoo.nn.linear import linear
 
 IGNORE_INDEX = -100
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
@@ -95,16 +96,12 @@ def decode_logits(hidden: torch.Tensor, head: nn.Module | torch.Tensor, bias: to
     """LM-head logits [N, V] of a decoding step's rows ``hidden`` [N, D]; ``head`` is an nn.Linear
     (or a quantized head module) or a weight [V, D].
 
-    For 2-16 float32 rows on CPU the product runs as (W @ hidden.T).T: there F.linear takes a slow
-    path (4 rows of a 32k x 512 head: 12.7 ms vs 3.4 ms measured), and beam search feeds exactly
-    such small batches (num_beams rows per prompt).
+    For 2-16 float32 rows on CPU the product runs as (W @ hidden.T).T (``lmzoo.nn.linear.linear``):
+    there F.linear takes a slow path (4 rows of a 32k x 512 head: 12.7 ms vs 3.4 ms measured), and
+    beam search feeds exactly such small batches (num_beams rows per prompt).
     """
     if isinstance(head, nn.Linear):
         head, bias = head.weight, head.bias
     elif isinstance(head, nn.Module):
         return head(hidden)
-    if (hidden.device.type == "cpu" and hidden.dtype == torch.float32 and head.dtype == torch.float32
-            and hidden.ndim == 2 and 2 <= hidden.shape[0] <= 16):
-        logits = (head @ hidden.t()).t().contiguous()
-        return logits + bias if bias is not None else logits
-    return F.linear(hidden, head, bias)
+    return linear(hidden, head, bias, max_rows=16)
