@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F
 
 from lmzoo.errors import UserError
-from lmzoo.nn.linear import set_row_vector_layout
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -368,10 +367,6 @@ def generate(
         # left padding (-1 here) is not a seen token
         counts = torch.zeros(logits.shape, dtype=torch.long, device=device)
         seen = counts.scatter_add_(1, prompt_tokens.clamp(min=0), (prompt_tokens >= 0).long()) > 0
-    # one row per step: float32 weights stored [in, out] make its products memory-bound (lmzoo.nn.linear);
-    # the layout stays for the next call (switching copies the weights)
-    if isinstance(model, torch.nn.Module):
-        set_row_vector_layout(model, batch * copies == 1)
     if config.num_beams > 1:
         return _beam_search(model, state, logits, config, batch, eos, pad, seen)
     if generator is None and config.do_sample:

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from lmzoo.config import ModelConfig
-from lmzoo.nn.linear import set_row_vector_layout
 
 
 class PreTrainedModel(nn.Module):
@@ -29,13 +28,6 @@ class PreTrainedModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-
-    def train(self, mode: bool = True) -> "PreTrainedModel":
-        """As ``nn.Module.train``; training mode also restores the weights' usual layout if decoding
-        switched it (``lmzoo.nn.linear.set_row_vector_layout``)."""
-        if mode:
-            set_row_vector_layout(self, False)
-        return super().train(mode)
 
     @classmethod
     def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:

@@ -28,7 +28,7 @@ from lmzoo.models.bert import HF_ACTIVATIONS, activation_from_hf, label_map_from
 from lmzoo.nn.embedding import Embeddings
 from lmzoo.nn.ffn import FeedForward
 from lmzoo.nn.norm import make_norm
-from lmzoo.nn.heads import sequence_classification_loss
+from lmzoo.nn.heads import decode_logits, sequence_classification_loss
 from lmzoo.outputs import ModelOutput
 
 # HF XLNet fields without a ModelConfig field: kept in ``extra`` when they differ from these.
@@ -519,7 +519,7 @@ class XLNetLMHeadModel(XLNetPreTrainedModel):
                                  need_h=i < last)
         state.length = end - 1  # the newest token is computed again next time
         state.pending = x[:, -1:]
-        return self.lm_head(g[:, 0])
+        return decode_logits(g[:, 0], self.lm_head)
 
 
 class XLNetForSequenceClassification(XLNetPreTrainedModel):
