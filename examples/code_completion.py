@@ -44,7 +44,7 @@ from lmzoo.io import atomic_write_text
 from lmzoo.objectives.clm import IGNORE_INDEX, ClmCollator, clm_dataset, clm_metrics
 from lmzoo.pipelines import load_model_and_tokenizer
 from lmzoo.pretrain import ObjectiveOptions, pretrain
-from lmzoo.tokenizer import DEFAULT_SPECIALS, Tokenizer, train_tokenizer
+from lmzoo.tokenizer import Tokenizer, train_tokenizer
 from lmzoo.train import TrainConfig, evaluate, read_metrics
 
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
@@ -54,10 +54,9 @@ PROMPT_TOKENS = 128  # context given to each completion (the rest of seq_len is 
 def python_files(source: Path) -> tuple[list[Path], list[str]]:
     """Sorted *.py files under ``source`` outside test folders, and why others were skipped.
 
-    A file must be UTF-8 and non-empty, and must not contain the tokenizer's special-token
-    strings (e.g. the regex group ``(?P<s>...)``): ``tokenizers`` would encode those as the special
-    token and decoding would drop them, so the file could not round-trip."""
-    specials = tuple(DEFAULT_SPECIALS["bpe"].values())
+    A file must be UTF-8 and non-empty. Special-token strings inside a file (the regex group
+    ``(?P<s>...)``) are fine: source text is encoded with ``split_special_tokens=True``, as
+    ``lmzoo pretrain`` and ``lmzoo complete`` do."""
     files, skipped = [], []
     for path in sorted(source.rglob("*.py")):
         if SKIP_DIRS & set(path.relative_to(source).parts[:-1]) or not path.is_file():
@@ -68,10 +67,6 @@ def python_files(source: Path) -> tuple[list[Path], list[str]]:
             skipped.append(f"{path.relative_to(source)} (not UTF-8)")
             continue
         if not text.strip():
-            continue
-        found = [s for s in specials if s in text]
-        if found:
-            skipped.append(f"{path.relative_to(source)} (contains {', '.join(found)})")
             continue
         files.append(path)
     return files, skipped
@@ -89,7 +84,7 @@ def check_round_trip(tokenizer: Tokenizer, files: list[Path], corpus: TokenizedC
     n_tokens, bad = 0, []
     for path in files:
         text = path.read_bytes().decode("utf-8")
-        ids = tokenizer.encode(text)
+        ids = tokenizer.encode(text, split_special_tokens=True)
         n_tokens += len(ids)
         if tokenizer.decode(ids) != text:
             bad.append(str(path))
@@ -160,7 +155,8 @@ def _prompt(name: str, path: Path, text: str, cut: int, until: str, tokenizer: T
     """The prompt ending at character ``cut`` of ``text``, starting at the earliest line that keeps
     it within PROMPT_TOKENS tokens."""
     starts = [0] + [m.end() for m in re.finditer("\n", text[:cut])]
-    start = next((s for s in starts if len(tokenizer.encode(text[s:cut])) <= PROMPT_TOKENS), starts[-1])
+    start = next((s for s in starts if len(tokenizer.encode(text[s:cut], split_special_tokens=True)) <= PROMPT_TOKENS),
+                 starts[-1])
     return Prompt(name, path, text[start:cut], text[cut:], until)
 
 
@@ -284,7 +280,8 @@ def main() -> None:
     for n, prompt in enumerate(find_prompts(heldout, tokenizer), 1):
         prompt_file = out / "prompts" / f"{n}.py"
         atomic_write_text(prompt_file, prompt.prefix)
-        room = args.seq_len - len(tokenizer.encode(prompt.prefix))  # positions beyond seq_len were never trained
+        # positions beyond seq_len were never trained
+        room = args.seq_len - len(tokenizer.encode(prompt.prefix, split_special_tokens=True))
         completion = complete(out, prompt_file, prompt.until, max(1, min(128, room)))
         cut = code_block_end(prompt.prefix, prompt.until)(prompt.rest)
         reference = prompt.rest[:cut].rstrip("\n") if cut is not None else prompt.rest.rstrip("\n")

@@ -282,11 +282,12 @@ def _load_lm(folder: str, bf16: bool = False, quantize: str | None = None):
     return (model.to(torch.bfloat16) if bf16 else model), tokenizer
 
 
-def _encode_prompt(model, tokenizer, text: str, max_new_tokens: int) -> tuple[list[int], int]:
+def _encode_prompt(model, tokenizer, text: str, max_new_tokens: int, split_special_tokens: bool = False
+                   ) -> tuple[list[int], int]:
     """Prompt ids, and max_new_tokens cut to what the context has room for (decoder-only)."""
     if max_new_tokens <= 0:
         raise UserError(f"--max-new-tokens must be > 0, got {max_new_tokens}")
-    ids = tokenizer.encode(text) if text else []
+    ids = tokenizer.encode(text, split_special_tokens=split_special_tokens) if text else []
     if not ids:
         raise UserError("empty prompt: give some text to continue")
     context = model.config.max_positions
@@ -403,7 +404,8 @@ def cmd_chat(args: argparse.Namespace) -> None:
         if not line.strip():
             continue
         history += chat_turn(args.user, line)
-        ids = tokenizer.encode(history + bot + "\n")[-budget:]  # the most recent turns that fit
+        # the most recent turns that fit; what people type is text, never a special token
+        ids = tokenizer.encode(history + bot + "\n", split_special_tokens=True)[-budget:]
         out = generate(model, torch.tensor([ids]), max_new_tokens=args.max_new_tokens, stop_strings=(TURN_END,),
                        tokenizer=tokenizer, **options)
         reply = " ".join(truncate_at_stop(tokenizer.decode(out[0].tolist()), [TURN_END]).split())
@@ -436,7 +438,7 @@ def cmd_complete(args: argparse.Namespace) -> None:
         prefix = sys.stdin.read()
     model, tokenizer = _load_lm(args.model, args.bf16, args.quantize)
     prompt, tail, allowed = heal_trailing_whitespace(prefix, tokenizer)
-    ids, max_new = _encode_prompt(model, tokenizer, prompt, args.max_new_tokens)
+    ids, max_new = _encode_prompt(model, tokenizer, prompt, args.max_new_tokens, split_special_tokens=True)
     cut = code_block_end(prefix, args.until)
 
     def completion(text: str) -> str | None:

@@ -196,7 +196,7 @@ def is_heldout(doc_index: int, fraction: float, seed: int) -> bool:
 
 # ---------------------------------------------------------------- tokenized corpus cache
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: special-token strings in the text are encoded as text
 _ARRAYS = {  # file name -> dtype
     "tokens": np.uint32,
     "word_starts": np.bool_,
@@ -309,7 +309,7 @@ class TokenizedCorpus:
                 nonlocal n_tokens, n_sentences, n_documents
                 if not texts:
                     return
-                encoded = tokenizer.encode_with_word_starts(texts)
+                encoded = tokenizer.encode_with_word_starts(texts, split_special_tokens=True)
                 lengths = np.array([len(ids) for ids, _ in encoded], dtype=np.int64)
                 flat = [i for ids, _ in encoded for i in ids]
                 starts = [w for _, ws in encoded for w in ws]

@@ -77,22 +77,35 @@ class Tokenizer:
     def id_to_token(self, i: int) -> str | None:
         return self.backend.id_to_token(i)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` without special tokens."""
-        return self.backend.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, *, split_special_tokens: bool = False) -> list[int]:
+        """Token ids of ``text``, no special tokens added. A special token's string inside the text
+        (``<mask>``, ``<|endoftext|>``) becomes that token, unless ``split_special_tokens``: then it
+        is ordinary text, as it must be in a corpus or a source file (``(?P<s>...)`` in a regex)."""
+        return self.encode_batch([text], split_special_tokens=split_special_tokens)[0]
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+    def encode_batch(self, texts: list[str], *, split_special_tokens: bool = False) -> list[list[int]]:
+        """``encode`` for several texts."""
+        return [e.ids for e in self._encode_batch(texts, split_special_tokens)]
 
-    def encode_with_word_starts(self, texts: list[str]) -> list[tuple[list[int], list[bool]]]:
+    def _encode_batch(self, texts: list[str], split_special_tokens: bool) -> list[tokenizers.Encoding]:
+        before = self.backend.encode_special_tokens
+        self.backend.encode_special_tokens = split_special_tokens
+        try:
+            return self.backend.encode_batch(list(texts), add_special_tokens=False)
+        finally:
+            self.backend.encode_special_tokens = before
+
+    def encode_with_word_starts(self, texts: list[str], *, split_special_tokens: bool = False
+                                ) -> list[tuple[list[int], list[bool]]]:
         """(ids, word_starts) per text; ``word_starts[i]`` is True when token i begins a new word.
 
         Words are the pre-tokenizer's words (``Encoding.word_ids``), so this works for WordPiece,
         byte-level BPE and Unigram alike; where a token has no word id (an added token), it
-        starts a word when its offsets do not touch the previous token's.
+        starts a word when its offsets do not touch the previous token's. ``split_special_tokens``:
+        as in ``encode``.
         """
         out = []
-        for enc in self.backend.encode_batch(list(texts), add_special_tokens=False):
+        for enc in self._encode_batch(texts, split_special_tokens):
             words, offsets = enc.word_ids, enc.offsets
             starts = []
             for i in range(len(enc.ids)):

@@ -68,12 +68,14 @@ def test_byte_level_bpe_round_trips_real_stdlib_files_exactly(code_bpe):
 
 def test_the_round_trip_check_fails_loudly(code_bpe, tmp_path):
     example = load_example()
-    good, bad = tmp_path / "good.py", tmp_path / "bad.py"
+    good, special = tmp_path / "good.py", tmp_path / "special.py"
     good.write_text("def f(x):\n\treturn x  \n\n\n# é ü 名\n", encoding="utf-8")
-    bad.write_text('PATTERN = r"(?P<s>\\d{2})"\n', encoding="utf-8")  # a special-token string in real code
+    special.write_text('PATTERN = r"(?P<s>\\d{2})"  # <mask> </s>\n', encoding="utf-8")  # special-token strings
     assert example.check_round_trip(code_bpe, [good]) == len(code_bpe.encode(good.read_text()))
-    with pytest.raises(SystemExit, match="bad.py"):
-        example.check_round_trip(code_bpe, [good, bad])
+    # special-token strings in code are text: encoded as such they round-trip; recognised as
+    # special tokens (the default for prompts) they would be dropped by decoding
+    assert example.check_round_trip(code_bpe, [special]) > 0
+    assert code_bpe.decode(code_bpe.encode(special.read_text())) != special.read_text()
     # a tokenizer that normalises whitespace (T5's Unigram) is caught too
     unigram = train_tokenizer([str(STDLIB / f) for f in TRAIN_FILES], kind="unigram", vocab_size=600)
     with pytest.raises(SystemExit, match="good.py"):
@@ -87,8 +89,9 @@ def test_example_corpus_skips_tests_and_holds_files_out_stably(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("" if rel == "empty.py" else "x = r'(?P<s>a)'\n" if rel == "regex.py" else "x = 1\n")
     files, skipped = example.python_files(tmp_path)
-    assert [f.relative_to(tmp_path).as_posix() for f in files] == ["a.py", "pkg/b.py"]
-    assert skipped == ["regex.py (contains <s>)"]
+    # a special-token string in source (regex.py) is text: the file is kept
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == ["a.py", "pkg/b.py", "regex.py"]
+    assert skipped == []
     # held out by the path inside the source folder: the same files wherever the folder lies
     stdlib = sorted(STDLIB.glob("*.py"))
     held = [f.name for f in stdlib if example.is_heldout(f, STDLIB, 10.0)]

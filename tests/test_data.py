@@ -180,7 +180,7 @@ def test_cache_is_reused_and_invalidated(tmp_path, bpe, monkeypatch):
     calls = []
     original = type(bpe).encode_with_word_starts
     monkeypatch.setattr(type(bpe), "encode_with_word_starts",
-                        lambda self, texts: calls.append(len(texts)) or original(self, texts))
+                        lambda self, texts, **kw: calls.append(len(texts)) or original(self, texts, **kw))
     again = TokenizedCorpus.build(str(tmp_path / "src"), bpe, cache)
     assert calls == [] and (cache / "tokens.bin").stat().st_mtime_ns == stamp
     assert np.array_equal(again.tokens, first.tokens)
@@ -238,3 +238,13 @@ def test_split_is_disjoint_complete_and_deterministic(tmp_path, bpe):
     for bad in (0.0, 1.0, -0.1, 1.5):
         with pytest.raises(UserError, match="eval_fraction"):
             corpus.split(bad, seed=0)
+
+
+def test_special_token_strings_in_a_corpus_are_text(tmp_path, bpe):
+    text = "Read the <mask> and </s> marks; re.compile(r'(?P<s>\\w+)') keeps <pad> too."
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "code.txt").write_text(text + "\n")
+    corpus = TokenizedCorpus.build(str(tmp_path / "src"), bpe, tmp_path / "cache")
+    tokens = corpus.document_tokens(0).tolist()
+    assert not set(tokens) & set(bpe.special_ids)
+    assert bpe.decode(tokens) == text

@@ -224,3 +224,19 @@ def test_user_errors(corpus, tmp_path):
     (tmp_path / "broken" / "tokenizer.json").write_text("{not json")
     with pytest.raises(UserError, match="cannot read"):
         Tokenizer.load(tmp_path / "broken")
+
+
+def test_special_token_strings_are_text_when_split(trained):
+    text = "m = re.match(r'(?P<s>x)', line)  # <mask> [CLS] [MASK]"
+    for kind in ("bpe", "wordpiece"):
+        tok = trained[kind][0]
+        mask_id = tok.mask_id
+        assert mask_id in tok.encode(text)  # default, as HF: a special token's string is that token
+        split = tok.encode(text, split_special_tokens=True)
+        assert not set(split) & (set(tok.special_ids) - {tok.unk_id})
+        assert tok.encode_batch([text, text], split_special_tokens=True) == [split, split]
+        assert [ids for ids, _ in tok.encode_with_word_starts([text], split_special_tokens=True)] == [split]
+        assert tok.backend.encode_special_tokens is False  # the backend's setting is restored
+    bpe = trained["bpe"][0]
+    assert bpe.decode(bpe.encode(text, split_special_tokens=True)) == text  # exact as text
+    assert bpe.decode(bpe.encode(text)) != text  # specials recognised, then dropped by decode
