@@ -11,40 +11,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
 import torch
 import transformers
 
 import lmzoo
-
-
-def interleaved_seconds(step_a, step_b, n_steps: int, rounds: int = 3) -> tuple[float, float]:
-    """Best-of-``rounds`` seconds per step of two step functions timed in alternation (after one
-    warm-up step each), so a slow spell of a shared machine hits both sides alike."""
-    step_a(), step_b()
-    best = [float("inf"), float("inf")]
-    for _ in range(rounds):
-        for side, step in enumerate((step_a, step_b)):
-            start = time.perf_counter()
-            for _ in range(n_steps):
-                step()
-            best[side] = min(best[side], (time.perf_counter() - start) / n_steps)
-    return best[0], best[1]
-
-
-def trainer(model, batch, precision: str):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    model.train()
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
+from timing import interleaved_seconds, trainer
 
 
 def main() -> None:

@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/xlnet_throughput.py [--steps 5] [--batch 32] [--seq 128] [--predict 20]
                                                      [--new-tokens 100] [--skip-train] [--skip-generate]
 
-1. PLM training (forward + backward + AdamW) of XLNet L4 d256 h4 (vocab 32000) on PLMCollator
-   batches with ``num_predict`` rows, fp32 and bf16 autocast: tokens/s (batch * seq per step).
+1. PLM training (forward + backward + fused AdamW) of XLNet L4 d256 h4 (vocab 32000) on PLMCollator
+   batches with ``num_predict`` rows, fp32 and bf16 autocast: tokens/s (batch * seq per step), the
+   two sides timed in alternation, best of 3 rounds of --steps steps each.
 2. Greedy generation, batch 1: transformers' ``generate`` (its mems path) against lmzoo's
    ``generation_step`` loop (lmzoo.generate when it exists): new tokens/s, and the tokens must agree.
 Timings on a shared machine are noisy: compare the ratios.
@@ -21,6 +22,7 @@ import transformers
 
 import lmzoo
 from lmzoo.objectives.plm import PLMCollator
+from timing import interleaved_seconds, trainer
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -48,20 +50,6 @@ def models(folder: str, hf_config: transformers.XLNetConfig):
     return lmzoo.from_pretrained(folder).to(DEVICE), hf.to(DEVICE)
 
 
-def train_step(model, batch: dict, precision: str):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model.train()
-
-    def step():
-        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
 def bench_train(args) -> None:
     config = transformers.XLNetConfig(vocab_size=32000, d_model=256, n_layer=4, n_head=4, d_inner=1024, mem_len=None)
     with tempfile.TemporaryDirectory() as folder:
@@ -74,8 +62,9 @@ def bench_train(args) -> None:
     tokens = args.batch * args.seq
     print(f"PLM training, L4 d256 h4, batch {args.batch} x seq {args.seq}, {args.predict} predicted, {DEVICE}")
     for precision in ("fp32", "bf16"):
-        t_ours = timed(train_step(ours, batch, precision), args.steps)
-        t_hf = timed(train_step(hf, {**batch, "use_mems": False}, precision), args.steps)
+        t_ours, t_hf = interleaved_seconds(trainer(ours, batch, precision, DEVICE),
+                                           trainer(hf, {**batch, "use_mems": False}, precision, DEVICE),
+                                           args.steps, device=DEVICE)
         print(f"  {precision}: lmzoo {tokens / t_ours:9.0f} tok/s   transformers {tokens / t_hf:9.0f} tok/s   "
               f"ratio {t_hf / t_ours:.2f}x")
 
@@ -119,7 +108,7 @@ def bench_generate(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="training steps per timed round (best of 3 rounds)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--predict", type=int, default=20)

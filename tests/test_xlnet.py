@@ -237,3 +237,22 @@ def test_shared_generate_module_equals_transformers_greedy(tmp_path):
         ref = hf.generate(prompt, max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
         mine = generate(ours, prompt, max_new_tokens=12, eos_token_id=())
     assert torch.equal(mine, ref[:, 7:])
+
+
+def test_training_loss_fused_with_the_head_equals_transformers_loss_and_gradients(tmp_path):
+    """In training mode the LM head is fused with the loss (no logits); loss and gradients (head
+    weight, its bias) equal transformers' on the same weights and PLM batch."""
+    hf = hf_model(transformers.XLNetLMHeadModel, tiny_config(dropout=0.0), tmp_path)
+    ours = lmzoo.from_pretrained(tmp_path)
+    inputs = plm_batch()
+    labels = torch.randint(6, VOCAB, (3, 4), generator=torch.Generator().manual_seed(1))
+    labels[-1, -1] = -100  # the all-zero target_mapping row
+    hf.train(), ours.train()
+    ref = hf(**inputs, labels=labels, use_mems=False)
+    out = ours(**inputs, labels=labels)
+    assert out.logits is None  # the fused path
+    close(out.loss, ref.loss)
+    ref.loss.backward()
+    out.loss.backward()
+    close(ours.lm_head.weight.grad, hf.lm_loss.weight.grad)
+    close(ours.lm_head.bias.grad, hf.lm_loss.bias.grad)

@@ -29,6 +29,7 @@ from lmzoo.nn.embedding import Embeddings
 from lmzoo.nn.ffn import FeedForward
 from lmzoo.nn.norm import make_norm
 from lmzoo.nn.heads import decode_logits, sequence_classification_loss
+from lmzoo.nn.loss import linear_cross_entropy
 from lmzoo.outputs import ModelOutput
 
 # HF XLNet fields without a ModelConfig field: kept in ``extra`` when they differ from these.
@@ -421,7 +422,9 @@ class XLNetLMHeadModel(XLNetPreTrainedModel):
     """XLNet with the tied LM head; trained with permutation LM (``lmzoo.objectives.plm``).
 
     With ``labels`` (B, P) the loss is the mean CE over labels != -100 and ``logits`` are only
-    computed for those rows: (n_labelled, vocab). Without labels, logits are (B, P|T, vocab).
+    computed for those rows: (n_labelled, vocab); in training mode with grad enabled the head is
+    fused with the loss (``lmzoo.nn.loss``) and ``logits`` is None. Without labels, logits are
+    (B, P|T, vocab).
     """
 
     hf_architecture = "XLNetLMHeadModel"
@@ -458,7 +461,12 @@ class XLNetLMHeadModel(XLNetPreTrainedModel):
         if labels is None:
             return ModelOutput(logits=self.lm_head(hidden), last_hidden_state=hidden, mems=out.mems)
         selected = labels != -100
-        logits = self.lm_head(hidden[selected])  # (N, V): the vocabulary projection only where it is needed
+        rows = hidden[selected]  # the vocabulary projection only where it is needed
+        if self.training and torch.is_grad_enabled() and rows.shape[0]:
+            # training: fused chunked head + loss, the [N, V] logits are never stored (logits=None)
+            loss = linear_cross_entropy(rows, self.lm_head.weight, labels[selected], self.lm_head.bias)
+            return ModelOutput(loss=loss, logits=None, last_hidden_state=hidden, mems=out.mems)
+        logits = self.lm_head(rows)  # (N, V)
         loss = F.cross_entropy(logits.float(), labels[selected]) if logits.shape[0] else logits.sum() * 0.0
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden, mems=out.mems)
 
