@@ -282,12 +282,11 @@ def _load_lm(folder: str, bf16: bool = False, quantize: str | None = None):
     return (model.to(torch.bfloat16) if bf16 else model), tokenizer
 
 
-def _encode_prompt(model, tokenizer, text: str, max_new_tokens: int, split_special_tokens: bool = False
-                   ) -> tuple[list[int], int]:
+def _encode_prompt(model, tokenizer, text: str, max_new_tokens: int) -> tuple[list[int], int]:
     """Prompt ids, and max_new_tokens cut to what the context has room for (decoder-only)."""
     if max_new_tokens <= 0:
         raise UserError(f"--max-new-tokens must be > 0, got {max_new_tokens}")
-    ids = tokenizer.encode(text, split_special_tokens=split_special_tokens) if text else []
+    ids = tokenizer.encode(text) if text else []
     if not ids:
         raise UserError("empty prompt: give some text to continue")
     context = model.config.max_positions
@@ -418,7 +417,34 @@ def _complete_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file", help="a file whose content is the code prefix (default: stdin)")
     p.add_argument("--until", default="block", choices=["block", "line"],
                    help="stop at the end of the block being written (default) or of the line")
+    p.add_argument("--context", type=int,
+                   help="positions for prefix + new tokens (default: the model's max positions; give the "
+                        "pretraining --seq-len to stay on trained positions); a longer prefix keeps its end")
     _sampling_arguments(p, 128)
+
+
+def _prefix_ids(model, tokenizer, prefix: str, max_new_tokens: int, context: int | None) -> list[int]:
+    """A code prefix's ids (special-token strings are code, not tokens), cut from the left so that it
+    and ``max_new_tokens`` fit in ``context`` positions: completing needs the end of a long file."""
+    if model.config.is_encoder_decoder:
+        raise UserError("complete needs a decoder-only causal LM (e.g. GPT2LMHeadModel)")
+    limit = model.config.max_positions
+    context = limit if context is None else context
+    if not 0 < context <= limit:
+        raise UserError(f"--context must be in 1..{limit} (the model's positions), got {context}")
+    if max_new_tokens <= 0:
+        raise UserError(f"--max-new-tokens must be > 0, got {max_new_tokens}")
+    if max_new_tokens >= context:
+        raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for the prefix in a context of {context}")
+    ids = tokenizer.encode(prefix, split_special_tokens=True) if prefix.strip() else []
+    if not ids:
+        raise UserError("empty prefix: give some code to complete")
+    room = context - max_new_tokens
+    if len(ids) > room:
+        print(f"note: completing from the last {room} of the prefix's {len(ids)} tokens (context {context})",
+              file=sys.stderr)
+        ids = ids[-room:]
+    return ids
 
 
 @verb("complete", "complete code from a prefix (file or stdin), stopping at the end of the line / block",
@@ -438,7 +464,7 @@ def cmd_complete(args: argparse.Namespace) -> None:
         prefix = sys.stdin.read()
     model, tokenizer = _load_lm(args.model, args.bf16, args.quantize)
     prompt, tail, allowed = heal_trailing_whitespace(prefix, tokenizer)
-    ids, max_new = _encode_prompt(model, tokenizer, prompt, args.max_new_tokens, split_special_tokens=True)
+    ids = _prefix_ids(model, tokenizer, prompt, args.max_new_tokens, args.context)
     cut = code_block_end(prefix, args.until)
 
     def completion(text: str) -> str | None:
@@ -449,8 +475,8 @@ def cmd_complete(args: argparse.Namespace) -> None:
         new = completion(text)
         return new is not None and cut(new) is not None
 
-    out = generate(model, torch.tensor([ids]), max_new_tokens=max_new, tokenizer=tokenizer, stop_when=done,
-                   allowed_tokens=allowed, **options)
+    out = generate(model, torch.tensor([ids]), max_new_tokens=args.max_new_tokens, tokenizer=tokenizer,
+                   stop_when=done, allowed_tokens=allowed, **options)
     text = completion(tokenizer.decode(out[0].tolist())) or ""
     end = cut(text)
     sys.stdout.write((text[:end] if end is not None else text).rstrip("\n") + "\n")

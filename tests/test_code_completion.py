@@ -184,3 +184,33 @@ def test_complete_held_out_prefix_stops_exactly_at_the_boundary(code_gpt, capsys
 def test_complete_heals_a_prefix_ending_in_whitespace(code_gpt, capsys, tmp_path, prefix, expected):
     folder, _ = code_gpt
     assert complete(capsys, folder, prefix, "block", tmp_path) == expected
+
+
+def test_complete_keeps_the_end_of_a_long_prefix_within_the_context(code_gpt, capsys, tmp_path):
+    """A prefix longer than --context (here the pretraining --seq-len, 64) is cut from the left: the
+    model still sees the function being written and completes it."""
+    folder, corpus = code_gpt
+    prefix = corpus[:3000] + f"\ndef scale_{HELD_OUT_N}(values):"
+    prompt = tmp_path / "long.py"
+    prompt.write_text(prefix)
+    capsys.readouterr()
+    code = main(["complete", str(folder), "--file", str(prompt), "--context", "64", "--max-new-tokens", "40"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "note: completing from the last 24 of the prefix's" in err
+    assert out == SCALE.split(":", 1)[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--context", "0"], "--context must be in 1..512"),
+    (["--context", "513"], "--context must be in 1..512"),
+    (["--context", "64", "--max-new-tokens", "64"], "leaves no room for the prefix"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be > 0"),
+])
+def test_complete_bad_context_is_a_one_line_error(code_gpt, capsys, tmp_path, args, message):
+    prompt = tmp_path / "p.py"
+    prompt.write_text("def f(x):")
+    capsys.readouterr()
+    assert main(["complete", str(code_gpt[0]), "--file", str(prompt), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
