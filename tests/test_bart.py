@@ -184,3 +184,35 @@ def test_beam_search_equals_transformers_generate(tmp_path):
 
     for row_ref, row_mine in zip(ref[:, 1:], mine):
         assert until_eos(row_mine) == until_eos(row_ref)
+
+
+def test_beams_share_their_input_encoder_side_until_a_general_reorder():
+    """Expanding each input to its beams keeps one encoder row per input (no copies); logits equal
+    a batch built with the rows duplicated, also after beam steps and after an arbitrary reorder."""
+    torch.manual_seed(0)
+    model = BartForConditionalGeneration(config_from_hf(tiny_bart_config().to_dict())).eval()
+    ids, mask, _ = batch(6)  # 3 inputs, the second left-padded
+    dec = torch.randint(3, VOCAB, (9, 6))
+    expand = torch.arange(3).repeat_interleave(3)  # 3 beams per input
+    beam_step = torch.tensor([1, 1, 0, 3, 5, 4, 8, 6, 6])  # rows stay within their input's group
+    general = torch.tensor([4, 0, 8, 8])  # rows of different inputs, unequal counts
+
+    def last_logits(rows, decoder_ids):
+        """From scratch, on a batch built with the rows duplicated."""
+        return model(input_ids=ids[rows], attention_mask=mask[rows], decoder_input_ids=decoder_ids).logits[:, -1]
+
+    with torch.no_grad():
+        state = model.prepare_generation(ids, mask, max_new_tokens=6)
+        model.generation_step(dec[::3, :3], state)  # the decoder prompt, one row per input
+        state.reorder(expand)
+        assert state.encoder_states.shape[0] == 3 and state.cross_caches[0].kv[0].shape[0] == 3  # shared
+        history = torch.cat([dec[::3, :3][expand], dec[:, 3:4]], 1)
+        close(model.generation_step(dec[:, 3:4], state), last_logits(expand, history))
+        state.reorder(beam_step)
+        assert state.encoder_states.shape[0] == 3
+        history = torch.cat([history[beam_step], dec[:, 4:5]], 1)
+        close(model.generation_step(dec[:, 4:5], state), last_logits(expand[beam_step], history))
+        state.reorder(general)  # now one encoder row per decoder row
+        assert state.encoder_states.shape[0] == 4 and state.cross_caches[0].kv[0].shape[0] == 4
+        history = torch.cat([history[general], dec[:4, 5:6]], 1)
+        close(model.generation_step(dec[:4, 5:6], state), last_logits(expand[beam_step][general], history))

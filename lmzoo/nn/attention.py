@@ -83,6 +83,11 @@ class Attention(nn.Module):
             v = self.split_heads(self.v(source))
             if cache is not None:
                 k, v = cache.update(k, v)
+        # cross-attention of beams / samples sharing one input's encoder keys/values (their rows are
+        # consecutive, ``group`` per input): the queries of a group attend together
+        group = batch // k.shape[0]
+        if group > 1:
+            q = q.unflatten(0, (k.shape[0], group)).transpose(1, 2).flatten(2, 3)  # (Bk, H, group*T, Dh)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -92,5 +97,7 @@ class Attention(nn.Module):
             is_causal=is_causal and mask is None,
             scale=self.scale,
         )
+        if group > 1:
+            y = y.unflatten(2, (group, length)).transpose(1, 2).flatten(0, 1)  # (B, H, T, Dh)
         y = y.transpose(1, 2).reshape(batch, length, self.n_heads * self.d_head)  # (B, T, H*Dh)
         return self.o(y)

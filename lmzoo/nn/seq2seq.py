@@ -62,28 +62,42 @@ def encoder_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> tor
 class EncoderDecoderState:
     """What ``generation_step`` needs between steps: encoder output, its mask, and the caches."""
 
-    encoder_states: torch.Tensor  # (B, S, D)
-    encoder_mask: torch.Tensor | None  # additive (B, 1, 1, S) or None
+    encoder_states: torch.Tensor  # (B, S, D), or one row per input while encoder_per_input
+    encoder_mask: torch.Tensor | None  # additive (B, 1, 1, S) or None, rows as encoder_states
     self_caches: list[StaticKVCache]
     cross_caches: list[CrossKVCache]
     length: int = 0  # decoder tokens seen so far
     source_row: torch.Tensor | None = None  # (B,) the input row each row's encoder side comes from
+    encoder_per_input: bool = True  # the encoder side holds one row per input, in input order
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep / duplicate batch rows (beam search): row i becomes old row index[i]."""
+        """Keep / duplicate batch rows (beam search): row i becomes old row index[i].
+
+        The encoder side (states, mask, cross-attention keys/values) is not copied per beam: while
+        each input's rows are consecutive and every input has as many (each prompt → its beams or
+        samples), it keeps one row per input and ``Attention`` runs each group's queries together."""
+        held = self.encoder_states.shape[0]
         if self.source_row is None:
-            self.source_row = torch.arange(self.encoder_states.shape[0], device=index.device)
+            self.source_row = torch.arange(held, device=index.device)
         new_source = self.source_row.index_select(0, index)
         for cache in self.self_caches:
             cache.reorder(index)
         if torch.equal(new_source, self.source_row):
             return  # a beam step: every row takes a beam of its own input, whose encoder side it already has
         self.source_row = new_source
-        self.encoder_states = self.encoder_states.index_select(0, index)
+        if self.encoder_per_input:
+            group = len(new_source) // held
+            if torch.equal(new_source, torch.arange(held, device=index.device).repeat_interleave(group)):
+                return  # each input → its group of rows: the encoder side stays shared
+            rows = new_source  # any other order: each row gets its input's encoder side
+        else:
+            rows = index
+        self.encoder_per_input = False
+        self.encoder_states = self.encoder_states.index_select(0, rows)
         if self.encoder_mask is not None:
-            self.encoder_mask = self.encoder_mask.index_select(0, index)
+            self.encoder_mask = self.encoder_mask.index_select(0, rows)
         for cache in self.cross_caches:
-            cache.reorder(index)
+            cache.reorder(rows)
 
 
 def new_generation_state(model: nn.Module, encoder_states: torch.Tensor, attention_mask: torch.Tensor | None,
