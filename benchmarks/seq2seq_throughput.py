@@ -11,7 +11,6 @@ with fused AdamW (lmzoo's loop; HF Trainer's default on torch >= 2.8).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import tempfile
 import time
 
@@ -22,11 +21,7 @@ from lmzoo.generate import generate
 from lmzoo.models.bart import BartForConditionalGeneration
 from lmzoo.models.t5 import T5ForConditionalGeneration
 from lmzoo.presets import preset_config
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+from timing import interleaved_seconds, sync, trainer
 
 
 def hf_twin(ours, hf_cls):
@@ -34,40 +29,6 @@ def hf_twin(ours, hf_cls):
     with tempfile.TemporaryDirectory() as d:
         ours.save_pretrained(d)
         return hf_cls.from_pretrained(d, attn_implementation="sdpa").to(next(ours.parameters()).device)
-
-
-def train_steps(model, batch, device, precision):
-    """A function running one training step (forward, backward, fused AdamW) of ``model``."""
-    # fused AdamW on both sides: lmzoo's loop uses it, and it is HF Trainer's default on torch >= 2.8
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    model.train()
-    amp = torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-
-    def step():
-        with amp:
-            loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return step
-
-
-def interleaved_tokens_per_s(steps_a, steps_b, n_tokens, device, steps, rounds=3):
-    """Best-of-``rounds`` tokens/s of two step functions timed in alternation, so a slow spell of a
-    shared machine hits both sides alike."""
-    for step in (steps_a, steps_b):
-        for _ in range(2):
-            step()
-    best = [float("inf"), float("inf")]
-    for _ in range(rounds):
-        for side, step in enumerate((steps_a, steps_b)):
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(steps):
-                step()
-            sync(device)
-            best[side] = min(best[side], time.perf_counter() - start)
-    return steps * n_tokens / best[0], steps * n_tokens / best[1]
 
 
 def generation_tokens_per_s(fn, n_new, batch_size, device, repeats=3):
@@ -120,8 +81,9 @@ def main() -> None:
         batch["attention_mask"] = torch.ones_like(batch["input_ids"])
         n_tokens = batch["input_ids"].numel() + batch["labels"].numel()
         for precision in ("fp32", "bf16"):
-            a, b = interleaved_tokens_per_s(train_steps(ours, batch, device, precision),
-                                            train_steps(hf, batch, device, precision), n_tokens, device, args.steps)
+            a, b = interleaved_seconds(trainer(ours, batch, precision, device), trainer(hf, batch, precision, device),
+                                       args.steps, device=device)
+            a, b = n_tokens / a, n_tokens / b
             rows.append((f"train {name} {precision}", a, b))
         del ours, hf
 
