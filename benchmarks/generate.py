@@ -3,7 +3,10 @@
     .venv/bin/python benchmarks/generate.py [--prompt 32] [--new 128] [--repeats 1]
 
 Batch 1, a 32-token prompt, 128 greedy new tokens (no eos), fp32 and bf16 weights. Prints new
-tokens/s of each and the ratio lmzoo / transformers, and checks both produced the same tokens. Then
+tokens/s of each and the ratio lmzoo / transformers, and checks both produced the same tokens: fp32
+must agree; in bf16 the two sides' GEMMs round differently (last-position logits differ by up to
+0.03 against a spread of 0.55), and random weights' near-flat logits then flip the argmax after a
+few tokens (10 of 32 equal, measured), so False is expected there. Then
 lmzoo with int8 weight-only quantization (``lmzoo.quantize``, bf16 activations) against both
 transformers rows: its tokens differ (random weights give near-flat logits, so quantization noise
 flips the argmax; tests/test_quantize.py checks a trained model keeps its greedy output).

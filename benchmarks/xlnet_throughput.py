@@ -22,24 +22,19 @@ import transformers
 
 import lmzoo
 from lmzoo.objectives.plm import PLMCollator
-from timing import interleaved_seconds, trainer
+from timing import interleaved_seconds, sync, trainer
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def sync() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
 
 
 def timed(fn, n: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
-    sync()
+    sync(DEVICE)
     start = time.perf_counter()
     for _ in range(n):
         fn()
-    sync()
+    sync(DEVICE)
     return (time.perf_counter() - start) / n
 
 

@@ -88,6 +88,7 @@ class Tokenizer:
         return [e.ids for e in self._encode_batch(texts, split_special_tokens)]
 
     def _encode_batch(self, texts: list[str], split_special_tokens: bool) -> list[tokenizers.Encoding]:
+        # a setting of the shared backend, set around the call: one Tokenizer is not for concurrent threads
         before = self.backend.encode_special_tokens
         self.backend.encode_special_tokens = split_special_tokens
         try:

@@ -85,7 +85,7 @@ class Attention(nn.Module):
                 k, v = cache.update(k, v)
         # cross-attention of beams / samples sharing one input's encoder keys/values (their rows are
         # consecutive, ``group`` per input): the queries of a group attend together
-        group = batch // k.shape[0]
+        group = batch // k.shape[0] if kv_input is not None else 1
         if group > 1:
             q = q.unflatten(0, (k.shape[0], group)).transpose(1, 2).flatten(2, 3)  # (Bk, H, group*T, Dh)
         y = F.scaled_dot_product_attention(
