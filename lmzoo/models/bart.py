@@ -17,6 +17,7 @@ from lmzoo.errors import UserError
 from lmzoo.models.base import PreTrainedModel
 from lmzoo.models.bert import activation_from_hf
 from lmzoo.nn.cache import CrossKVCache, StaticKVCache
+from lmzoo.nn.dropout import Dropout
 from lmzoo.nn.seq2seq import (EncoderDecoderState, decoder_start_id, encoder_mask, new_generation_state,
                               head_and_loss, shift_right)
 from lmzoo.nn.attention import causal_mask, padding_mask
@@ -39,7 +40,7 @@ class BartStack(nn.Module):
             Block(config, cross_attention=decoder)
             for _ in range(config.n_decoder_layers if decoder else config.n_layers)
         )
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(
         self,

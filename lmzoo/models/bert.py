@@ -13,6 +13,7 @@ from lmzoo.errors import UserError
 from lmzoo.models.base import PreTrainedModel
 from lmzoo.nn.attention import padding_mask
 from lmzoo.nn.block import Block
+from lmzoo.nn.dropout import Dropout
 from lmzoo.nn.embedding import Embeddings
 from lmzoo.nn.ffn import activation_fn
 from lmzoo.nn.heads import classifier_dropout, sequence_classification_loss, token_classification_loss
@@ -275,7 +276,7 @@ class BertForSequenceClassification(EncoderHeadModel):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         self.encoder = self.base_class(config, add_pooler=self.add_pooler)
-        self.dropout = nn.Dropout(classifier_dropout(config))
+        self.dropout = Dropout(classifier_dropout(config))
         self.classifier = self.make_classifier(config)
         self.init_weights()
 
@@ -311,7 +312,7 @@ class BertForTokenClassification(EncoderHeadModel):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         self.encoder = self.base_class(config, add_pooler=False)
-        self.dropout = nn.Dropout(classifier_dropout(config))
+        self.dropout = Dropout(classifier_dropout(config))
         self.classifier = nn.Linear(config.d_model, config.num_labels)
         self.init_weights()
 

@@ -20,6 +20,7 @@ from lmzoo.errors import UserError
 from lmzoo.models.base import PreTrainedModel
 from lmzoo.nn.attention import causal_mask, padding_mask
 from lmzoo.nn.block import Block
+from lmzoo.nn.dropout import Dropout
 from lmzoo.nn.heads import decode_logits
 from lmzoo.nn.norm import RMSNorm, make_norm
 from lmzoo.nn.cache import CrossKVCache, StaticKVCache
@@ -66,7 +67,7 @@ class T5Stack(nn.Module):
         self.relative_bias = nn.Embedding(config.relative_buckets, config.n_heads)
         self.layers = nn.ModuleList(Block(config, cross_attention=decoder) for _ in range(n_layers))
         self.final_norm = make_norm(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def position_bias(self, q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
         """[1, heads, q_len, k_len]; queries sit at absolute positions k_len - q_len .. k_len - 1."""

@@ -25,12 +25,14 @@ from lmzoo.config import ModelConfig
 from lmzoo.errors import UserError
 from lmzoo.models.base import PreTrainedModel
 from lmzoo.models.bert import HF_ACTIVATIONS, activation_from_hf, label_map_from_hf, label_map_to_hf
+from lmzoo.nn.dropout import Dropout, attention
 from lmzoo.nn.embedding import Embeddings
 from lmzoo.nn.ffn import FeedForward
 from lmzoo.nn.norm import make_norm
 from lmzoo.nn.heads import decode_logits, sequence_classification_loss
 from lmzoo.nn.loss import linear_cross_entropy
 from lmzoo.outputs import ModelOutput
+
 
 # HF XLNet fields without a ModelConfig field: kept in ``extra`` when they differ from these.
 HF_DEFAULTS = {"summary_type": "last", "summary_use_proj": True, "summary_activation": "tanh",
@@ -187,7 +189,7 @@ class TwoStreamAttention(nn.Module):
             bias = bias + torch.where(s.different[:, None], seg[..., 1:], seg[..., :1])
         if s.blocked is not None:
             bias = bias.masked_fill(s.blocked[:, None], torch.finfo(dt).min)
-        y = F.scaled_dot_product_attention(
+        y = attention(
             q + self.r_w_bias.to(dt)[:, None], k, v, attn_mask=bias,
             dropout_p=self.attention_dropout if self.training else 0.0, scale=self.scale,
         )
@@ -205,7 +207,7 @@ class XLNetLayer(nn.Module):
         self.attn_norm = make_norm(config)
         self.ffn = FeedForward(config)
         self.ffn_norm = make_norm(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def post(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         x = self.attn_norm(x + self.dropout(self.attn.out(y)))
@@ -306,7 +308,7 @@ class XLNetModel(XLNetPreTrainedModel):
         self.embed = Embeddings(config)  # token embedding + dropout (positions are relative)
         self.mask_emb = nn.Parameter(torch.empty(1, 1, config.d_model))
         self.layers = nn.ModuleList(XLNetLayer(config) for _ in range(config.n_layers))
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.init_weights()
 
     @classmethod
@@ -544,7 +546,7 @@ class XLNetForSequenceClassification(XLNetPreTrainedModel):
         self.summary_type = config.extra.get("summary_type", "last")
         self.summary_activation = config.extra.get("summary_activation", "tanh")
         self.sequence_summary = nn.Linear(config.d_model, config.d_model) if config.extra.get("summary_use_proj", True) else None
-        self.summary_dropout = nn.Dropout(0.1 if config.classifier_dropout is None else config.classifier_dropout)
+        self.summary_dropout = Dropout(0.1 if config.classifier_dropout is None else config.classifier_dropout)
         self.logits_proj = nn.Linear(config.d_model, config.num_labels)
         self.init_weights()
 

@@ -1,4 +1,5 @@
-"""Multi-head attention over ``scaled_dot_product_attention``, plus the masks it consumes.
+"""Multi-head attention over ``scaled_dot_product_attention`` (``lmzoo.nn.dropout.attention``: the
+same math with a cheaper dropout when training on CPU), plus the masks it consumes.
 
 Masks are additive float tensors broadcastable to [batch, heads, query, key]: 0 where attention
 is allowed, the dtype's minimum where it is not (a large finite value, so fully masked rows of
@@ -10,10 +11,10 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.config import ModelConfig
+from lmzoo.nn.dropout import attention
 from lmzoo.nn.linear import Linear
 
 
@@ -88,7 +89,7 @@ class Attention(nn.Module):
         group = batch // k.shape[0] if kv_input is not None else 1
         if group > 1:
             q = q.unflatten(0, (k.shape[0], group)).transpose(1, 2).flatten(2, 3)  # (Bk, H, group*T, Dh)
-        y = F.scaled_dot_product_attention(
+        y = attention(
             q,
             k,
             v,

@@ -13,6 +13,7 @@ from torch import nn
 
 from lmzoo.config import ModelConfig
 from lmzoo.nn.attention import Attention, LayerKVCache
+from lmzoo.nn.dropout import Dropout
 from lmzoo.nn.ffn import FeedForward
 from lmzoo.nn.norm import make_norm
 
@@ -27,7 +28,7 @@ class Block(nn.Module):
         self.cross_norm = make_norm(config) if cross_attention else None
         self.ffn = FeedForward(config)
         self.ffn_norm = make_norm(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def residual(self, x: torch.Tensor, norm: nn.Module, sublayer: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         if self.pre_norm:

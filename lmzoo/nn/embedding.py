@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lmzoo.config import ModelConfig
+from lmzoo.nn.dropout import Dropout
 from lmzoo.nn.norm import make_norm
 
 
@@ -24,7 +25,7 @@ class Embeddings(nn.Module):
         self.token_types = nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None
         self.norm = make_norm(config) if config.embedding_norm else None
         self.scale = math.sqrt(config.d_model) if config.embedding_scale else 1.0
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(
         self,

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.config import ModelConfig
+from lmzoo.nn.dropout import Dropout
 from lmzoo.nn.linear import linear
 
 IGNORE_INDEX = -100
@@ -30,7 +31,7 @@ class ClassificationHead(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.d_model, config.d_model)
-        self.dropout = nn.Dropout(classifier_dropout(config))
+        self.dropout = Dropout(classifier_dropout(config))
         self.out_proj = nn.Linear(config.d_model, config.num_labels)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:

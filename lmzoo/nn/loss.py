@@ -59,7 +59,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         rows = keep.nonzero().squeeze(1)
         h = hidden.index_select(0, rows).to(dtype)  # ignored rows contribute nothing: drop them up front
         target = labels.index_select(0, rows)
-        w = weight.to(dtype)
+        w = weight if weight.dtype == dtype else _workspace("weight", *weight.shape, dtype, weight.device).copy_(weight)
         b = bias.to(dtype) if bias is not None else None
         grad_h = torch.empty_like(h) if needs_h else None
         low = dtype != torch.float32
@@ -90,7 +90,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     torch.mm(h_c, w.t(), out=logits)
                 else:
                     torch.addmm(b, h_c, w.t(), out=logits)
-                probs = torch.softmax(logits, -1, dtype=torch.float32, out=probs_buf[:n])
+                probs = probs_buf[:n]
+                # in place in the float32 buffer: softmax(dtype=float32) would convert into a fresh tensor
+                probs = torch.softmax(logits if logits.dtype == torch.float32 else probs.copy_(logits), -1, out=probs)
                 loss_rows = -probs[index, t_c].log()
                 tiny = probs[index, t_c] < 1e-30  # -log(p) loses precision near underflow: use the lse there
                 if bool(tiny.any()):
