@@ -82,3 +82,21 @@ def test_attention_dropout_drops_probabilities():
     draws = torch.stack([attention(q, k, v, dropout_p=0.5) for _ in range(4000)])
     assert not torch.allclose(draws[0], ref)
     assert torch.allclose(draws.mean(0), ref, atol=0.1)
+
+
+def test_bf16_training_attention_takes_the_math_path_and_matches_sdpa():
+    torch.manual_seed(6)
+    q, k, v = (torch.randn(2, 4, 32, 16, requires_grad=True) for _ in range(3))
+    mask = torch.zeros(2, 1, 1, 32)
+    mask[0, ..., -5:] = torch.finfo(torch.float32).min  # padding keys in the first row
+    low = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
+    out = attention(*low, attn_mask=mask.bfloat16())
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), ref, atol=3e-2)
+    out.float().sum().backward()
+    ref.sum().backward()
+    for a, b in zip(low, (q, k, v)):
+        assert torch.allclose(a.grad.float(), b.grad, atol=5e-2, rtol=5e-2)
+    with torch.no_grad():  # inference keeps SDPA's kernel
+        assert torch.allclose(attention(*low).float(), F.scaled_dot_product_attention(*low).float(), atol=1e-2)

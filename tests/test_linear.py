@@ -41,3 +41,23 @@ def test_decode_logits_for_one_and_several_rows():
         hidden = torch.randn(rows, 16)
         with torch.no_grad():
             torch.testing.assert_close(decode_logits(hidden, head), head(hidden), atol=1e-5, rtol=1e-5)
+
+
+def test_projections_stack_weights_while_training_and_equal_separate_layers():
+    from lmzoo.nn.attention import projections
+
+    torch.manual_seed(0)
+    layers = [Linear(16, 8), Linear(16, 8), Linear(16, 4)]
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    fused = projections(x, *layers)
+    separate = [layer(x) for layer in layers]
+    for a, b in zip(fused, separate):
+        assert torch.allclose(a, b, atol=1e-6)
+    sum(a.sum() * (i + 1) for i, a in enumerate(fused)).backward()
+    grads = [p.grad.clone() for layer in layers for p in layer.parameters()] + [x.grad.clone()]
+    for p in [*[p for layer in layers for p in layer.parameters()], x]:
+        p.grad = None
+    sum(b.sum() * (i + 1) for i, b in enumerate(separate)).backward()
+    expected = [p.grad for layer in layers for p in layer.parameters()] + [x.grad]
+    for a, b in zip(grads, expected):
+        assert torch.allclose(a, b, atol=1e-5)
