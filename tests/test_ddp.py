@@ -1,4 +1,4 @@
-"""Two gloo/CPU processes under torchrun train like one process with a doubled batch."""
+"""Two gloo/CPU processes under torchrun (DDP or FSDP2) train like one process with a doubled batch."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ from test_train_loop import PatternData, make_collate, tiny_model
 from lmzoo.train import TrainConfig, train
 
 model = tiny_model()
-config = TrainConfig(max_steps={steps}, batch_size=8, grad_accum=2, lr=1e-2, log_every=1, save_every=4, seed=3)
+config = TrainConfig(max_steps={steps}, batch_size=8, grad_accum=2, lr=1e-2, log_every=1, save_every=4, seed=3,
+                     fsdp={fsdp})
 result = train(model, PatternData(), make_collate(0.0), out_dir={out!r}, config=config, progress=False,
                eval_data=PatternData(32))
 assert not dist.is_initialized()  # the loop destroyed the group it created
@@ -37,7 +38,8 @@ assert result.step == {steps}
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_single_process_double_batch(tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_ddp_two_processes_match_single_process_double_batch(tmp_path, fsdp):
     single = tiny_model()
     config = TrainConfig(max_steps=STEPS, batch_size=16, grad_accum=2, lr=1e-2, log_every=1, save_every=4, seed=3)
     train(single, PatternData(), make_collate(0.0), out_dir=tmp_path / "single", config=config, progress=False,
@@ -45,7 +47,7 @@ def test_ddp_two_processes_match_single_process_double_batch(tmp_path):
 
     out = tmp_path / "ddp"
     script = tmp_path / "worker.py"
-    script.write_text(textwrap.dedent(SCRIPT).format(tests=str(TESTS), steps=STEPS, out=str(out)))
+    script.write_text(textwrap.dedent(SCRIPT).format(tests=str(TESTS), steps=STEPS, out=str(out), fsdp=fsdp))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(
