@@ -100,6 +100,17 @@ def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool) -> nn.Module:
     return DistributedDataParallel(model, device_ids=device_ids)
 
 
+def reshard(model: nn.Module) -> None:
+    """Put FSDP2 modules back on their sharded parameters after a forward without backward (evaluation):
+    the root module keeps its gathered parameters after forward, and state-dict and optimizer-state
+    collectives must see the sharded ones the optimizer holds. No-op without FSDP."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def set_grad_sync(model: nn.Module, sync: bool):
     """Context for one micro-step: gradients are all-reduced only when ``sync`` (the last micro-step)."""
     import contextlib

@@ -45,6 +45,7 @@ from lmzoo.train.distributed import (
     all_gather_object,
     all_reduce_sum,
     barrier,
+    reshard,
     set_grad_sync,
     setup_distributed,
     teardown_distributed,
@@ -520,6 +521,8 @@ def _train(model, train_data, collate, out_dir: Path, config: TrainConfig, eval_
         eval_metrics = evaluate(fwd, eval_data, collate, batch_size=config.batch_size,
                                 max_batches=config.eval_batches, device=device,
                                 precision=config.precision, metrics_fn=metrics_fn)
+        if weights.fsdp:
+            reshard(fwd)
         last_eval = step
         if info.is_main:
             _append_metrics(metrics_path, {"step": step, **eval_metrics})
