@@ -128,7 +128,7 @@ def convert_from_hf(model: PreTrainedModel, hf_state: dict[str, torch.Tensor], *
     if base_missing:
         raise UserError(f"{source}: {len(base_missing)} weights missing, e.g. {base_missing[0]} (wrong model type?)")
     if missing:
-        print(f"note: {source} has no weights for {', '.join(sorted({k.split('.')[0] for k in missing}))}; "
+        print(f"note: {source} has no weights for {', '.join(sorted({k.rsplit('.', 1)[0] for k in missing}))}; "
               "they are randomly initialised", file=sys.stderr)
     if unexpected:
         print(f"note: ignored {len(unexpected)} weights of {source} this model does not use (e.g. {unexpected[0]})",
@@ -137,8 +137,9 @@ def convert_from_hf(model: PreTrainedModel, hf_state: dict[str, torch.Tensor], *
 
 
 def _is_head(model: PreTrainedModel, key: str) -> bool:
-    """Task heads may be absent from a checkpoint (they start from random init); the body may not."""
-    return key.split(".")[0] in model.head_modules
+    """Task heads may be absent from a checkpoint (they start from random init); the body may not,
+    except BERT's pooler, which MLM-only pretraining does not train or save (HF initialises it too)."""
+    return key.split(".")[0] in model.head_modules or "pooler" in key.split(".")[:-1]
 
 
 def convert_to_hf(model: PreTrainedModel) -> dict[str, torch.Tensor]:

@@ -99,3 +99,52 @@ def test_two_processes_match_single_process_double_batch(tmp_path, fsdp, kind):
         final = lmzoo.from_pretrained(out)
     for (name, p), q in zip(single.named_parameters(), final.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
+def test_finetune_under_torchrun_keeps_a_loadable_best_model(tmp_path, fsdp):
+    """classify (from an MLM-only BERT: no pooler in the checkpoint) and seq2seq (BART: evaluation by
+    generation) under two processes: the best model is written from full weights, also under FSDP2."""
+    import random
+
+    import lmzoo
+    from lmzoo.models.bart import BartForConditionalGeneration
+    from lmzoo.models.bert import BertForMaskedLM
+    from lmzoo.presets import preset_config
+    from lmzoo.tokenizer import train_tokenizer
+
+    rng = random.Random(0)
+    words = "good bad fine awful great poor the a king queen night day".split()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(rng.choices(words, k=8)) for _ in range(100)))
+    rows = [" ".join(rng.choices(words, k=6)) for _ in range(48)]
+    (tmp_path / "cls.csv").write_text("text,label\n" + "".join(f"{r},{'pos' if 'good' in r else 'neg'}\n" for r in rows))
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"source": r, "target": r}) + "\n" for r in rows))
+    folders = {}
+    for name, kind, build in (
+        ("bert", "wordpiece", lambda v: BertForMaskedLM(preset_config("bert-tiny", vocab_size=v, d_model=32, n_heads=2,
+                                                                      d_ff=64, max_positions=32))),
+        ("bart", "bpe", lambda v: BartForConditionalGeneration(preset_config("bart-tiny", vocab_size=v, d_model=32,
+                                                                             n_heads=2, d_ff=64, max_positions=64))),
+    ):
+        folders[name] = tmp_path / name
+        tok = train_tokenizer([str(corpus)], kind=kind, vocab_size=200, out_dir=str(folders[name]))
+        torch.manual_seed(0)
+        build(tok.vocab_size).save_pretrained(folders[name])
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    for task, folder, data in (("classify", folders["bert"], "cls.csv"), ("seq2seq", folders["bart"], "pairs.jsonl")):
+        out = tmp_path / f"ft-{task}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "lmzoo.cli",
+             "finetune", "--task", task, "--model", str(folder), "--train", str(tmp_path / data),
+             "--eval", str(tmp_path / data), "--out", str(out), "--max-steps", "4", "--batch-size", "4",
+             "--eval-every", "2", "--save-every", "2", "--no-progress", *(["--fsdp"] if fsdp else [])],
+            env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, [line for line in proc.stderr.splitlines() if "error" in line.lower()][:5]
+        best = lmzoo.from_pretrained(out / "best")
+        last = lmzoo.from_pretrained(out)
+        assert type(best) is type(last)
+        assert all(torch.isfinite(p).all() for p in best.parameters())

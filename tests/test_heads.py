@@ -143,3 +143,20 @@ def test_problem_type_guess_follows_hf():
     one = config.replace(id2label={0: "LABEL_0"})
     mse = sequence_classification_loss(one, torch.tensor([[1.0], [3.0]]), torch.tensor([0.0, 1.0]))
     assert mse.item() == pytest.approx((1.0 + 4.0) / 2)
+
+
+def test_mlm_only_bert_checkpoint_loads_into_a_classifier_with_a_fresh_pooler(tmp_path, capsys):
+    """RoBERTa-style MLM pretraining saves no pooler; a classifier starts it from random init, as HF does."""
+    import lmzoo
+    from lmzoo.models.bert import BertForMaskedLM, BertForSequenceClassification
+    from lmzoo.presets import preset_config
+
+    torch.manual_seed(0)
+    mlm = BertForMaskedLM(preset_config("bert-tiny", vocab_size=50, d_model=32, n_heads=2, d_ff=64, max_positions=16))
+    mlm.save_pretrained(tmp_path)
+    classifier = BertForSequenceClassification.from_pretrained(tmp_path)
+    assert "pooler" in capsys.readouterr().err
+    assert classifier.encoder.pooler is not None
+    for name, p in mlm.encoder.named_parameters():
+        assert torch.equal(p, dict(classifier.encoder.named_parameters())[name]), name
+    assert lmzoo.from_pretrained(tmp_path).__class__ is BertForMaskedLM

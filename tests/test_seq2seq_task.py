@@ -107,3 +107,17 @@ def test_finetune_learns_and_keeps_best(bart_folder, tmp_path, capsys):
     capsys.readouterr()
     assert main(["text2text", str(out / "best"), "apple river stone cloud"]) == 0
     assert capsys.readouterr().out.strip() == "cloud stone river apple"
+
+
+def test_lengths_fit_learned_positions(capsys):
+    from lmzoo.presets import preset_config
+    from lmzoo.tasks.seq2seq import Seq2SeqOptions, fit_to_positions
+
+    bart = preset_config("bart-tiny", max_positions=64)
+    fitted = fit_to_positions(Seq2SeqOptions(), bart)
+    assert (fitted.max_source_length, fitted.max_target_length) == (64, 63)  # generation needs one more position
+    assert capsys.readouterr().err == ""  # defaults are cut silently
+    fit_to_positions(Seq2SeqOptions(max_target_length=100), bart)
+    assert "64 positions" in capsys.readouterr().err
+    t5 = Seq2SeqOptions(max_source_length=2048)
+    assert fit_to_positions(t5, preset_config("t5-tiny")) == t5  # relative positions: no limit

@@ -304,6 +304,10 @@ def rows_of(x: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
 # --- models ---------------------------------------------------------------------------------
 
 class XLNetPreTrainedModel(PreTrainedModel):
+    # without token_type_ids the segment parameters get no gradient, nor does mask_emb without
+    # target_mapping (classification): DDP must not wait for them
+    ddp_find_unused_parameters = True
+
     def init_weights(self) -> None:
         super().init_weights()
         for module in self.modules():

@@ -361,6 +361,7 @@ def finetune(*, model: str | Path, train_path: str | Path, eval_path: str | Path
              progress: bool = True) -> FinetuneResult:
     """Fine-tune a model folder on a labelled file through the one training loop (see module doc)."""
     from lmzoo.tokenizer import Tokenizer
+    from lmzoo.train.distributed import full_model
     from lmzoo.train.loop import read_metrics, train, write_loss_curve
 
     out = Path(out)
@@ -407,7 +408,8 @@ def finetune(*, model: str | Path, train_path: str | Path, eval_path: str | Path
         nonlocal best, stale
         if not eval_examples:
             return
-        metrics = score(eval_examples, predict_examples(net, tokenizer, eval_examples, options), net.config, options)
+        model = full_model(net, path)  # under FSDP2 a plain copy: the sharded net cannot be saved as is
+        metrics = score(eval_examples, predict_examples(model, tokenizer, eval_examples, options), net.config, options)
         if metric not in metrics:
             raise UserError(f"--metric {metric} is not computed for this task (choose from "
                             f"{', '.join(summary(metrics))})")
@@ -419,7 +421,7 @@ def finetune(*, model: str | Path, train_path: str | Path, eval_path: str | Path
         if not best or sign * value > sign * best[metric]:
             best, stale = {**summary(metrics), "step": step}, 0
             if is_main:
-                net.save_pretrained(out / "best")
+                model.save_pretrained(out / "best")
                 save_task_folder(out / "best")
                 write_reports({**metrics, "step": step}, net.config, out / "best")
         else:

@@ -8,6 +8,7 @@ text; the best checkpoint by the chosen metric is kept in ``<out>/best``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -226,6 +227,23 @@ class Seq2SeqOptions:
             raise UserError("--max-source-length and --max-target-length must be >= 2")
 
 
+def fit_to_positions(options: Seq2SeqOptions, config: Any) -> Seq2SeqOptions:
+    """Learned positions (BART) end at ``max_positions``: lengths beyond it are cut to it up front
+    instead of failing at the first evaluation (generation needs one position more). Defaults are
+    cut silently; lengths a user asked for get a note."""
+    if config.positions != "learned":
+        return options
+    source, target = min(options.max_source_length, config.max_positions), min(options.max_target_length,
+                                                                                config.max_positions - 1)
+    defaults = Seq2SeqOptions()
+    asked = (source < options.max_source_length != defaults.max_source_length
+             or target < options.max_target_length != defaults.max_target_length)
+    if asked:
+        print(f"note: the model has {config.max_positions} positions: max source length {source}, "
+              f"max target length {target}", file=sys.stderr)
+    return dataclasses.replace(options, max_source_length=source, max_target_length=target)
+
+
 def load_seq2seq_model(model: str) -> tuple[Any, Any]:
     """(model, tokenizer) of a model folder; the model must be an encoder-decoder with an LM head."""
     from lmzoo.pipelines import load_model_and_tokenizer
@@ -241,10 +259,12 @@ def finetune_seq2seq(*, model: str, train_path: str, eval_path: str | None, out:
                      options: Seq2SeqOptions = Seq2SeqOptions(), resume: bool = False, overwrite: bool = False,
                      progress: bool = True) -> tuple[Any, dict[str, float]]:
     """Fine-tune a T5/BART folder on pairs; returns (train result, generation metrics of the best model)."""
+    from lmzoo.train.distributed import full_model
     from lmzoo.train.loop import train
 
     out = Path(out)
     net, tokenizer = load_seq2seq_model(model)
+    options = fit_to_positions(options, net.config)
     net.label_smoothing = options.label_smoothing
     read = lambda p: read_pairs(p, source_column=options.source_column, target_column=options.target_column)  # noqa: E731
     dataset = lambda pairs: Seq2SeqDataset(pairs, tokenizer, max_source_length=options.max_source_length,  # noqa: E731
@@ -258,15 +278,16 @@ def finetune_seq2seq(*, model: str, train_path: str, eval_path: str | None, out:
     def score_and_keep_best(step: int, path: Path) -> None:
         if not eval_pairs or int(os.environ.get("RANK", "0")) != 0:
             return
-        was_training = net.training
-        predictions = generate_texts(net, tokenizer, [s for s, _ in eval_pairs], num_beams=options.num_beams,
+        model = full_model(net, path)  # under FSDP2 a plain copy: generation calls submodules of the sharded net
+        was_training = model.training
+        predictions = generate_texts(model, tokenizer, [s for s, _ in eval_pairs], num_beams=options.num_beams,
                                      max_new_tokens=options.max_target_length, prefix=options.prefix)
-        net.train(was_training)
+        model.train(was_training)
         metrics = text_metrics(predictions, [t for _, t in eval_pairs])
         print(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()), file=sys.stderr)
         if metrics[options.metric] > best["score"]:
             best.update(score=metrics[options.metric], metrics={**metrics, "step": step})
-            net.save_pretrained(out / "best")
+            model.save_pretrained(out / "best")
             tokenizer.save(out / "best")
 
     result = train(net, train_data, collate, out_dir=out, config=train_config, eval_data=eval_data,

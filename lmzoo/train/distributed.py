@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -97,7 +98,10 @@ def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [info.device.index] if info.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    # models whose steps leave some parameters without gradient say so (XLNet: the segment
+    # parameters without token types); DDP then looks for them every step
+    find_unused = bool(getattr(model, "ddp_find_unused_parameters", False))
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused)
 
 
 def reshard(model: nn.Module) -> None:
@@ -109,6 +113,22 @@ def reshard(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.reshard()
+
+
+def full_model(model: nn.Module, checkpoint: Path) -> nn.Module:
+    """The model to evaluate with or save outside the training step: ``model`` itself, or under FSDP2
+    (whose parameters are shards) a plain copy with the full weights of ``checkpoint``, the folder
+    the loop just wrote (every rank reads it, as every rank may evaluate)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        return model
+    from lmzoo.hf import load_pretrained
+
+    device = next(iter(model.parameters())).device
+    copy = load_pretrained(checkpoint).to(device)
+    copy.train(model.training)
+    return copy
 
 
 def set_grad_sync(model: nn.Module, sync: bool):
