@@ -148,3 +148,24 @@ def test_finetune_under_torchrun_keeps_a_loadable_best_model(tmp_path, fsdp):
         last = lmzoo.from_pretrained(out)
         assert type(best) is type(last)
         assert all(torch.isfinite(p).all() for p in best.parameters())
+
+
+@pytest.mark.slow
+def test_xlnet_pretrains_under_ddp(tmp_path):
+    """PLM leaves XLNet's segment parameters without gradient (no token types): DDP must be told."""
+    import random
+
+    rng = random.Random(0)
+    words = "the king queen lord lady sword crown night day love death war peace heart".split()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(rng.choices(words, k=60)) + "." for _ in range(200)))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone", "-m", "lmzoo.cli",
+         "pretrain", "--preset", "xlnet-tiny", "--objective", "plm", "--data", str(corpus), "--out", str(tmp_path / "run"),
+         "--vocab-size", "200", "--seq-len", "32", "--max-steps", "3", "--batch-size", "4", "--save-every", "3",
+         "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, [line for line in proc.stderr.splitlines() if "error" in line.lower()][:5]
+    assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r][-1] == 3
