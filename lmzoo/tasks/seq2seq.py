@@ -236,9 +236,9 @@ def fit_to_positions(options: Seq2SeqOptions, config: Any) -> Seq2SeqOptions:
     source, target = min(options.max_source_length, config.max_positions), min(options.max_target_length,
                                                                                 config.max_positions - 1)
     defaults = Seq2SeqOptions()
-    asked = (source < options.max_source_length != defaults.max_source_length
-             or target < options.max_target_length != defaults.max_target_length)
-    if asked:
+    cut_asked_source = source < options.max_source_length and options.max_source_length != defaults.max_source_length
+    cut_asked_target = target < options.max_target_length and options.max_target_length != defaults.max_target_length
+    if cut_asked_source or cut_asked_target:
         print(f"note: the model has {config.max_positions} positions: max source length {source}, "
               f"max target length {target}", file=sys.stderr)
     return dataclasses.replace(options, max_source_length=source, max_target_length=target)

@@ -126,9 +126,9 @@ def full_model(model: nn.Module, checkpoint: Path) -> nn.Module:
     from lmzoo.hf import load_pretrained
 
     device = next(iter(model.parameters())).device
-    copy = load_pretrained(checkpoint).to(device)
-    copy.train(model.training)
-    return copy
+    plain = load_pretrained(checkpoint).to(device)
+    plain.train(model.training)
+    return plain
 
 
 def set_grad_sync(model: nn.Module, sync: bool):
