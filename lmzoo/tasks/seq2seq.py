@@ -278,7 +278,7 @@ def finetune_seq2seq(*, model: str, train_path: str, eval_path: str | None, out:
     def score_and_keep_best(step: int, path: Path) -> None:
         if not eval_pairs or int(os.environ.get("RANK", "0")) != 0:
             return
-        model = full_model(net, path)  # under FSDP2 a plain copy: generation calls submodules of the sharded net
+        model = full_model(net, path)  # FSDP2: a plain copy (generation runs submodules)
         was_training = model.training
         predictions = generate_texts(model, tokenizer, [s for s, _ in eval_pairs], num_beams=options.num_beams,
                                      max_new_tokens=options.max_target_length, prefix=options.prefix)
