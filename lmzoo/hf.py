@@ -137,9 +137,9 @@ def convert_from_hf(model: PreTrainedModel, hf_state: dict[str, torch.Tensor], *
 
 
 def _is_head(model: PreTrainedModel, key: str) -> bool:
-    """Task heads may be absent from a checkpoint (they start from random init); the body may not,
-    except BERT's pooler, which MLM-only pretraining does not train or save (HF initialises it too)."""
-    return key.split(".")[0] in model.head_modules or "pooler" in key.split(".")[:-1]
+    """Task heads (and the model's ``fresh_modules``) may be absent from a checkpoint: they start from
+    random init. The rest of the body may not."""
+    return key.split(".")[0] in model.head_modules or any(key.startswith(m + ".") for m in model.fresh_modules)
 
 
 def convert_to_hf(model: PreTrainedModel) -> dict[str, torch.Tensor]:

@@ -24,6 +24,9 @@ class PreTrainedModel(nn.Module):
     base_prefix: ClassVar[str] = ""
     # Top-level submodules that are task heads: a checkpoint may lack them (random init, with a note).
     head_modules: ClassVar[tuple[str, ...]] = ()
+    # Body submodules (paths) that may also be absent and start from random init, e.g. BERT's pooler,
+    # which MLM-only pretraining never trains or saves (HF initialises it too).
+    fresh_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

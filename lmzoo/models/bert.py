@@ -123,6 +123,7 @@ class BertModel(PreTrainedModel):
     """The bare encoder: embeddings → post-LN blocks → (pooler)."""
 
     hf_architecture = "BertModel"
+    fresh_modules = ("pooler",)
 
     def __init__(self, config: ModelConfig, *, add_pooler: bool = True) -> None:
         super().__init__(config)
@@ -164,6 +165,7 @@ class EncoderHeadModel(PreTrainedModel):
 
     base_prefix = "bert"
     base_class = BertModel
+    fresh_modules = ("encoder.pooler",)
     head_key_map: list[tuple[str, str | None]] = []
 
     @classmethod

@@ -167,15 +167,6 @@ class TwoStreamAttention(nn.Module):
         """(B, T, D) @ (D, H, Dh) → (B, H, T, Dh)."""
         return (x @ weight.flatten(1).to(x.dtype)).unflatten(-1, (self.n_heads, self.d_head)).transpose(1, 2)
 
-    def heads_of(self, x: torch.Tensor, *weights: torch.Tensor) -> list[torch.Tensor]:
-        """``[heads(x, w) for w in weights]``; with autograd on, one GEMM over the stacked weights
-        (one pass over x, as ``lmzoo.nn.attention.projections``)."""
-        if len(weights) == 1 or not torch.is_grad_enabled():
-            return [self.heads(x, w) for w in weights]
-        stacked = torch.cat([w.flatten(1) for w in weights], dim=1).to(x.dtype)
-        width = self.n_heads * self.d_head
-        return [y.unflatten(-1, (self.n_heads, self.d_head)).transpose(1, 2) for y in (x @ stacked).split(width, -1)]
-
     def out(self, y: torch.Tensor) -> torch.Tensor:
         """(B, H, Q, Dh) → (B, Q, D) through o."""
         return y.transpose(1, 2).flatten(2) @ self.o.flatten(1).to(y.dtype).t()
@@ -236,25 +227,17 @@ class XLNetLayer(nn.Module):
         """``need_h=False`` skips the content stream's output (its keys/values are still used):
         the last layer of a two-stream pass returns only ``g``."""
         attn = self.attn
-        q_h = None
-        if mem is not None:
-            k, v = attn.heads_of(torch.cat([mem.to(h.dtype), h], dim=1), attn.k, attn.v)  # (B, H, M + T, Dh)
-        elif need_h:
-            q_h, k, v = attn.heads_of(h, attn.q, attn.k, attn.v)
-        else:
-            k, v = attn.heads_of(h, attn.k, attn.v)
-        return self.streams(h, g, k, v, attn.heads(table, attn.r), content, query, need_h=need_h, q_h=q_h)
+        cat = h if mem is None else torch.cat([mem.to(h.dtype), h], dim=1)  # (B, K, D)
+        k, v = attn.heads(cat, attn.k), attn.heads(cat, attn.v)
+        return self.streams(h, g, k, v, attn.heads(table, attn.r), content, query, need_h=need_h)
 
     def streams(
         self, h: torch.Tensor, g: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor, k_r: torch.Tensor,
-        content: Stream, query: Stream | None, *, need_h: bool = True, q_h: torch.Tensor | None = None,
+        content: Stream, query: Stream | None, *, need_h: bool = True,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Both streams given the keys/values (B, H, K, Dh) and distance-table heads k_r (1|B, H, R, Dh)
-        (and the content queries ``q_h``, when already projected)."""
+        """Both streams given the keys/values (B, H, K, Dh) and distance-table heads k_r (1|B, H, R, Dh)."""
         attn = self.attn
-        if need_h and q_h is None:
-            q_h = attn.heads(h, attn.q)
-        new_h = self.post(h, attn.attend(q_h, k, v, k_r, content)) if need_h else None
+        new_h = self.post(h, attn.attend(attn.heads(h, attn.q), k, v, k_r, content)) if need_h else None
         new_g = self.post(g, attn.attend(attn.heads(g, attn.q), k, v, k_r, query)) if g is not None else None
         return new_h, new_g
 

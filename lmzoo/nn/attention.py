@@ -44,9 +44,10 @@ def causal_mask(q_len: int, k_len: int, dtype: torch.dtype, device: torch.device
 
 def projections(x: torch.Tensor, *layers: nn.Linear) -> list[torch.Tensor]:
     """``[layer(x) for layer in layers]``. With autograd on (training) it is one GEMM over the stacked
-    weights: one pass over ``x`` (one bf16 cast of it under autocast) and, in float32, ~13 % faster
-    products at d_model 256 on CPU. Without autograd (decoding) each layer runs alone: no weight
-    copies per step, and ``Linear``'s small-row path."""
+    weights: one pass over ``x`` and one bf16 cast of it under autocast instead of three (T5 / BART
+    bf16 steps 1.7-2.6 % faster on CPU; fp32 steps unchanged, the stacking copy eats the GEMM gain).
+    Without autograd (decoding) each layer runs alone: no weight copies per step, and ``Linear``'s
+    small-row path."""
     plain = all(type(layer) in (nn.Linear, Linear) for layer in layers)  # not e.g. int8 replacements
     if len(layers) == 1 or not torch.is_grad_enabled() or not plain:
         return [layer(x) for layer in layers]

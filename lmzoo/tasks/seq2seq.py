@@ -275,8 +275,10 @@ def finetune_seq2seq(*, model: str, train_path: str, eval_path: str | None, out:
     collate = Seq2SeqCollator(net.config.pad_token_id)
     best: dict[str, Any] = {"score": -1.0, "metrics": {}}
 
+    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun rank 0 alone scores and writes
+
     def score_and_keep_best(step: int, path: Path) -> None:
-        if not eval_pairs or int(os.environ.get("RANK", "0")) != 0:
+        if not eval_pairs or not is_main:
             return
         model = full_model(net, path)  # FSDP2: a plain copy (generation runs submodules)
         was_training = model.training
@@ -292,9 +294,10 @@ def finetune_seq2seq(*, model: str, train_path: str, eval_path: str | None, out:
 
     result = train(net, train_data, collate, out_dir=out, config=train_config, eval_data=eval_data,
                    resume=resume, overwrite=overwrite, on_checkpoint=score_and_keep_best, progress=progress)
-    if (out / "best").is_dir():
-        from lmzoo.io import atomic_write_json
+    if is_main:  # other ranks hold no scores: their empty metrics must not overwrite rank 0's
+        if (out / "best").is_dir():
+            from lmzoo.io import atomic_write_json
 
-        atomic_write_json(out / "best" / "seq2seq_metrics.json", best["metrics"])
-    tokenizer.save(out)
+            atomic_write_json(out / "best" / "seq2seq_metrics.json", best["metrics"])
+        tokenizer.save(out)
     return result, best["metrics"]
