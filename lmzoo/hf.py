@@ -1,182 +1,49 @@
-"""Hugging Face folders (config.json + *.safetensors) ⇄ lmzoo models, through per-class key maps.
+"""Hugging Face folders (config.json + *.safetensors) → lmzoo models, the class picked from config.json.
 
-A key map is a list of (HF module path, lmzoo module path) pairs, ``{}`` standing for a layer
-index and ``None`` for a key dropped on load. Weights are only ever read from safetensors or
-through ``torch.load(weights_only=True)``: no pickle from a folder is ever executed.
+``model_type`` names the family (``lmzoo.models.FAMILIES``), ``architectures`` the class; the key-map
+conversion itself is ``lmzoo.weights``.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
-
-from lmzoo.config import ModelConfig, read_json
+from lmzoo.config import ModelConfig
 from lmzoo.errors import UserError
-from lmzoo.io import atomic_write_bytes, atomic_write_json
-from lmzoo.models import ARCHITECTURES, FAMILY_OF, MODEL_TYPES, PreTrainedModel
+from lmzoo.models import ARCHITECTURES, MODEL_TYPES, PreTrainedModel
+from lmzoo.weights import config_of, convert_from_hf, convert_to_hf, load_into, read_hf_config, read_state_dict, rename
 
-KeyMap = list[tuple[str, "str | None"]]
-
-
-def _compile(pattern: str) -> re.Pattern:
-    return re.compile("^" + re.escape(pattern).replace(r"\{\}", r"(\d+)") + r"(\..+)?$")
-
-
-def rename(key: str, key_map: KeyMap, *, to_hf: bool) -> str | None:
-    """Map one full parameter name across; returns None for a dropped key, raises KeyError if unknown."""
-    for hf_pattern, our_pattern in key_map:
-        if our_pattern is None and to_hf:
-            continue
-        source, target = (our_pattern, hf_pattern) if to_hf else (hf_pattern, our_pattern)
-        match = _compile(source).match(key)
-        if match:
-            if target is None:
-                return None
-            *layer, rest = match.groups()
-            name = target.replace("{}", layer[0]) if layer else target
-            return name + (rest or "")
-    raise KeyError(key)
+__all__ = ["convert_from_hf", "convert_to_hf", "load_pretrained", "read_config", "read_state_dict", "rename",
+           "save_pretrained"]
 
 
 def read_config(folder: str | Path) -> tuple[ModelConfig, str | None]:
     """config.json of an lmzoo or HF folder → (ModelConfig, first entry of ``architectures``)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"model folder {folder} not found")
-    hf = read_json(folder / "config.json")
+    hf = read_hf_config(folder)
     model_type = hf.get("model_type")
     if model_type not in MODEL_TYPES:
         raise UserError(
             f"{folder}/config.json: unsupported model_type {model_type!r} (supported: {', '.join(sorted(MODEL_TYPES))})"
         )
-    try:
-        config = MODEL_TYPES[model_type].config_from_hf(hf)
-    except KeyError as e:
-        raise UserError(f"{folder}/config.json lacks the field {e.args[0]!r}") from None
+    spec = MODEL_TYPES[model_type]
     architectures = hf.get("architectures") or [None]
-    return config, architectures[0]
-
-
-def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
-    """All weights of a folder: model.safetensors, sharded safetensors, or pytorch_model.bin (weights only)."""
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    try:
-        if (folder / "model.safetensors").is_file():
-            return load_file(folder / "model.safetensors")
-        if index.is_file():
-            shards = sorted(set(read_json(index)["weight_map"].values()))
-            state: dict[str, torch.Tensor] = {}
-            for shard in shards:
-                state.update(load_file(folder / shard))
-            return state
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"cannot read weights in {folder}: {e} (truncated or corrupt safetensors?)") from None
-    if (folder / "pytorch_model.bin").is_file():
-        try:
-            return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        except Exception as e:  # an unsafe or broken pickle: refuse it, never execute it
-            raise UserError(f"cannot read {folder}/pytorch_model.bin safely: {type(e).__name__}") from None
-    raise UserError(f"no weights in {folder} (expected model.safetensors or pytorch_model.bin)")
-
-
-def _normalise_prefix(hf_state: dict[str, torch.Tensor], model_class: type[PreTrainedModel]) -> dict[str, torch.Tensor]:
-    """Accept checkpoints with or without the base-model prefix ("bert.", "roberta.", ...)."""
-    renamed = {k.replace(".gamma", ".weight").replace(".beta", ".bias"): v for k, v in hf_state.items()}
-    known_prefixes = {getattr(c, "base_prefix", "") for c in ARCHITECTURES.values()} - {""}
-    prefix = model_class.base_prefix
-    if prefix and not any(k.startswith(prefix + ".") for k in renamed):
-        return {f"{prefix}.{k}": v for k, v in renamed.items()}  # a bare-model checkpoint into a head model
-    if not prefix:  # a head-model checkpoint into the bare model: strip its prefix, heads become unexpected
-        for p in known_prefixes:
-            if any(k.startswith(p + ".") for k in renamed):
-                return {k.removeprefix(p + "."): v for k, v in renamed.items()}
-    return renamed
-
-
-def convert_from_hf(model: PreTrainedModel, hf_state: dict[str, torch.Tensor], *, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """HF state dict → lmzoo state dict for ``model``; shapes checked, missing head weights reported."""
-    key_map = model.hf_key_map(model.config)
-    expected = {k: v for k, v in model.state_dict().items() if k not in model.tied_parameters()}
-    ours: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
-    hf_state = type(model).hf_tensors_in(model.config, _normalise_prefix(hf_state, type(model)))
-    for key, tensor in hf_state.items():
-        try:
-            name = rename(key, key_map, to_hf=False)
-        except KeyError:
-            unexpected.append(key)
-            continue
-        if name is None:
-            continue
-        if name not in expected:
-            unexpected.append(key)
-            continue
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise UserError(
-                f"{source}: weight {key} has shape {tuple(tensor.shape)} but the config implies {tuple(expected[name].shape)}"
-            )
-        ours[name] = tensor
-    missing = sorted(set(expected) - set(ours))
-    base_missing = [k for k in missing if not _is_head(model, k)]
-    if base_missing:
-        raise UserError(f"{source}: {len(base_missing)} weights missing, e.g. {base_missing[0]} (wrong model type?)")
-    if missing:
-        print(f"note: {source} has no weights for {', '.join(sorted({k.rsplit('.', 1)[0] for k in missing}))}; "
-              "they are randomly initialised", file=sys.stderr)
-    if unexpected:
-        print(f"note: ignored {len(unexpected)} weights of {source} this model does not use (e.g. {unexpected[0]})",
-              file=sys.stderr)
-    return ours
-
-
-def _is_head(model: PreTrainedModel, key: str) -> bool:
-    """Task heads (and the model's ``fresh_modules``) may be absent from a checkpoint: they start from
-    random init. The rest of the body may not."""
-    return key.split(".")[0] in model.head_modules or any(key.startswith(m + ".") for m in model.fresh_modules)
-
-
-def convert_to_hf(model: PreTrainedModel) -> dict[str, torch.Tensor]:
-    """lmzoo state dict → HF state dict (tied parameters omitted; HF re-ties them)."""
-    key_map = model.hf_key_map(model.config)
-    tied = model.tied_parameters()
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict().items():
-        if name in tied:
-            continue
-        out[rename(name, key_map, to_hf=True)] = tensor.detach().contiguous().cpu()
-    return {k: v.contiguous() for k, v in type(model).hf_tensors_out(model.config, out).items()}
+    return config_of(spec.default_architecture, hf, folder), architectures[0]
 
 
 def load_pretrained(folder: str | Path, model_class: type[PreTrainedModel] | None = None) -> PreTrainedModel:
     """Load an lmzoo or HF folder; the class comes from ``architectures`` unless ``model_class`` is given."""
-    folder = Path(folder)
+    if model_class is not None:
+        return load_into(model_class, folder)
     config, architecture = read_config(folder)
-    if model_class is None:
-        model_class = ARCHITECTURES.get(architecture or "") or FAMILY_OF[config.family].DEFAULT_ARCHITECTURE
-        if architecture and architecture not in ARCHITECTURES:
-            print(f"note: architecture {architecture} is not in lmzoo; loading it as {model_class.hf_architecture}",
-                  file=sys.stderr)
-    model = model_class(config)
-    state = convert_from_hf(model, read_state_dict(folder), source=str(folder))
-    model.load_state_dict(state, strict=False)
-    return model.eval()
+    model_class = ARCHITECTURES.get(architecture or "") or MODEL_TYPES[read_hf_config(folder)["model_type"]
+                                                                       ].default_architecture
+    if architecture and architecture not in ARCHITECTURES:
+        print(f"note: architecture {architecture} is not in lmzoo; loading it as {model_class.hf_architecture}",
+              file=sys.stderr)
+    return load_into(model_class, folder, config)
 
 
 def save_pretrained(model: PreTrainedModel, folder: str | Path) -> None:
     """Write ``config.json`` and ``model.safetensors`` in HF format; each file atomically."""
-    from lmzoo.quantize import refuse_if_quantized
-
-    refuse_if_quantized(model, "save")
-    folder = Path(folder)
-    family = FAMILY_OF[model.config.family]
-    hf_config = {"architectures": [model.hf_architecture], **family.config_to_hf(model.config)}
-    state = convert_to_hf(model)
-    atomic_write_bytes(folder / "model.safetensors", safetensors_bytes(state, metadata={"format": "pt"}))
-    atomic_write_json(folder / "config.json", hf_config)
+    model.save_pretrained(folder)

@@ -14,7 +14,7 @@ from torch import nn
 
 from lmzoo.config import ModelConfig
 from lmzoo.errors import UserError
-from lmzoo.models.base import PreTrainedModel
+from lmzoo.models.base import FamilySpec, PreTrainedModel
 from lmzoo.models.bert import activation_from_hf
 from lmzoo.nn.cache import CrossKVCache, StaticKVCache
 from lmzoo.nn.dropout import Dropout
@@ -97,10 +97,23 @@ def stack_key_map(hf: str, ours: str, *, decoder: bool) -> list[tuple[str, str |
     ]
 
 
-class BartModel(PreTrainedModel):
+class BartPreTrainedModel(PreTrainedModel):
+    model_types = ("bart",)
+
+    @staticmethod
+    def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+        return config_from_hf(hf)
+
+    @staticmethod
+    def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+        return config_to_hf(config)
+
+
+class BartModel(BartPreTrainedModel):
     """Shared token embeddings, encoder and decoder; returns the decoder's last hidden state."""
 
     hf_architecture = "BartModel"
+    prefix_in_heads = "model"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -142,7 +155,7 @@ class BartModel(PreTrainedModel):
         return ModelOutput(last_hidden_state=hidden, encoder_last_hidden_state=enc)
 
 
-class BartForConditionalGeneration(PreTrainedModel):
+class BartForConditionalGeneration(BartPreTrainedModel):
     """BartModel + tied LM head + final_logits_bias; ``labels`` give teacher forcing and the loss."""
 
     hf_architecture = "BartForConditionalGeneration"
@@ -269,6 +282,10 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     }
 
 
-MODEL_TYPES = ("bart",)
-ARCHITECTURES = (BartModel, BartForConditionalGeneration)
-DEFAULT_ARCHITECTURE = BartForConditionalGeneration
+SPEC = FamilySpec(
+    name="bart",
+    architectures=(BartForConditionalGeneration, BartModel),
+    tokenizer_kind="bpe",
+    template="cls_sep_sep",  # <s> A </s></s> B </s>, as RoBERTa
+    objectives={"denoise": BartForConditionalGeneration},
+)

@@ -10,7 +10,7 @@ from torch import nn
 
 from lmzoo.config import ModelConfig
 from lmzoo.errors import UserError
-from lmzoo.models.base import PreTrainedModel
+from lmzoo.models.base import FamilySpec, PreTrainedModel
 from lmzoo.nn.attention import padding_mask
 from lmzoo.nn.block import Block
 from lmzoo.nn.dropout import Dropout
@@ -119,10 +119,17 @@ def prefixed(key_map: list[tuple[str, str | None]], hf_prefix: str, our_prefix: 
     return [(f"{hf_prefix}.{h}", None if o is None else f"{our_prefix}.{o}") for h, o in key_map]
 
 
-class BertModel(PreTrainedModel):
+class BertPreTrainedModel(PreTrainedModel):
+    model_types = ("bert",)
+    config_from_hf = staticmethod(config_from_hf)
+    config_to_hf = staticmethod(config_to_hf)
+
+
+class BertModel(BertPreTrainedModel):
     """The bare encoder: embeddings → post-LN blocks → (pooler)."""
 
     hf_architecture = "BertModel"
+    prefix_in_heads = "bert"
     fresh_modules = ("pooler",)
 
     def __init__(self, config: ModelConfig, *, add_pooler: bool = True) -> None:
@@ -159,7 +166,7 @@ class BertModel(PreTrainedModel):
         return ModelOutput(last_hidden_state=x, pooler_output=pooled)
 
 
-class EncoderHeadModel(PreTrainedModel):
+class EncoderHeadModel(BertPreTrainedModel):
     """A task head over the encoder (``self.encoder``); its HF keys are the body's under
     ``base_prefix`` ("bert.", "roberta.") followed by ``head_key_map``."""
 
@@ -271,6 +278,7 @@ class BertForSequenceClassification(EncoderHeadModel):
     Loss by ``config.problem_type`` (see ``lmzoo.nn.heads``); labels: class ids, multi-hot floats or scores."""
 
     hf_architecture = "BertForSequenceClassification"
+    head_kind = "sequence_classification"
     add_pooler = True
     head_modules = ("classifier",)
     head_key_map: list[tuple[str, str | None]] = [("classifier", "classifier")]
@@ -308,6 +316,7 @@ class BertForTokenClassification(EncoderHeadModel):
     """Per-token labels (NER): hidden state → dropout → classifier; labels -100 are not scored."""
 
     hf_architecture = "BertForTokenClassification"
+    head_kind = "token_classification"
     head_modules = ("classifier",)
     head_key_map: list[tuple[str, str | None]] = [("classifier", "classifier")]
 
@@ -332,7 +341,11 @@ class BertForTokenClassification(EncoderHeadModel):
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden)
 
 
-MODEL_TYPES = ("bert",)
-ARCHITECTURES = (BertModel, BertForMaskedLM, BertForPreTraining, BertForSequenceClassification,
-                 BertForTokenClassification)
-DEFAULT_ARCHITECTURE = BertForPreTraining
+SPEC = FamilySpec(
+    name="bert",
+    architectures=(BertForPreTraining, BertModel, BertForMaskedLM, BertForSequenceClassification,
+                   BertForTokenClassification),
+    tokenizer_kind="wordpiece",
+    template="cls_sep",  # [CLS] A [SEP] B [SEP], token types 0 then 1
+    objectives={"mlm+nsp": BertForPreTraining, "mlm": BertForMaskedLM},
+)

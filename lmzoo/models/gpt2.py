@@ -25,7 +25,7 @@ from torch import nn
 
 from lmzoo.config import ModelConfig
 from lmzoo.errors import UserError
-from lmzoo.models.base import PreTrainedModel
+from lmzoo.models.base import FamilySpec, PreTrainedModel
 from lmzoo.models.bert import activation_from_hf, prefixed
 from lmzoo.nn.attention import causal_mask
 from lmzoo.nn.block import Block
@@ -167,10 +167,25 @@ def document_mask(document_ids: torch.Tensor, dtype: torch.dtype,
     return zeros.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-class GPT2Model(PreTrainedModel):
+class GPT2PreTrainedModel(PreTrainedModel):
+    model_types = ("gpt2",)
+    config_from_hf = staticmethod(config_from_hf)
+    config_to_hf = staticmethod(config_to_hf)
+
+    @classmethod
+    def hf_tensors_in(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return _split_hf(state)
+
+    @classmethod
+    def hf_tensors_out(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return _fuse_hf(state)
+
+
+class GPT2Model(GPT2PreTrainedModel):
     """The bare decoder: token + position embeddings → pre-LN causal blocks → final LayerNorm."""
 
     hf_architecture = "GPT2Model"
+    prefix_in_heads = "transformer"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -193,14 +208,6 @@ class GPT2Model(PreTrainedModel):
     @classmethod
     def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
         return BODY_KEY_MAP
-
-    @classmethod
-    def hf_tensors_in(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return _split_hf(state)
-
-    @classmethod
-    def hf_tensors_out(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return _fuse_hf(state)
 
     def forward(
         self,
@@ -236,7 +243,7 @@ class GPT2Model(PreTrainedModel):
         return ModelOutput(last_hidden_state=self.norm(x))
 
 
-class GPT2LMHeadModel(PreTrainedModel):
+class GPT2LMHeadModel(GPT2PreTrainedModel):
     """GPT-2 with the tied LM head. With ``labels`` (usually = input_ids; -100 = ignored) the loss is
     the mean next-token cross-entropy: logits at position t predict labels at t + 1 (as HF). In training
     mode with grad enabled the loss is fused with the head (``lmzoo.nn.loss``) and ``logits`` is None."""
@@ -257,14 +264,6 @@ class GPT2LMHeadModel(PreTrainedModel):
     def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
         head = ("lm_head", None if config.tie_embeddings else "lm_head")
         return prefixed(BODY_KEY_MAP, "transformer", "transformer") + [head]
-
-    @classmethod
-    def hf_tensors_in(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return _split_hf(state)
-
-    @classmethod
-    def hf_tensors_out(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return _fuse_hf(state)
 
     def tied_parameters(self) -> dict[str, str]:
         return {"lm_head.weight": "transformer.embed.tokens.weight"} if self.config.tie_embeddings else {}
@@ -311,6 +310,10 @@ class GPT2LMHeadModel(PreTrainedModel):
         return decode_logits(hidden[:, -1], self.lm_head)
 
 
-MODEL_TYPES = ("gpt2",)
-ARCHITECTURES = (GPT2Model, GPT2LMHeadModel)
-DEFAULT_ARCHITECTURE = GPT2LMHeadModel
+SPEC = FamilySpec(
+    name="gpt2",
+    architectures=(GPT2LMHeadModel, GPT2Model),
+    tokenizer_kind="bpe",
+    template="plain",  # nothing added: <|endoftext|> separates documents in the corpus itself
+    objectives={"clm": GPT2LMHeadModel},
+)

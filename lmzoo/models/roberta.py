@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from lmzoo.config import ModelConfig
-from lmzoo.models import bert
-from lmzoo.models.bert import BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification, BertModel
+from lmzoo.models.base import FamilySpec
+from lmzoo.models.bert import (BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification, BertModel,
+                               config_from_hf as bert_config_from_hf, config_to_hf as bert_config_to_hf)
 from lmzoo.nn.heads import ClassificationHead, first_token
 from lmzoo.outputs import ModelOutput
 
@@ -19,7 +20,7 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     """HF RobertaConfig dict → ModelConfig: the position table has pad_token_id + 1 rows before position 0."""
     pad = hf.get("pad_token_id", 1)
     offset = pad + 1
-    return bert.config_from_hf({**hf, "position_embedding_type": "absolute"}).replace(
+    return bert_config_from_hf({**hf, "position_embedding_type": "absolute"}).replace(
         family="roberta",
         max_positions=hf.get("max_position_embeddings", 514) - offset,
         position_offset=offset,
@@ -33,7 +34,7 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     return {
-        **bert.config_to_hf(config),
+        **bert_config_to_hf(config),
         "model_type": "roberta",
         "max_position_embeddings": config.max_positions + config.position_offset,
         "bos_token_id": config.bos_token_id,
@@ -41,8 +42,17 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     }
 
 
-class RobertaModel(BertModel):
+class RobertaFamily:
+    """What every RoBERTa class overrides of the BERT class it extends."""
+
+    model_types = ("roberta",)
+    config_from_hf = staticmethod(config_from_hf)
+    config_to_hf = staticmethod(config_to_hf)
+
+
+class RobertaModel(RobertaFamily, BertModel):
     hf_architecture = "RobertaModel"
+    prefix_in_heads = "roberta"
 
     def default_position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Positions count non-padding tokens only; padding sits at position -1, which the
@@ -51,7 +61,7 @@ class RobertaModel(BertModel):
         return torch.cumsum(not_pad, dim=1) * not_pad - 1
 
 
-class RobertaForMaskedLM(BertForMaskedLM):
+class RobertaForMaskedLM(RobertaFamily, BertForMaskedLM):
     hf_architecture = "RobertaForMaskedLM"
     base_prefix = "roberta"
     base_class = RobertaModel
@@ -64,7 +74,7 @@ class RobertaForMaskedLM(BertForMaskedLM):
     ]
 
 
-class RobertaForSequenceClassification(BertForSequenceClassification):
+class RobertaForSequenceClassification(RobertaFamily, BertForSequenceClassification):
     """No pooler: the <s> state → dropout → dense → tanh → dropout → out_proj (HF's RobertaClassificationHead)."""
 
     hf_architecture = "RobertaForSequenceClassification"
@@ -80,12 +90,16 @@ class RobertaForSequenceClassification(BertForSequenceClassification):
         return self.classifier(first_token(out.last_hidden_state))
 
 
-class RobertaForTokenClassification(BertForTokenClassification):
+class RobertaForTokenClassification(RobertaFamily, BertForTokenClassification):
     hf_architecture = "RobertaForTokenClassification"
     base_prefix = "roberta"
     base_class = RobertaModel
 
 
-MODEL_TYPES = ("roberta",)
-ARCHITECTURES = (RobertaModel, RobertaForMaskedLM, RobertaForSequenceClassification, RobertaForTokenClassification)
-DEFAULT_ARCHITECTURE = RobertaForMaskedLM
+SPEC = FamilySpec(
+    name="roberta",
+    architectures=(RobertaForMaskedLM, RobertaModel, RobertaForSequenceClassification, RobertaForTokenClassification),
+    tokenizer_kind="bpe",
+    template="cls_sep_sep",  # <s> A </s></s> B </s>, one token type
+    objectives={"mlm": RobertaForMaskedLM},
+)

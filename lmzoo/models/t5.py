@@ -17,7 +17,7 @@ from torch import nn
 
 from lmzoo.config import ModelConfig
 from lmzoo.errors import UserError
-from lmzoo.models.base import PreTrainedModel
+from lmzoo.models.base import FamilySpec, PreTrainedModel
 from lmzoo.nn.attention import causal_mask, padding_mask
 from lmzoo.nn.block import Block
 from lmzoo.nn.dropout import Dropout
@@ -134,6 +134,16 @@ def stack_key_map(hf: str, ours: str, config: ModelConfig, *, decoder: bool) -> 
 
 
 class T5PreTrainedModel(PreTrainedModel):
+    model_types = ("t5",)
+
+    @staticmethod
+    def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+        return config_from_hf(hf)
+
+    @staticmethod
+    def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+        return config_to_hf(config)
+
     def init_weights(self) -> None:
         """T5's (Mesh TensorFlow) init: N(0, fan_in**-0.5) for linear layers, except the query whose extra
         d_head**-0.5 stands in for the missing 1/sqrt(d_head) in attention; unit-variance embeddings."""
@@ -325,6 +335,10 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     }
 
 
-MODEL_TYPES = ("t5",)
-ARCHITECTURES = (T5ForConditionalGeneration, T5EncoderModel)
-DEFAULT_ARCHITECTURE = T5ForConditionalGeneration
+SPEC = FamilySpec(
+    name="t5",
+    architectures=(T5ForConditionalGeneration, T5EncoderModel),
+    tokenizer_kind="unigram",
+    template="eos",  # A </s> B </s>
+    objectives={"span": T5ForConditionalGeneration},
+)

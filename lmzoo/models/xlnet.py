@@ -23,7 +23,7 @@ from torch import nn
 
 from lmzoo.config import ModelConfig
 from lmzoo.errors import UserError
-from lmzoo.models.base import PreTrainedModel
+from lmzoo.models.base import FamilySpec, PreTrainedModel
 from lmzoo.models.bert import HF_ACTIVATIONS, activation_from_hf, label_map_from_hf, label_map_to_hf
 from lmzoo.nn.dropout import Dropout, attention
 from lmzoo.nn.embedding import Embeddings
@@ -287,6 +287,9 @@ def rows_of(x: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
 # --- models ---------------------------------------------------------------------------------
 
 class XLNetPreTrainedModel(PreTrainedModel):
+    model_types = ("xlnet",)
+    config_from_hf = staticmethod(config_from_hf)
+    config_to_hf = staticmethod(config_to_hf)
     # without token_type_ids the segment parameters get no gradient, nor does mask_emb without
     # target_mapping (classification): DDP must not wait for them
     ddp_find_unused_parameters = True
@@ -306,6 +309,7 @@ class XLNetModel(XLNetPreTrainedModel):
     ``target_mapping`` rows (B, P, D) when it is given, else the content stream (B, T, D)."""
 
     hf_architecture = "XLNetModel"
+    prefix_in_heads = "transformer"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -541,6 +545,7 @@ class XLNetForSequenceClassification(XLNetPreTrainedModel):
     logits. Loss by ``config.problem_type``: single-label CE, multi-label BCE, regression MSE."""
 
     hf_architecture = "XLNetForSequenceClassification"
+    head_kind = "sequence_classification"
     base_prefix = "transformer"
     head_modules = ("sequence_summary", "logits_proj")
 
@@ -582,6 +587,10 @@ class XLNetForSequenceClassification(XLNetPreTrainedModel):
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden)
 
 
-MODEL_TYPES = ("xlnet",)
-ARCHITECTURES = (XLNetModel, XLNetLMHeadModel, XLNetForSequenceClassification)
-DEFAULT_ARCHITECTURE = XLNetLMHeadModel
+SPEC = FamilySpec(
+    name="xlnet",
+    architectures=(XLNetLMHeadModel, XLNetModel, XLNetForSequenceClassification),
+    tokenizer_kind="unigram",
+    template="eos",  # A </s> B </s> (lmzoo's Unigram layout; XLNet's own A <sep> B <sep> <cls> is not built yet)
+    objectives={"plm": XLNetLMHeadModel},
+)

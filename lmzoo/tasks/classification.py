@@ -206,13 +206,9 @@ def loop_metrics(batch: dict[str, torch.Tensor], output: Any) -> dict[str, float
 
 def task_class(family_name: str, task: str) -> type:
     """The family's head class for a task (``*ForSequenceClassification`` / ``*ForTokenClassification``)."""
-    from lmzoo.models import FAMILY_OF
+    from lmzoo.models import family_spec
 
-    suffix = "ForTokenClassification" if task == "ner" else "ForSequenceClassification"
-    for cls in FAMILY_OF[family_name].ARCHITECTURES:
-        if cls.hf_architecture.endswith(suffix):
-            return cls
-    raise UserError(f"the {family_name} family has no {suffix} head (yet)")
+    return family_spec(family_name).head("token_classification" if task == "ner" else "sequence_classification")
 
 
 def load_for_finetuning(folder: str | Path, task: str, id2label: dict[int, str], problem_type: str) -> Any:
@@ -239,12 +235,12 @@ def load_task_model(folder: str | Path) -> tuple[Any, Any, dict[str, Any]]:
 
     model, tokenizer = load_model_and_tokenizer(folder)
     name = model.hf_architecture
-    if not (name.endswith("ForSequenceClassification") or name.endswith("ForTokenClassification")):
+    if not model.head_kind:
         raise UserError(f"{folder} holds a {name}; evaluate / predict need a fine-tuned classifier "
                         "(*ForSequenceClassification or *ForTokenClassification)")
     task_file = Path(folder) / TASK_FILE
     saved = json.loads(task_file.read_text()) if task_file.is_file() else {}
-    saved.setdefault("task", "ner" if name.endswith("ForTokenClassification") else "classify")
+    saved.setdefault("task", "ner" if model.head_kind == "token_classification" else "classify")
     return model, tokenizer, saved
 
 
