@@ -98,11 +98,11 @@ def test_gpt2_training_loss_and_gradients_equal_unfused_path():
     labels = ids.clone()
     labels[1, 5:9] = -100
     model.train()
-    fused = model(input_ids=ids, labels=labels)
+    fused = model(input_ids=ids, labels=labels, label_smoothing=smoothing)
     assert fused.logits is None  # the fused path ran
     fused_grads = torch.autograd.grad(fused.loss, list(model.parameters()))
     model.eval()  # eval (dropout is 0 anyway) takes the plain logits path
-    plain = model(input_ids=ids, labels=labels)
+    plain = model(input_ids=ids, labels=labels, label_smoothing=smoothing)
     assert plain.logits.shape == (3, 19, 211)
     ref = F.cross_entropy(plain.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
     torch.testing.assert_close(plain.loss, ref)
@@ -123,18 +123,18 @@ def test_seq2seq_training_loss_and_gradients_equal_unfused_path(cls, preset, smo
     if preset == "t5-v1_1-small":
         overrides.update(d_model=32, d_ff=48, n_layers=2, n_decoder_layers=2, n_heads=2, d_head=16)
     torch.manual_seed(0)
-    model = cls(preset_config(preset, **overrides), label_smoothing=smoothing)
+    model = cls(preset_config(preset, **overrides))
     if hasattr(model, "final_logits_bias"):
         model.final_logits_bias.normal_()
     g = torch.Generator().manual_seed(3)
     ids, labels = torch.randint(3, 150, (2, 11), generator=g), torch.randint(3, 150, (2, 7), generator=g)
     labels[1, 4:] = -100
     model.train()
-    fused = model(input_ids=ids, labels=labels)
+    fused = model(input_ids=ids, labels=labels, label_smoothing=smoothing)
     assert fused.logits is None
     fused_grads = torch.autograd.grad(fused.loss, list(model.parameters()))
     model.eval()
-    plain = model(input_ids=ids, labels=labels)
+    plain = model(input_ids=ids, labels=labels, label_smoothing=smoothing)
     ref = F.cross_entropy(plain.logits.flatten(0, 1), labels.flatten(), ignore_index=-100, label_smoothing=smoothing)
     torch.testing.assert_close(fused.loss, ref, atol=1e-5, rtol=0)
     for g_fused, g_plain in zip(fused_grads, torch.autograd.grad(plain.loss, list(model.parameters()))):

@@ -162,9 +162,8 @@ class BartForConditionalGeneration(BartPreTrainedModel):
     base_prefix = "model"
     head_modules = ("final_logits_bias",)
 
-    def __init__(self, config: ModelConfig, *, label_smoothing: float = 0.0) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        self.label_smoothing = label_smoothing
         self.model = BartModel(config)
         self.register_buffer("final_logits_bias", torch.zeros(config.vocab_size))  # saved, never trained
 
@@ -194,6 +193,7 @@ class BartForConditionalGeneration(BartPreTrainedModel):
         decoder_input_ids: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
     ) -> ModelOutput:
         if decoder_input_ids is None:
             source = labels if labels is not None else input_ids
@@ -201,7 +201,7 @@ class BartForConditionalGeneration(BartPreTrainedModel):
         enc = self.model.encode(input_ids, attention_mask)
         hidden = self.model.decode(decoder_input_ids, decoder_attention_mask, enc, attention_mask)
         logits, loss = head_and_loss(self, hidden, labels, None, self.model.shared.weight,
-                                     self.final_logits_bias)
+                                     self.final_logits_bias, label_smoothing)
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden, encoder_last_hidden_state=enc)
 
     # generation protocol (lmzoo.generate)

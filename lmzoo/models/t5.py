@@ -183,11 +183,10 @@ class T5ForConditionalGeneration(T5PreTrainedModel):
 
     hf_architecture = "T5ForConditionalGeneration"
 
-    def __init__(self, config: ModelConfig, *, label_smoothing: float = 0.0) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         if not config.is_encoder_decoder:
             raise UserError("T5ForConditionalGeneration needs n_decoder_layers > 0")
-        self.label_smoothing = label_smoothing
         self.shared = nn.Embedding(config.vocab_size, config.d_model)
         self.encoder = T5Stack(config, decoder=False)
         self.decoder = T5Stack(config, decoder=True)
@@ -232,6 +231,7 @@ class T5ForConditionalGeneration(T5PreTrainedModel):
         decoder_attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         encoder_last_hidden_state: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
     ) -> ModelOutput:
         if decoder_input_ids is None:
             if labels is None:
@@ -240,7 +240,8 @@ class T5ForConditionalGeneration(T5PreTrainedModel):
         enc = encoder_last_hidden_state if encoder_last_hidden_state is not None else self.encode(input_ids, attention_mask)
         hidden = self.decoder(self.shared(decoder_input_ids), decoder_attention_mask, encoder_states=enc,
                               encoder_mask=encoder_mask(attention_mask, enc.dtype))
-        logits, loss = head_and_loss(self, self.head_input(hidden), labels, self.lm_head, self.lm_head.weight)
+        logits, loss = head_and_loss(self, self.head_input(hidden), labels, self.lm_head, self.lm_head.weight,
+                                     label_smoothing=label_smoothing)
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden, encoder_last_hidden_state=enc)
 
     # generation protocol (lmzoo.generate)

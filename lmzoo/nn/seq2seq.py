@@ -32,12 +32,12 @@ def seq2seq_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: fl
 
 
 def head_and_loss(model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor | None, head: nn.Module | None,
-                  weight: torch.Tensor, bias: torch.Tensor | None = None
+                  weight: torch.Tensor, bias: torch.Tensor | None = None, label_smoothing: float = 0.0
                   ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(logits, loss) of the LM head ``hidden @ weight.T + bias`` (``head(hidden)`` when a head module is
     given, e.g. a quantized one). Training with gradients: the head is fused with the loss
     (``lmzoo.nn.loss``) and logits is None, the [B, T, V] logits are never stored."""
-    smoothing = getattr(model, "label_smoothing", 0.0)
+    smoothing = label_smoothing
     if labels is not None and model.training and torch.is_grad_enabled():
         return None, linear_cross_entropy(hidden, weight, labels, bias, label_smoothing=smoothing)
     logits = head(hidden) if head is not None else F.linear(hidden, weight, bias)

@@ -1,0 +1,72 @@
+"""Options written once: a frozen dataclass whose fields are also its CLI flags.
+
+A field becomes ``--field-name`` (underscores → dashes) with the field's default and type; its
+``metadata`` (``option(...)``) adds the help text, choices, another flag name, or marks a bool
+default True as a ``--no-...`` switch. ``add_options`` adds the group, ``options_from_args``
+reads it back; the dataclass's ``__post_init__`` validates the values, so a flag never needs a
+second check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import field
+from typing import Any
+
+
+def option(default: Any, help: str = "", *, flag: str | None = None, choices: list[Any] | None = None,
+           cli: bool = True) -> Any:
+    """A dataclass field with CLI metadata: ``x: float = option(0.15, "share of tokens masked")``.
+    ``flag`` overrides the name (a bool default True is written ``--no-x`` and stores False);
+    ``cli=False`` keeps the field out of the CLI."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices, "cli": cli})
+
+
+def _base_type(annotation: Any) -> Any:
+    """``float | None`` → float; plain types as they are."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return annotation
+
+
+def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    return [(f, _base_type(hints[f.name])) for f in dataclasses.fields(cls) if f.metadata.get("cli", True)
+            and f.init]
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    if f.metadata.get("flag"):
+        return f.metadata["flag"]
+    name = "--" + f.name.replace("_", "-")
+    return f"--no-{f.name.replace('_', '-')}" if f.default is True else name
+
+
+def add_options(parser: argparse.ArgumentParser | Any, cls: type, title: str | None = None,
+                prefix: str = "") -> None:
+    """Add one flag per field of ``cls`` (in an argument group named ``title`` when given); the
+    destination is ``prefix + field name``, so two dataclasses can share a parser."""
+    group = parser.add_argument_group(title) if title else parser
+    for f, kind in _fields(cls):
+        kwargs: dict[str, Any] = {"dest": prefix + f.name, "help": f.metadata.get("help", "")}
+        if kind is bool:
+            kwargs["action"] = "store_false" if f.default is True else "store_true"
+            kwargs["default"] = f.default
+        else:
+            kwargs.update(type=kind, default=f.default)
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+            if f.default is not None and kwargs["help"] is not None:
+                kwargs["help"] += f" (default {f.default})" if kwargs["help"] else f"default {f.default}"
+        group.add_argument(flag_name(f), **kwargs)
+
+
+def options_from_args(cls: type, args: argparse.Namespace, prefix: str = "", **overrides: Any) -> Any:
+    """The dataclass ``cls`` built from the flags ``add_options`` added (validated by ``cls`` itself)."""
+    values = {f.name: getattr(args, prefix + f.name) for f, _ in _fields(cls) if hasattr(args, prefix + f.name)}
+    return cls(**{**values, **overrides})
