@@ -19,6 +19,11 @@ FAMILIES = ("bert", "roberta", "gpt2", "t5", "bart", "xlnet")
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "relative_buckets", "relative_sinusoidal", "none")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+SUMMARY_TYPES = ("last", "first", "mean")
+SUMMARY_ACTIVATIONS = (None, "tanh", "linear")
+# HF activation names → lmzoo's (the first HF name of each is the one written back)
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
+                  "silu": "silu", "swish": "silu"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +37,8 @@ class ModelConfig:
     n_heads: int
     d_ff: int
     n_decoder_layers: int = 0  # > 0 for encoder-decoder models
+    n_decoder_heads: int = 0  # decoder attention heads (0 = n_heads); BART may differ from its encoder
+    d_decoder_ff: int = 0  # decoder feed-forward width (0 = d_ff)
     d_head: int = 0  # 0 = d_model // n_heads
     max_positions: int = 512  # longest usable sequence
     position_offset: int = 0  # learned-position rows before position 0 (RoBERTa / BART: 2)
@@ -48,6 +55,7 @@ class ModelConfig:
     attention_scale: bool = True  # divide scores by sqrt(d_head); T5 folds it into its init
     tie_embeddings: bool = True
     tied_logits_scale: bool = False  # T5 v1.0: hidden * d_model**-0.5 before the tied LM head
+    scale_attn_by_inverse_layer_idx: bool = False  # GPT-2 variant: layer i's scores also divided by i + 1
     relative_buckets: int = 32
     relative_max_distance: int = 128
     mem_len: int = 0  # XLNet: hidden states kept as memory per layer (0 = keep all that are passed on)
@@ -63,7 +71,12 @@ class ModelConfig:
     decoder_start_token_id: int | None = None
     id2label: dict[int, str] | None = None  # task heads: label names, as HF stores them
     problem_type: str | None = None  # "single_label_classification" | "multi_label_classification" | "regression"
-    extra: dict[str, Any] = field(default_factory=dict)  # family-specific HF fields kept for round trips
+    summary_type: str = "last"  # XLNet sequence summary: which state the classifier reads ("last", "first", "mean")
+    summary_use_proj: bool = True  # XLNet sequence summary: a d_model x d_model projection before the activation
+    summary_activation: str | None = "tanh"  # XLNet sequence summary: "tanh", or None / "linear" for none
+    # HF config.json fields lmzoo does not read, written back unchanged so a folder round-trips
+    # (e.g. BART's forced_bos_token_id); nothing in lmzoo may read this
+    hf_passthrough: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:
@@ -91,6 +104,14 @@ class ModelConfig:
             bad("mem_len and reuse_len must be >= 0")
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             bad(f"pad_token_id {self.pad_token_id} outside the vocabulary of {self.vocab_size}")
+        if self.n_decoder_heads < 0 or self.d_decoder_ff < 0:
+            bad("n_decoder_heads and d_decoder_ff must be >= 0")
+        if self.n_decoder_heads and self.d_head == 0 and self.d_model % self.n_decoder_heads:
+            bad(f"d_model {self.d_model} is not divisible by n_decoder_heads {self.n_decoder_heads}")
+        if self.summary_type not in SUMMARY_TYPES:
+            bad(f"summary_type {self.summary_type!r} is not one of {SUMMARY_TYPES}")
+        if self.summary_activation not in SUMMARY_ACTIVATIONS:
+            bad(f"summary_activation {self.summary_activation!r} is not one of {SUMMARY_ACTIVATIONS}")
 
     @property
     def head_dim(self) -> int:
@@ -103,6 +124,13 @@ class ModelConfig:
     @property
     def is_encoder_decoder(self) -> bool:
         return self.n_decoder_layers > 0
+
+    def decoder_config(self) -> "ModelConfig":
+        """The config the decoder's blocks are built from: the decoder's own heads and FFN width."""
+        if not (self.n_decoder_heads or self.d_decoder_ff):
+            return self
+        return self.replace(n_heads=self.n_decoder_heads or self.n_heads, d_ff=self.d_decoder_ff or self.d_ff,
+                            n_decoder_heads=0, d_decoder_ff=0)
 
     def replace(self, **changes: Any) -> "ModelConfig":
         """A copy with some fields changed (validated again)."""
@@ -135,3 +163,33 @@ def read_json(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{path} does not hold a JSON object")
     return data
+
+
+# --- HF config.json helpers shared by the families' converters ------------------------------
+
+
+def activation_from_hf(name: str) -> str:
+    if name not in HF_ACTIVATIONS:
+        raise UserError(f"unsupported activation {name!r} in config.json")
+    return HF_ACTIVATIONS[name]
+
+
+def activation_to_hf(name: str) -> str:
+    return next(hf for hf, ours in HF_ACTIVATIONS.items() if ours == name)
+
+
+def label_map_from_hf(hf: dict[str, Any]) -> dict[int, str] | None:
+    id2label = hf.get("id2label")
+    if not id2label:
+        return None
+    return {int(k): v for k, v in id2label.items()}
+
+
+def label_map_to_hf(config: ModelConfig) -> dict[str, Any]:
+    if not config.id2label:
+        return {}
+    return {
+        "id2label": {str(k): v for k, v in config.id2label.items()},
+        "label2id": {v: k for k, v in config.id2label.items()},
+        **({"problem_type": config.problem_type} if config.problem_type else {}),
+    }

@@ -29,6 +29,11 @@ from lmzoo.quantize import refuse_if_quantized
 KeyMap = list[tuple[str, "str | None"]]
 
 
+def prefixed(key_map: KeyMap, hf_prefix: str, our_prefix: str) -> KeyMap:
+    """``key_map`` with both sides under a prefix (a body's map inside a head model's)."""
+    return [(f"{hf_prefix}.{h}", None if o is None else f"{our_prefix}.{o}") for h, o in key_map]
+
+
 def _compile(pattern: str) -> re.Pattern:
     return re.compile("^" + re.escape(pattern).replace(r"\{\}", r"(\d+)") + r"(\..+)?$")
 

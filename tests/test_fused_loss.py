@@ -98,11 +98,11 @@ def test_gpt2_training_loss_and_gradients_equal_unfused_path():
     labels = ids.clone()
     labels[1, 5:9] = -100
     model.train()
-    fused = model(input_ids=ids, labels=labels, label_smoothing=smoothing)
+    fused = model(input_ids=ids, labels=labels)
     assert fused.logits is None  # the fused path ran
     fused_grads = torch.autograd.grad(fused.loss, list(model.parameters()))
     model.eval()  # eval (dropout is 0 anyway) takes the plain logits path
-    plain = model(input_ids=ids, labels=labels, label_smoothing=smoothing)
+    plain = model(input_ids=ids, labels=labels)
     assert plain.logits.shape == (3, 19, 211)
     ref = F.cross_entropy(plain.logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
     torch.testing.assert_close(plain.loss, ref)

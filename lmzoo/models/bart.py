@@ -12,15 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmzoo.config import ModelConfig
+from lmzoo.config import ModelConfig, activation_from_hf, activation_to_hf
 from lmzoo.errors import UserError
 from lmzoo.models.base import FamilySpec, PreTrainedModel
-from lmzoo.models.bert import activation_from_hf
 from lmzoo.nn.cache import CrossKVCache, StaticKVCache
 from lmzoo.nn.dropout import Dropout
 from lmzoo.nn.seq2seq import (EncoderDecoderState, decoder_start_id, encoder_mask, new_generation_state,
                               head_and_loss, shift_right)
-from lmzoo.nn.attention import causal_mask, padding_mask
+from lmzoo.nn.masks import causal_mask, padding_mask
 from lmzoo.nn.block import Block
 from lmzoo.nn.heads import decode_logits
 from lmzoo.nn.norm import make_norm
@@ -250,13 +249,12 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         bos_token_id=hf.get("bos_token_id", 0),
         eos_token_id=hf.get("eos_token_id", 2),
         decoder_start_token_id=hf.get("decoder_start_token_id", 2),
-        extra={k: hf[k] for k in kept if k in hf},
+        hf_passthrough={k: hf[k] for k in kept if k in hf},
     )
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """ModelConfig → HF BartConfig dict."""
-    act = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}[config.activation]
     return {
         "model_type": "bart",
         "vocab_size": config.vocab_size,
@@ -269,7 +267,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "decoder_ffn_dim": config.d_ff,
         "max_position_embeddings": config.max_positions,
         "scale_embedding": config.embedding_scale,
-        "activation_function": act,
+        "activation_function": activation_to_hf(config.activation),
         "dropout": config.dropout,
         "attention_dropout": config.attention_dropout,
         "pad_token_id": config.pad_token_id,
@@ -278,7 +276,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "decoder_start_token_id": config.decoder_start_token_id,
         "is_encoder_decoder": True,
         "tie_word_embeddings": True,
-        **config.extra,
+        **config.hf_passthrough,
     }
 
 

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmzoo.config import ModelConfig
+from lmzoo.config import ModelConfig, activation_from_hf, activation_to_hf, label_map_from_hf, label_map_to_hf
 from lmzoo.errors import UserError
 from lmzoo.models.base import FamilySpec, PreTrainedModel
-from lmzoo.nn.attention import padding_mask
+from lmzoo.weights import prefixed
+from lmzoo.nn.masks import padding_mask
 from lmzoo.nn.block import Block
 from lmzoo.nn.dropout import Dropout
 from lmzoo.nn.embedding import Embeddings
@@ -19,16 +20,6 @@ from lmzoo.nn.ffn import activation_fn
 from lmzoo.nn.heads import classifier_dropout, sequence_classification_loss, token_classification_loss
 from lmzoo.nn.norm import make_norm
 from lmzoo.outputs import ModelOutput
-
-HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
-                  "silu": "silu", "swish": "silu"}
-
-
-def activation_from_hf(name: str) -> str:
-    if name not in HF_ACTIVATIONS:
-        raise UserError(f"unsupported activation {name!r} in config.json")
-    return HF_ACTIVATIONS[name]
-
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     """HF BertConfig dict → ModelConfig."""
@@ -55,23 +46,6 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     )
 
 
-def label_map_from_hf(hf: dict[str, Any]) -> dict[int, str] | None:
-    id2label = hf.get("id2label")
-    if not id2label:
-        return None
-    return {int(k): v for k, v in id2label.items()}
-
-
-def label_map_to_hf(config: ModelConfig) -> dict[str, Any]:
-    if not config.id2label:
-        return {}
-    return {
-        "id2label": {str(k): v for k, v in config.id2label.items()},
-        "label2id": {v: k for k, v in config.id2label.items()},
-        **({"problem_type": config.problem_type} if config.problem_type else {}),
-    }
-
-
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """ModelConfig → HF BertConfig dict."""
     return {
@@ -81,7 +55,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "num_hidden_layers": config.n_layers,
         "num_attention_heads": config.n_heads,
         "intermediate_size": config.d_ff,
-        "hidden_act": {v: k for k, v in reversed(HF_ACTIVATIONS.items())}[config.activation],
+        "hidden_act": activation_to_hf(config.activation),
         "hidden_dropout_prob": config.dropout,
         "attention_probs_dropout_prob": config.attention_dropout,
         "max_position_embeddings": config.max_positions,
@@ -113,10 +87,6 @@ ENCODER_KEY_MAP: list[tuple[str, str | None]] = [
     ("encoder.layer.{}.output.LayerNorm", "layers.{}.ffn_norm"),
     ("pooler.dense", "pooler"),
 ]
-
-
-def prefixed(key_map: list[tuple[str, str | None]], hf_prefix: str, our_prefix: str) -> list[tuple[str, str | None]]:
-    return [(f"{hf_prefix}.{h}", None if o is None else f"{our_prefix}.{o}") for h, o in key_map]
 
 
 class BertPreTrainedModel(PreTrainedModel):

@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmzoo.config import ModelConfig
+from lmzoo.config import ModelConfig, activation_from_hf, activation_to_hf
 from lmzoo.errors import UserError
 from lmzoo.models.base import FamilySpec, PreTrainedModel
-from lmzoo.models.bert import activation_from_hf, prefixed
-from lmzoo.nn.attention import causal_mask
+from lmzoo.weights import prefixed
+from lmzoo.nn.masks import causal_mask
 from lmzoo.nn.block import Block
 from lmzoo.nn.cache import DecoderState
 from lmzoo.nn.embedding import Embeddings
@@ -42,7 +42,6 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     if hf.get("add_cross_attention"):
         raise UserError("unsupported GPT-2 variant: add_cross_attention")
     d_model = hf.get("n_embd", 768)
-    extra = {"scale_attn_by_inverse_layer_idx": True} if hf.get("scale_attn_by_inverse_layer_idx") else {}
     return ModelConfig(
         family="gpt2",
         vocab_size=hf["vocab_size"],
@@ -61,7 +60,7 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         pad_token_id=hf.get("pad_token_id"),
         bos_token_id=hf.get("bos_token_id", 50256),
         eos_token_id=hf.get("eos_token_id", 50256),
-        extra=extra,
+        scale_attn_by_inverse_layer_idx=bool(hf.get("scale_attn_by_inverse_layer_idx", False)),
     )
 
 
@@ -75,14 +74,13 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "n_head": config.n_heads,
         "n_inner": config.d_ff,
         "n_positions": config.max_positions,
-        "activation_function": {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}[
-            config.activation],
+        "activation_function": activation_to_hf(config.activation),
         "layer_norm_epsilon": config.norm_eps,
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
         "attn_pdrop": config.attention_dropout,
         "scale_attn_weights": config.attention_scale,
-        "scale_attn_by_inverse_layer_idx": bool(config.extra.get("scale_attn_by_inverse_layer_idx", False)),
+        "scale_attn_by_inverse_layer_idx": config.scale_attn_by_inverse_layer_idx,
         "tie_word_embeddings": config.tie_embeddings,
         "pad_token_id": config.pad_token_id,
         "bos_token_id": config.bos_token_id,
@@ -192,7 +190,7 @@ class GPT2Model(GPT2PreTrainedModel):
         self.embed = Embeddings(config)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = make_norm(config)
-        if config.extra.get("scale_attn_by_inverse_layer_idx"):
+        if config.scale_attn_by_inverse_layer_idx:
             for i, layer in enumerate(self.layers):
                 layer.attn.scale = (1.0 if not config.attention_scale else config.head_dim ** -0.5) / (i + 1)
         self.init_weights()

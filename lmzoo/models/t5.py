@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmzoo.config import ModelConfig
+from lmzoo.config import ModelConfig, activation_to_hf
 from lmzoo.errors import UserError
 from lmzoo.models.base import FamilySpec, PreTrainedModel
-from lmzoo.nn.attention import causal_mask, padding_mask
+from lmzoo.nn.masks import causal_mask, padding_mask
 from lmzoo.nn.block import Block
 from lmzoo.nn.dropout import Dropout
 from lmzoo.nn.heads import decode_logits
@@ -310,7 +310,7 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
     """ModelConfig → HF T5Config dict."""
-    hf_act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}[config.activation]
+    hf_act = activation_to_hf(config.activation)
     proj = "gated-gelu" if (config.gated_ffn and config.activation == "gelu_tanh") else (
         ("gated-" if config.gated_ffn else "") + hf_act)
     return {

@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmzoo.config import ModelConfig
+from lmzoo.config import (SUMMARY_ACTIVATIONS, SUMMARY_TYPES, ModelConfig, activation_from_hf, activation_to_hf,
+                          label_map_from_hf, label_map_to_hf)
+from lmzoo.weights import prefixed
 from lmzoo.errors import UserError
 from lmzoo.models.base import FamilySpec, PreTrainedModel
-from lmzoo.models.bert import HF_ACTIVATIONS, activation_from_hf, label_map_from_hf, label_map_to_hf
 from lmzoo.nn.dropout import Dropout, attention
 from lmzoo.nn.embedding import Embeddings
 from lmzoo.nn.ffn import FeedForward
@@ -34,11 +35,9 @@ from lmzoo.nn.loss import linear_cross_entropy
 from lmzoo.outputs import ModelOutput
 
 
-# HF XLNet fields without a ModelConfig field: kept in ``extra`` when they differ from these.
-HF_DEFAULTS = {"summary_type": "last", "summary_use_proj": True, "summary_activation": "tanh",
-               "use_mems_eval": True, "use_mems_train": False, "start_n_top": 5, "end_n_top": 5}
-SUMMARY_TYPES = ("last", "first", "mean")
-SUMMARY_ACTIVATIONS = (None, "tanh", "linear")
+# HF XLNet fields lmzoo does not read (its question-answering and mems switches): passed through
+# when they differ from these defaults.
+HF_PASSTHROUGH_DEFAULTS = {"use_mems_eval": True, "use_mems_train": False, "start_n_top": 5, "end_n_top": 5}
 
 
 # --- config ---------------------------------------------------------------------------------
@@ -50,11 +49,10 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     d_model, n_heads = hf["d_model"], hf["n_head"]
     if hf.get("d_head") not in (None, d_model // n_heads):
         raise UserError(f"XLNet d_head {hf['d_head']} must equal d_model // n_head = {d_model // n_heads}")
-    extra = {k: hf[k] for k, default in HF_DEFAULTS.items() if hf.get(k, default) != default}
-    if extra.get("summary_type", "last") not in SUMMARY_TYPES:
-        raise UserError(f"unsupported XLNet summary_type {extra['summary_type']!r} (supported: {SUMMARY_TYPES})")
-    if extra.get("summary_activation", "tanh") not in SUMMARY_ACTIVATIONS:
-        raise UserError(f"unsupported XLNet summary_activation {extra['summary_activation']!r}")
+    if hf.get("summary_type", "last") not in SUMMARY_TYPES:
+        raise UserError(f"unsupported XLNet summary_type {hf['summary_type']!r} (supported: {SUMMARY_TYPES})")
+    if hf.get("summary_activation", "tanh") not in SUMMARY_ACTIVATIONS:
+        raise UserError(f"unsupported XLNet summary_activation {hf['summary_activation']!r}")
     return ModelConfig(
         family="xlnet",
         vocab_size=hf["vocab_size"],
@@ -78,7 +76,10 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         eos_token_id=hf.get("eos_token_id", 2),
         id2label=label_map_from_hf(hf),
         problem_type=hf.get("problem_type"),
-        extra=extra,
+        summary_type=hf.get("summary_type", "last"),
+        summary_use_proj=hf.get("summary_use_proj", True),
+        summary_activation=hf.get("summary_activation", "tanh"),
+        hf_passthrough={k: hf[k] for k, default in HF_PASSTHROUGH_DEFAULTS.items() if hf.get(k, default) != default},
     )
 
 
@@ -92,7 +93,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "n_head": config.n_heads,
         "d_head": config.head_dim,
         "d_inner": config.d_ff,
-        "ff_activation": {v: k for k, v in reversed(HF_ACTIVATIONS.items())}[config.activation],
+        "ff_activation": activation_to_hf(config.activation),
         "attn_type": "bi",
         "layer_norm_eps": config.norm_eps,
         "dropout": config.dropout,
@@ -101,8 +102,11 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "bi_data": config.bi_data,
         "clamp_len": config.clamp_len,
         "same_length": False,
-        **HF_DEFAULTS,
-        **config.extra,
+        "summary_type": config.summary_type,
+        "summary_use_proj": config.summary_use_proj,
+        "summary_activation": config.summary_activation,
+        **HF_PASSTHROUGH_DEFAULTS,
+        **config.hf_passthrough,
         "summary_last_dropout": 0.1 if config.classifier_dropout is None else config.classifier_dropout,
         "pad_token_id": config.pad_token_id,
         "bos_token_id": config.bos_token_id,
@@ -393,10 +397,6 @@ class XLNetModel(XLNetPreTrainedModel):
         return ModelOutput(last_hidden_state=self.dropout(g if g is not None else h), mems=new_mems)
 
 
-def prefixed(key_map: list[tuple[str, str | None]], hf_prefix: str, our_prefix: str) -> list[tuple[str, str | None]]:
-    return [(f"{hf_prefix}.{h}", None if o is None else f"{our_prefix}.{o}") for h, o in key_map]
-
-
 @dataclass
 class XLNetGenerationState:
     """Decoding state: per-layer keys/values of the content stream in preallocated buffers, and
@@ -552,9 +552,9 @@ class XLNetForSequenceClassification(XLNetPreTrainedModel):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         self.transformer = XLNetModel(config)
-        self.summary_type = config.extra.get("summary_type", "last")
-        self.summary_activation = config.extra.get("summary_activation", "tanh")
-        self.sequence_summary = nn.Linear(config.d_model, config.d_model) if config.extra.get("summary_use_proj", True) else None
+        self.summary_type = config.summary_type
+        self.summary_activation = config.summary_activation
+        self.sequence_summary = nn.Linear(config.d_model, config.d_model) if config.summary_use_proj else None
         self.summary_dropout = Dropout(0.1 if config.classifier_dropout is None else config.classifier_dropout)
         self.logits_proj = nn.Linear(config.d_model, config.num_labels)
         self.init_weights()

@@ -1,9 +1,5 @@
 """Multi-head attention over ``scaled_dot_product_attention`` (``lmzoo.nn.dropout.attention``: the
-same math with a cheaper dropout when training on CPU), plus the masks it consumes.
-
-Masks are additive float tensors broadcastable to [batch, heads, query, key]: 0 where attention
-is allowed, the dtype's minimum where it is not (a large finite value, so fully masked rows of
-padding give finite garbage instead of NaN). Relative-position biases are added to the same mask.
+same math with a cheaper dropout when training on CPU). Its masks are built in ``lmzoo.nn.masks``.
 """
 
 from __future__ import annotations
@@ -25,29 +21,10 @@ class LayerKVCache(Protocol):
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-def padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """[batch, key] 1/0 mask → additive [batch, 1, 1, key]."""
-    blocked = attention_mask[:, None, None, :] == 0
-    return torch.zeros(blocked.shape, dtype=dtype, device=attention_mask.device).masked_fill(
-        blocked, torch.finfo(dtype).min
-    )
-
-
-def causal_mask(q_len: int, k_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Additive [1, 1, q_len, k_len]: query i (at absolute position k_len - q_len + i) sees keys <= it."""
-    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
-    k_pos = torch.arange(k_len, device=device)[None, :]
-    return torch.zeros(q_len, k_len, dtype=dtype, device=device).masked_fill(
-        k_pos > q_pos, torch.finfo(dtype).min
-    )[None, None]
-
-
 def projections(x: torch.Tensor, *layers: nn.Linear) -> list[torch.Tensor]:
     """``[layer(x) for layer in layers]``. With autograd on (training) it is one GEMM over the stacked
-    weights: one pass over ``x`` and one bf16 cast of it under autocast instead of three (T5 / BART
-    bf16 steps 1.7-2.6 % faster on CPU; fp32 steps unchanged, the stacking copy eats the GEMM gain).
-    Without autograd (decoding) each layer runs alone: no weight copies per step, and ``Linear``'s
-    small-row path."""
+    weights: one pass over ``x`` and one cast of it under autocast instead of three. Without autograd
+    (decoding) each layer runs alone: no weight copies per step, and ``Linear``'s small-row path."""
     plain = all(type(layer) in (nn.Linear, Linear) for layer in layers)  # not e.g. int8 replacements
     if len(layers) == 1 or not torch.is_grad_enabled() or not plain:
         return [layer(x) for layer in layers]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from lmzoo.errors import UserError
-from lmzoo.nn.attention import causal_mask
+from lmzoo.nn.masks import attention_mask_for
 
 
 class StaticKVCache:
@@ -113,16 +113,9 @@ class DecoderState:
         positions = (self.next_position[:, None] + real.cumsum(1) - 1).clamp(min=0) * real
         self.next_position = self.next_position + real.sum(1)
         self.length = end
-        if not self.padded:
-            mask, is_causal = None, t > 1 and start == 0
-            if t > 1 and start > 0:
-                mask = causal_mask(t, end, dtype, real.device)
-            return positions, mask, is_causal
-        blocked = (self.key_mask[:, None, None, :end] == 0)  # (B, 1, 1, end)
-        if t > 1:
-            blocked = blocked | (causal_mask(t, end, dtype, real.device) != 0)
-        mask = torch.zeros(blocked.shape, dtype=dtype, device=real.device).masked_fill(blocked, torch.finfo(dtype).min)
-        return positions, mask, False
+        mask, is_causal = attention_mask_for(self.key_mask[:, :end] if self.padded else None, q_len=t, k_len=end,
+                                             causal=True, dtype=dtype, device=real.device)
+        return positions, mask, is_causal
 
     def reorder(self, index: torch.Tensor) -> None:
         for cache in self.caches:

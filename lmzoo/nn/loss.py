@@ -45,6 +45,73 @@ def _workspace(name: str, rows: int, cols: int, dtype: torch.dtype, device: torc
     return buf[:rows * cols].view(rows, cols)
 
 
+def _chunk_loss(logits: torch.Tensor, probs: torch.Tensor, target: torch.Tensor, label_smoothing: float
+                ) -> torch.Tensor:
+    """Sum of the chunk's row losses from its logits and (float32) softmax."""
+    index = torch.arange(target.shape[0], device=target.device)
+    loss_rows = -probs[index, target].log()
+    tiny = probs[index, target] < 1e-30  # -log(p) loses precision near underflow: use the lse there
+    if bool(tiny.any()):
+        sel = index[tiny]
+        rows_logits = logits[sel].float()
+        loss_rows[tiny] = torch.logsumexp(rows_logits, -1) - rows_logits[torch.arange(len(sel)), target[sel]]
+    if label_smoothing:  # (1 - eps) * nll + eps * mean over the vocabulary of -log p
+        lse = torch.logsumexp(logits, -1, keepdim=True).float()
+        smooth_rows = lse.squeeze(1) - logits.float().mean(-1)
+        loss_rows = (1.0 - label_smoothing) * loss_rows + label_smoothing * smooth_rows
+    return loss_rows.sum()
+
+
+class _Gradients:
+    """The gradients wrt hidden rows, weight and bias, accumulated chunk by chunk from the chunks'
+    gradients wrt the logits.
+
+    float32: the weight gradient is summed chunk by chunk (addmm_). Low precision: the chunks'
+    gradients wrt the logits are stashed and the weight gradient is one GEMM per stash (as
+    F.linear's backward computes it: float32 accumulation inside the GEMM, one rounding).
+    """
+
+    def __init__(self, h: torch.Tensor, weight: torch.Tensor, needs: tuple[bool, bool, bool], n_valid: int,
+                 rows_per_chunk: int, dtype: torch.dtype) -> None:
+        needs_h, needs_w, needs_b = needs
+        self.hidden, self.n_valid = h, n_valid
+        low = dtype != torch.float32
+        vocab = weight.shape[0]
+        self.h = torch.empty_like(h) if needs_h else None
+        self.w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if needs_w and (not low or n_valid == 0) else None
+        self.b = torch.zeros(vocab, dtype=torch.float32, device=weight.device) if needs_b else None
+        self.needs_w = needs_w
+        self.stash = None
+        if low and needs_w and n_valid:
+            stash_rows = rows_per_chunk * max(1, STASH_BYTES // (rows_per_chunk * vocab * h.element_size()))
+            self.stash = _workspace("stash", min(stash_rows, n_valid), vocab, dtype, h.device)
+        self.low_buf = _workspace("low", rows_per_chunk, vocab, dtype, h.device) if low and self.stash is None \
+            else None
+        self.stash_start = 0  # first row of h whose gradient is in the stash
+
+    def add(self, grad_logits: torch.Tensor, start: int, w: torch.Tensor) -> None:
+        """Add the gradients of the chunk of rows [start, start + n) given d loss / d logits (float32)."""
+        n = grad_logits.shape[0]
+        if self.b is not None:
+            self.b += grad_logits.sum(0)
+        if self.stash is not None:  # low precision, weight gradient needed: the stash is the buffer
+            offset = start - self.stash_start
+            grad = self.stash[offset:offset + n].copy_(grad_logits)
+            if self.h is not None:
+                torch.mm(grad, w, out=self.h[start:start + n])
+            if offset + n == self.stash.shape[0] or start + n == self.n_valid:  # stash full or last chunk
+                part = torch.mm(self.stash[:offset + n].t(), self.hidden[self.stash_start:start + n])
+                self.w = part.float() if self.w is None else self.w.add_(part)
+                self.stash_start = start + n
+            return
+        if self.h is not None:
+            grad = grad_logits if self.low_buf is None else self.low_buf[:n].copy_(grad_logits)
+            torch.mm(grad, w, out=self.h[start:start + n])
+        if self.needs_w:
+            self.w.addmm_(grad_logits.t(), self.hidden[start:start + n])
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Forward computes the loss and (when needed) the gradients; backward only scales them."""
 
@@ -53,7 +120,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 chunk_size: int, ignore_index: int, label_smoothing: float) -> torch.Tensor:
         device_type = hidden.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
-        needs_h, needs_w, needs_b = ctx.needs_input_grad[:3]
+        needs = ctx.needs_input_grad[:3]  # hidden, weight, bias
         keep = labels != ignore_index
         n_valid = int(keep.sum())
         rows = keep.nonzero().squeeze(1)
@@ -61,30 +128,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         target = labels.index_select(0, rows)
         w = weight if weight.dtype == dtype else _workspace("weight", *weight.shape, dtype, weight.device).copy_(weight)
         b = bias.to(dtype) if bias is not None else None
-        grad_h = torch.empty_like(h) if needs_h else None
-        low = dtype != torch.float32
-        # float32: the weight gradient is summed chunk by chunk (addmm_). Low precision: the chunks'
-        # gradients wrt the logits are stashed and the weight gradient is one GEMM per stash (as
-        # F.linear's backward computes it: float32 accumulation inside the GEMM, one rounding)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
-            if needs_w and (not low or n_valid == 0) else None
-        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if needs_b else None
+        grads = _Gradients(h, weight, needs, n_valid, min(chunk_size, n_valid), dtype)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         # buffers reused by every chunk (and kept between calls on CPU)
         rows_per_chunk, vocab = min(chunk_size, n_valid), weight.shape[0]
         logits_buf = _workspace("logits", rows_per_chunk, vocab, dtype, h.device)
         probs_buf = _workspace("probs", rows_per_chunk, vocab, torch.float32, h.device)
-        stash = None
-        if low and needs_w and n_valid:
-            stash_rows = rows_per_chunk * max(1, STASH_BYTES // (rows_per_chunk * vocab * h.element_size()))
-            stash = _workspace("stash", min(stash_rows, n_valid), vocab, dtype, h.device)
-        low_buf = _workspace("low", rows_per_chunk, vocab, dtype, h.device) if low and stash is None else None
-        stash_start = 0  # first row of h whose gradient is in the stash
         with torch.autocast(device_type, enabled=False):
             for start in range(0, n_valid, chunk_size):
                 h_c, t_c = h[start:start + chunk_size], target[start:start + chunk_size]
                 n = h_c.shape[0]
-                index = torch.arange(n, device=t_c.device)
                 logits = logits_buf[:n]
                 if b is None:
                     torch.mm(h_c, w.t(), out=logits)
@@ -93,45 +146,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 probs = probs_buf[:n]
                 # in place in the float32 buffer: softmax(dtype=float32) would convert into a fresh tensor
                 probs = torch.softmax(logits if logits.dtype == torch.float32 else probs.copy_(logits), -1, out=probs)
-                loss_rows = -probs[index, t_c].log()
-                tiny = probs[index, t_c] < 1e-30  # -log(p) loses precision near underflow: use the lse there
-                if bool(tiny.any()):
-                    sel = index[tiny]
-                    rows_logits = logits[sel].float()
-                    loss_rows[tiny] = torch.logsumexp(rows_logits, -1) - rows_logits[torch.arange(len(sel)), t_c[sel]]
-                if label_smoothing:  # (1 - eps) * nll + eps * mean over the vocabulary of -log p
-                    lse = torch.logsumexp(logits, -1, keepdim=True).float()
-                    smooth_rows = lse.squeeze(1) - logits.float().mean(-1)
-                    loss_rows = (1.0 - label_smoothing) * loss_rows + label_smoothing * smooth_rows
-                total += loss_rows.sum()
-                if not (needs_h or needs_w or needs_b):
-                    continue
-                # softmax - smoothed one-hot = d(sum of row losses) / d logits
-                probs[index, t_c] -= 1.0 - label_smoothing
-                if label_smoothing:
-                    probs -= label_smoothing / vocab
-                if needs_b:
-                    grad_b += probs.sum(0)
-                if stash is not None:  # low precision, weight gradient needed: the stash is the buffer
-                    offset = start - stash_start
-                    grad = stash[offset:offset + n].copy_(probs)
-                    if needs_h:
-                        torch.mm(grad, w, out=grad_h[start:start + chunk_size])
-                    if offset + n == stash.shape[0] or start + n == n_valid:  # stash full or last chunk
-                        part = torch.mm(stash[:offset + n].t(), h[stash_start:start + n])
-                        grad_w = part.float() if grad_w is None else grad_w.add_(part)
-                        stash_start = start + n
-                    continue
-                if needs_h:
-                    grad = probs if low_buf is None else low_buf[:n].copy_(probs)
-                    torch.mm(grad, w, out=grad_h[start:start + chunk_size])
-                if needs_w:
-                    grad_w.addmm_(probs.t(), h_c)
+                total += _chunk_loss(logits, probs, t_c, label_smoothing)
+                if any(needs):
+                    # softmax - smoothed one-hot = d(sum of row losses) / d logits
+                    probs[torch.arange(n, device=t_c.device), t_c] -= 1.0 - label_smoothing
+                    if label_smoothing:
+                        probs -= label_smoothing / vocab
+                    grads.add(probs, start, w)
         scale = 1.0 / n_valid if n_valid else float("nan")
         ctx.save_for_backward(rows)
         # the gradients are kept as attributes, not saved tensors: backward scales them in place and
         # hands them over, so autograd stores them as .grad without copying [V, D] tensors
-        ctx.grads = (grad_h, grad_w, grad_b)
+        ctx.grads = (grads.h, grads.w, grads.b)
         ctx.scale, ctx.shapes = scale, (hidden.shape, hidden.dtype, weight.dtype, None if bias is None else bias.dtype)
         return total / n_valid  # 0 / 0 = NaN when every label is ignored, as F.cross_entropy
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from lmzoo.config import ModelConfig
 from lmzoo.errors import UserError
-from lmzoo.nn.attention import padding_mask
+from lmzoo.nn.masks import padding_mask
 from lmzoo.nn.cache import CrossKVCache, StaticKVCache
 from lmzoo.nn.loss import linear_cross_entropy
 
