@@ -5,20 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.config import ModelConfig, activation_from_hf, activation_to_hf, label_map_from_hf, label_map_to_hf
 from lmzoo.errors import UserError
 from lmzoo.models.base import FamilySpec, PreTrainedModel
 from lmzoo.weights import prefixed
-from lmzoo.nn.masks import padding_mask
-from lmzoo.nn.block import Block
 from lmzoo.nn.dropout import Dropout
 from lmzoo.nn.embedding import Embeddings
 from lmzoo.nn.ffn import activation_fn
-from lmzoo.nn.heads import classifier_dropout, sequence_classification_loss, token_classification_loss
+from lmzoo.nn.heads import classifier_dropout
+from lmzoo.nn.loss import masked_lm_loss, sequence_classification_loss, token_classification_loss, token_cross_entropy
 from lmzoo.nn.norm import make_norm
+from lmzoo.nn.stack import Stack
 from lmzoo.outputs import ModelOutput
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
@@ -102,12 +101,14 @@ class BertModel(BertPreTrainedModel):
     prefix_in_heads = "bert"
     fresh_modules = ("pooler",)
 
-    def __init__(self, config: ModelConfig, *, add_pooler: bool = True) -> None:
+    def __init__(self, config: ModelConfig, *, add_pooler: bool = True, init: bool = True) -> None:
+        """``init=False``: a head model builds this body and initialises everything once itself."""
         super().__init__(config)
         self.embed = Embeddings(config)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.layers = Stack(config, config.n_layers)
         self.pooler = nn.Linear(config.d_model, config.d_model) if add_pooler else None
-        self.init_weights()
+        if init:
+            self.init_weights()
 
     @classmethod
     def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
@@ -127,11 +128,7 @@ class BertModel(BertPreTrainedModel):
             raise UserError(f"sequence of {input_ids.shape[1]} tokens exceeds max_positions {self.config.max_positions}")
         if position_ids is None:
             position_ids = self.default_position_ids(input_ids)
-        x = self.embed(input_ids, position_ids, token_type_ids)  # (B, T, D)
-        # No mask at all when nothing is padded: SDPA can then take its fastest kernel.
-        mask = None if attention_mask is None or bool(attention_mask.all()) else padding_mask(attention_mask, x.dtype)
-        for layer in self.layers:
-            x = layer(x, mask=mask)
+        x = self.layers(self.embed(input_ids, position_ids, token_type_ids), attention_mask=attention_mask)  # (B, T, D)
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else None
         return ModelOutput(last_hidden_state=x, pooler_output=pooled)
 
@@ -164,17 +161,6 @@ class MLMHead(nn.Module):
         return self.decoder(self.norm(self.act(self.dense(hidden))))
 
 
-def masked_lm(head: MLMHead, hidden: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """MLM logits and loss. With labels, the vocabulary projection (the costliest matmul of a
-    small BERT) runs only at the labelled positions: logits are [n_labelled, vocab]."""
-    if labels is None:
-        return head(hidden), None
-    selected = labels != -100
-    logits = head(hidden[selected])  # (N, V)
-    loss = F.cross_entropy(logits.float(), labels[selected]) if logits.shape[0] else logits.sum() * 0.0
-    return logits, loss
-
-
 class BertForMaskedLM(EncoderHeadModel):
     hf_architecture = "BertForMaskedLM"
     with_nsp = False
@@ -189,7 +175,7 @@ class BertForMaskedLM(EncoderHeadModel):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        self.encoder = self.base_class(config, add_pooler=self.with_nsp)
+        self.encoder = self.base_class(config, add_pooler=self.with_nsp, init=False)
         self.mlm_head = MLMHead(config)
         self.nsp_head = nn.Linear(config.d_model, 2) if self.with_nsp else None
         self.init_weights()
@@ -207,7 +193,7 @@ class BertForMaskedLM(EncoderHeadModel):
         labels: torch.Tensor | None = None,
     ) -> ModelOutput:
         out = self.encoder(input_ids, attention_mask, token_type_ids, position_ids)
-        logits, loss = masked_lm(self.mlm_head, out.last_hidden_state, labels)
+        logits, loss = masked_lm_loss(out.last_hidden_state, labels, head=self.mlm_head)
         return ModelOutput(loss=loss, mlm_loss=loss, logits=logits, last_hidden_state=out.last_hidden_state)
 
 
@@ -228,9 +214,9 @@ class BertForPreTraining(BertForMaskedLM):
         nsp_labels: torch.Tensor | None = None,
     ) -> ModelOutput:
         out = self.encoder(input_ids, attention_mask, token_type_ids, position_ids)
-        logits, mlm_loss = masked_lm(self.mlm_head, out.last_hidden_state, labels)
+        logits, mlm_loss = masked_lm_loss(out.last_hidden_state, labels, head=self.mlm_head)
         nsp_logits = self.nsp_head(out.pooler_output)
-        nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_labels) if nsp_labels is not None else None
+        nsp_loss = token_cross_entropy(nsp_logits, nsp_labels) if nsp_labels is not None else None
         losses = [x for x in (mlm_loss, nsp_loss) if x is not None]
         return ModelOutput(
             loss=sum(losses) if losses else None,
@@ -255,7 +241,7 @@ class BertForSequenceClassification(EncoderHeadModel):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        self.encoder = self.base_class(config, add_pooler=self.add_pooler)
+        self.encoder = self.base_class(config, add_pooler=self.add_pooler, init=False)
         self.dropout = Dropout(classifier_dropout(config))
         self.classifier = self.make_classifier(config)
         self.init_weights()
@@ -292,7 +278,7 @@ class BertForTokenClassification(EncoderHeadModel):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        self.encoder = self.base_class(config, add_pooler=False)
+        self.encoder = self.base_class(config, add_pooler=False, init=False)
         self.dropout = Dropout(classifier_dropout(config))
         self.classifier = nn.Linear(config.d_model, config.num_labels)
         self.init_weights()

@@ -20,20 +20,19 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.config import ModelConfig, activation_from_hf, activation_to_hf
 from lmzoo.errors import UserError
 from lmzoo.models.base import FamilySpec, PreTrainedModel
 from lmzoo.weights import prefixed
-from lmzoo.nn.masks import causal_mask
-from lmzoo.nn.block import Block
 from lmzoo.nn.cache import DecoderState
 from lmzoo.nn.embedding import Embeddings
 from lmzoo.nn.heads import decode_logits
-from lmzoo.nn.loss import linear_cross_entropy
+from lmzoo.nn.loss import lm_loss
+from lmzoo.nn.masks import document_mask, document_positions
 from lmzoo.nn.norm import make_norm
+from lmzoo.nn.stack import Stack
 from lmzoo.outputs import ModelOutput
 
 
@@ -142,29 +141,6 @@ def _fuse_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def document_positions(document_ids: torch.Tensor) -> torch.Tensor:
-    """[B, T] document ids (equal ids contiguous) → positions restarting at 0 in each document."""
-    batch, length = document_ids.shape
-    index = torch.arange(length, device=document_ids.device).expand(batch, length)
-    starts = torch.ones_like(document_ids, dtype=torch.bool)
-    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
-    # index of each token's document start: running max of the start indices
-    start_index = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=1).values
-    return index - start_index
-
-
-def document_mask(document_ids: torch.Tensor, dtype: torch.dtype,
-                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Additive [B, 1, T, T]: query i sees key j <= i of its own document (and not padding keys)."""
-    length = document_ids.shape[1]
-    allowed = document_ids[:, :, None] == document_ids[:, None, :]  # (B, T, T)
-    allowed &= torch.ones(length, length, dtype=torch.bool, device=document_ids.device).tril()
-    if attention_mask is not None:
-        allowed &= attention_mask[:, None, :].bool() | torch.eye(length, dtype=torch.bool, device=document_ids.device)
-    zeros = torch.zeros(allowed.shape, dtype=dtype, device=document_ids.device)
-    return zeros.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
-
-
 class GPT2PreTrainedModel(PreTrainedModel):
     model_types = ("gpt2",)
     config_from_hf = staticmethod(config_from_hf)
@@ -188,7 +164,7 @@ class GPT2Model(GPT2PreTrainedModel):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         self.embed = Embeddings(config)
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.layers = Stack(config, config.n_layers, causal=True)
         self.norm = make_norm(config)
         if config.scale_attn_by_inverse_layer_idx:
             for i, layer in enumerate(self.layers):
@@ -216,28 +192,19 @@ class GPT2Model(GPT2PreTrainedModel):
         state: DecoderState | None = None,
     ) -> ModelOutput:
         """``state``: incremental decoding (see ``prepare_generation``); positions and masks come from it."""
-        batch, length = input_ids.shape
-        dtype = self.embed.tokens.weight.dtype
-        caches: list[Any] = [None] * len(self.layers)
-        mask, is_causal = None, True
+        length = input_ids.shape[1]
+        mask, past, caches = None, 0, None
         if state is not None:
-            position_ids, mask, is_causal = state.step_inputs(length, dtype)
+            position_ids, attention_mask, past = state.advance(length)
             caches = state.caches
+        elif length > self.config.max_positions:
+            raise UserError(f"sequence of {length} tokens exceeds the model's {self.config.max_positions} positions")
         elif document_ids is not None:
             if position_ids is None:
                 position_ids = document_positions(document_ids)
-            mask, is_causal = document_mask(document_ids, dtype, attention_mask), False
-        elif attention_mask is not None and not bool(attention_mask.all()):
-            padding = attention_mask[:, None, None, :] == 0
-            blocked = padding | (causal_mask(length, length, dtype, input_ids.device) != 0)
-            mask = torch.zeros(blocked.shape, dtype=dtype, device=input_ids.device).masked_fill(
-                blocked, torch.finfo(dtype).min)
-            is_causal = False
-        if state is None and length > self.config.max_positions:
-            raise UserError(f"sequence of {length} tokens exceeds the model's {self.config.max_positions} positions")
+            mask = document_mask(document_ids, self.embed.tokens.weight.dtype, attention_mask)
         x = self.embed(input_ids, position_ids)  # (B, T, D)
-        for layer, cache in zip(self.layers, caches):
-            x = layer(x, mask=mask, is_causal=is_causal, cache=cache)
+        x = self.layers(x, attention_mask=attention_mask, mask=mask, past=past, caches=caches)
         return ModelOutput(last_hidden_state=self.norm(x))
 
 
@@ -275,14 +242,8 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
         labels: torch.Tensor | None = None,
     ) -> ModelOutput:
         hidden = self.transformer(input_ids, attention_mask, position_ids, document_ids).last_hidden_state
-        if labels is not None and self.training and torch.is_grad_enabled():
-            # training: fused chunked head + loss, the [B, T, V] logits are never stored (logits=None)
-            loss = linear_cross_entropy(hidden[:, :-1], self.lm_head.weight, labels[:, 1:])
-            return ModelOutput(loss=loss, logits=None, last_hidden_state=hidden)
-        logits = self.lm_head(hidden)  # (B, T, V)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        logits, loss = lm_loss(hidden, labels, weight=self.lm_head.weight, head=self.lm_head, shift=True,
+                               fused=self.training and torch.is_grad_enabled())
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden)
 
     # --- generation protocol (lmzoo.generate) ---

@@ -30,7 +30,8 @@ from lmzoo.nn.dropout import Dropout, attention
 from lmzoo.nn.embedding import Embeddings
 from lmzoo.nn.ffn import FeedForward
 from lmzoo.nn.norm import make_norm
-from lmzoo.nn.heads import decode_logits, sequence_classification_loss
+from lmzoo.nn.heads import decode_logits
+from lmzoo.nn.loss import masked_lm_loss, sequence_classification_loss
 from lmzoo.nn.loss import linear_cross_entropy
 from lmzoo.outputs import ModelOutput
 

@@ -8,7 +8,7 @@
   encoder's projected keys/values; ``Attention`` then finds them in ``.kv`` and skips its k/v
   projections at every later step.
 - ``DecoderState``: the generation state of a decoder-only model (the caches, which key positions
-  are real tokens, each row's next position id) with the per-step mask it implies.
+  are real tokens, each row's next position id).
 
 Every class has ``reorder(index)`` for beam search: row ``i`` becomes old row ``index[i]``.
 ``index`` may be longer than the batch (expanding each prompt to its beams / samples).
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 
 from lmzoo.errors import UserError
-from lmzoo.nn.masks import attention_mask_for
 
 
 class StaticKVCache:
@@ -103,8 +102,9 @@ class DecoderState:
                    key_mask=key_mask, next_position=torch.zeros(batch, dtype=torch.long, device=device),
                    padded=not bool(attention_mask.all()))
 
-    def step_inputs(self, t: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
-        """For ``t`` new tokens: (position_ids [B, t], additive mask or None, is_causal); advances the state."""
+    def advance(self, t: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """For ``t`` new tokens: (position_ids [B, t], the key mask [B, past + t] when some keys are
+        padding else None, past = tokens already cached); advances the state."""
         start, end = self.length, self.length + t
         if end > self.key_mask.shape[1]:
             raise UserError(f"generation past the {self.key_mask.shape[1]} tokens the cache was allocated for")
@@ -113,9 +113,7 @@ class DecoderState:
         positions = (self.next_position[:, None] + real.cumsum(1) - 1).clamp(min=0) * real
         self.next_position = self.next_position + real.sum(1)
         self.length = end
-        mask, is_causal = attention_mask_for(self.key_mask[:, :end] if self.padded else None, q_len=t, k_len=end,
-                                             causal=True, dtype=dtype, device=real.device)
-        return positions, mask, is_causal
+        return positions, self.key_mask[:, :end] if self.padded else None, start
 
     def reorder(self, index: torch.Tensor) -> None:
         for cache in self.caches:

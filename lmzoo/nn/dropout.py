@@ -1,8 +1,8 @@
 """Dropout that is cheap on CPU, and attention that uses it.
 
-ATen's CPU dropout draws one 32-bit random number per element (``bernoulli_``): about 8 ns an element
-here, 10-15 % of a small model's bf16 training step. ``dropout`` draws one 64-bit number per 4
-elements and compares 16-bit slices of it with a threshold, 3x faster for the same mask statistics:
+ATen's CPU dropout draws one 32-bit random number per element (``bernoulli_``), a visible share of a
+small model's bf16 training step. ``dropout`` draws one 64-bit number per 4 elements and compares
+16-bit slices of it with a threshold, a quarter of the random draws for the same mask statistics:
 each element is dropped independently with probability ``round(p * 65536) / 65536`` (within 8e-6 of
 ``p``) and the kept ones are scaled by the inverse of the keep probability, so the expectation is
 unchanged. It draws from the default CPU generator, so ``torch.manual_seed`` and checkpointed RNG
@@ -56,8 +56,9 @@ MATH_MAX_SCORES = 1 << 27  # bf16/fp16 training: above this many scores per call
 
 
 def _math_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """bf16/fp16 training on CPU: the math path's forward + backward is 1.7-3x faster than the CPU
-    flash kernel's (measured at 64-256 tokens, head dim 64); it stores the [..., T, S] probabilities."""
+    """bf16/fp16 training on CPU: the math path's forward + backward beats the CPU flash kernel at the
+    short sequences lmzoo trains (benchmarks/seq2seq_throughput.py); it stores the [..., T, S]
+    probabilities, hence the size limit."""
     if q.dtype not in (torch.bfloat16, torch.float16) or not torch.is_grad_enabled():
         return False
     return q.shape[:-1].numel() * k.shape[-2] <= MATH_MAX_SCORES

@@ -8,15 +8,13 @@ pooling functions below, then classifies it with a plain Linear or :class:`Class
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.config import ModelConfig
 from lmzoo.nn.dropout import Dropout
 from lmzoo.nn.linear import linear
+from lmzoo.nn.loss import PROBLEM_TYPES, sequence_classification_loss  # noqa: F401  (re-exported)
 
-IGNORE_INDEX = -100
-PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
 def classifier_dropout(config: ModelConfig) -> float:
@@ -63,44 +61,15 @@ def last_token_of(hidden: torch.Tensor, input_ids: torch.Tensor, token_id: int) 
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
-def problem_type(config: ModelConfig, labels: torch.Tensor) -> str:
-    """``config.problem_type``, else HF's guess: regression for one output, single-label for integer
-    labels, multi-label otherwise."""
-    if config.problem_type:
-        return config.problem_type
-    if config.num_labels == 1:
-        return "regression"
-    return "single_label_classification" if labels.dtype in (torch.long, torch.int) else "multi_label_classification"
-
-
-def sequence_classification_loss(config: ModelConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy (single label), BCE with logits on float multi-hot labels (multi-label), or MSE
-    (regression), as HF's *ForSequenceClassification compute it."""
-    kind = problem_type(config, labels)
-    logits = logits.float()
-    if kind == "regression":
-        if config.num_labels == 1:
-            return F.mse_loss(logits.squeeze(-1), labels.float().view(-1))
-        return F.mse_loss(logits, labels.float())
-    if kind == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
-    return F.binary_cross_entropy_with_logits(logits, labels.float())
-
-
-def token_classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over labelled tokens (-100 = not scored: padding, specials, later subwords)."""
-    return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1), ignore_index=IGNORE_INDEX)
-
-
 def decode_logits(hidden: torch.Tensor, head: nn.Module | torch.Tensor, bias: torch.Tensor | None = None
                   ) -> torch.Tensor:
     """LM-head logits [N, V] of a decoding step's rows ``hidden`` [N, D]; ``head`` is an nn.Linear
     (or a quantized head module) or a weight [V, D].
 
     For 1-64 float32 rows on CPU the product runs as (W @ hidden.T).T (``lmzoo.nn.linear.linear``):
-    there F.linear takes slow paths (1 row of a 50k x 768 head: 12.3 ms vs 4.8 ms; 4 rows of a
-    32k x 512 head: 12.7 ms vs 3.4 ms), and decoding feeds exactly such small batches (one row per
-    prompt, num_beams rows per prompt in beam search).
+    F.linear takes slow GEMM paths for such row counts there, and decoding feeds exactly such small
+    batches (one row per prompt, num_beams rows per prompt in beam search); benchmarks/generate.py
+    measures the difference.
     """
     if isinstance(head, nn.Linear):
         head, bias = head.weight, head.bias

@@ -2,13 +2,9 @@
 
 Training and long inputs use plain ``F.linear``. Decoding feeds 1-4 rows per step (greedy at
 batch 1, beam search at batch 1), and for those float32 CPU shapes ``F.linear`` (x @ W.T, W stored
-[out, in]) takes slow GEMM paths. ``W @ x.T`` with at least two columns does not. Measured on this
-project's 2-core AVX-512 CPU with cold weights, GPT-2 124M and T5-small shapes:
-
-- 2-4 rows: ``(W @ x.T).T`` beats ``F.linear`` 1.3-3.7x.
-- 1 row: ``F.linear`` and ``torch.mv`` both read a 50k x 768 LM head at ~12 GB/s (12.3 ms); the
-  same row padded with a zero row to a 2-column product takes 4.8 ms, faster even than
-  transformers' GPT-2, whose ``Conv1D`` stores W [in, out] (6.3 ms).
+[out, in]) takes slow GEMM paths, while ``W @ x.T`` with at least two columns does not: a single
+row is padded with a zero row to a 2-column product. The values are the same up to float
+rounding; benchmarks/generate.py measures the speed.
 """
 
 from __future__ import annotations

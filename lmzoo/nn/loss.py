@@ -1,4 +1,11 @@
-"""Fused, chunked linear + cross-entropy: the LM-head loss without materialising [N, vocab] logits.
+"""Every loss lmzoo computes, for the models' HF-style ``labels=`` argument and the objectives alike.
+
+- ``token_cross_entropy``: mean CE over labels != -100 of given logits (float32).
+- ``lm_loss``: an LM head's logits and loss over hidden states (``shift`` for causal LMs); while
+  training with autograd the head is fused with the loss (``linear_cross_entropy``) and no
+  logits are returned.
+- ``masked_lm_loss``: MLM / PLM, where only the labelled rows go through the head.
+- ``sequence_classification_loss`` (CE / BCE / MSE by problem type) and ``token_classification_loss``.
 
 ``linear_cross_entropy(hidden, weight, labels)`` equals
 ``F.cross_entropy(F.linear(hidden, weight, bias).float(), labels, ignore_index=-100)`` (mean over the
@@ -9,8 +16,7 @@ time a large-vocabulary LM head spends outside its matmuls.
 
 The weight gradient: in float32 it is summed chunk by chunk. Under autocast the chunks' gradients wrt
 the logits are stashed in the autocast dtype (up to 512 MB) and the weight gradient is one GEMM per
-stash, which rounds it once, as F.linear's backward does (and is much faster on CPU than per-chunk
-float32 sums).
+stash, which rounds it once, as F.linear's backward does.
 
 The chunk buffers and the stash are kept between calls on CPU (a module-level workspace), because a
 fresh large allocation is page-faulted in again on every training step there; that memory stays
@@ -23,10 +29,14 @@ float32 (as the ``.float()`` cross-entropy would); the gradients come back in th
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from lmzoo.config import ModelConfig
 from lmzoo.errors import UserError
 
 IGNORE_INDEX = -100
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk by default
 STASH_BYTES = 512 << 20  # low precision: logits gradients kept for one weight-gradient GEMM
 
@@ -200,3 +210,74 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         raise UserError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, bias, labels.reshape(-1),
                                      chunk_size, ignore_index, float(label_smoothing))
+
+
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy (float32) of ``logits`` [..., V] over ``labels`` [...] that are not -100."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing)
+
+
+def lm_loss(hidden: torch.Tensor, labels: torch.Tensor | None, *, weight: torch.Tensor,
+            bias: torch.Tensor | None = None, head: nn.Module | None = None, fused: bool = False,
+            shift: bool = False, label_smoothing: float = 0.0) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(logits, loss) of the LM head ``hidden @ weight.T + bias`` (``head(hidden)`` when a head module is
+    given, e.g. a quantized one) against ``labels`` (None: no loss).
+
+    ``shift``: the logits at position t predict the label at t + 1 (causal LM; logits keep every
+    position). ``fused`` (training with autograd): the head runs inside ``linear_cross_entropy`` and
+    logits is None: the [..., V] logits are never stored.
+    """
+    if labels is not None and fused:
+        rows, targets = (hidden[:, :-1], labels[:, 1:]) if shift else (hidden, labels)
+        return None, linear_cross_entropy(rows, weight, targets, bias, label_smoothing=label_smoothing)
+    logits = head(hidden) if head is not None else F.linear(hidden, weight, bias)
+    if labels is None:
+        return logits, None
+    scored, targets = (logits[:, :-1], labels[:, 1:]) if shift else (logits, labels)
+    return logits, token_cross_entropy(scored, targets, label_smoothing)
+
+
+def masked_lm_loss(hidden: torch.Tensor, labels: torch.Tensor | None, *, head: nn.Module,
+                   fused: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """MLM / PLM (logits, loss): with labels only the labelled rows go through ``head`` (the costliest
+    matmul of a small encoder), so logits are [n_labelled, V] in row-major order of ``labels != -100``;
+    a batch without any label has loss 0. ``fused`` needs ``head`` to be one linear layer."""
+    if labels is None:
+        return head(hidden), None
+    selected = labels != IGNORE_INDEX
+    rows, targets = hidden[selected], labels[selected]
+    if rows.shape[0] == 0:
+        logits = head(rows)
+        return logits, logits.sum() * 0.0
+    return lm_loss(rows, targets, weight=head.weight if fused else None, bias=head.bias if fused else None,
+                   head=head, fused=fused)
+
+
+def problem_type(config: ModelConfig, labels: torch.Tensor) -> str:
+    """``config.problem_type``, else HF's guess: regression for one output, single-label for integer
+    labels, multi-label otherwise."""
+    if config.problem_type:
+        return config.problem_type
+    if config.num_labels == 1:
+        return "regression"
+    return "single_label_classification" if labels.dtype in (torch.long, torch.int) else "multi_label_classification"
+
+
+def sequence_classification_loss(config: ModelConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (single label), BCE with logits on float multi-hot labels (multi-label), or MSE
+    (regression), as HF's *ForSequenceClassification compute it."""
+    kind = problem_type(config, labels)
+    logits = logits.float()
+    if kind == "regression":
+        if config.num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1), labels.float().view(-1))
+        return F.mse_loss(logits, labels.float())
+    if kind == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, config.num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.float())
+
+
+def token_classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over labelled tokens (-100 = not scored: padding, specials, later subwords)."""
+    return token_cross_entropy(logits, labels)
