@@ -15,14 +15,10 @@ from torch import nn
 from lmzoo.config import ModelConfig, activation_from_hf, activation_to_hf
 from lmzoo.errors import UserError
 from lmzoo.models.base import FamilySpec, PreTrainedModel
-from lmzoo.nn.cache import CrossKVCache, StaticKVCache
 from lmzoo.nn.dropout import Dropout
-from lmzoo.nn.seq2seq import (EncoderDecoderState, decoder_start_id, encoder_mask, new_generation_state,
-                              head_and_loss, shift_right)
-from lmzoo.nn.masks import causal_mask, padding_mask
-from lmzoo.nn.block import Block
-from lmzoo.nn.heads import decode_logits
 from lmzoo.nn.norm import make_norm
+from lmzoo.nn.seq2seq import EncoderDecoderLM, EncoderDecoderState, decoder_start_id, encoder_mask, shift_right
+from lmzoo.nn.stack import Stack
 from lmzoo.outputs import ModelOutput
 
 
@@ -32,13 +28,11 @@ class BartStack(nn.Module):
     def __init__(self, config: ModelConfig, *, decoder: bool) -> None:
         super().__init__()
         self.config = config
-        self.decoder = decoder
         self.positions = nn.Embedding(config.max_positions + config.position_offset, config.d_model)
         self.embed_norm = make_norm(config)
-        self.layers = nn.ModuleList(
-            Block(config, cross_attention=decoder)
-            for _ in range(config.n_decoder_layers if decoder else config.n_layers)
-        )
+        n_layers = config.n_decoder_layers if decoder else config.n_layers
+        self.layers = Stack(config.decoder_config() if decoder else config, n_layers, causal=decoder,
+                            cross_attention=decoder)
         self.dropout = Dropout(config.dropout)
 
     def forward(
@@ -48,30 +42,18 @@ class BartStack(nn.Module):
         *,
         encoder_states: torch.Tensor | None = None,
         encoder_mask: torch.Tensor | None = None,
-        caches: list[StaticKVCache] | None = None,
-        cross_caches: list[CrossKVCache] | None = None,
-        past: int = 0,
+        state: EncoderDecoderState | None = None,
     ) -> torch.Tensor:
-        """``x``: scaled token embeddings (B, T, D); ``past``: decoder tokens already in ``caches``."""
-        length = x.shape[1]
+        """``x``: scaled token embeddings (B, T, D); ``state``: while generating, the decoder's
+        caches and the tokens already in them."""
+        length, past = x.shape[1], 0 if state is None else state.length
         if past + length > self.config.max_positions:
             raise UserError(f"sequence of {past + length} tokens exceeds max_positions {self.config.max_positions}")
         positions = torch.arange(past, past + length, device=x.device) + self.config.position_offset
         x = self.dropout(self.embed_norm(x + self.positions(positions)))
-        padded = attention_mask is not None and not bool(attention_mask.all())
-        mask = padding_mask(attention_mask, x.dtype) if padded else None
-        is_causal = False
-        if self.decoder:
-            if mask is None and past == 0:
-                is_causal = True  # SDPA's own causal kernel, no mask tensor
-            else:
-                causal = causal_mask(length, past + length, x.dtype, x.device)
-                mask = causal if mask is None else mask + causal
-        for i, layer in enumerate(self.layers):
-            x = layer(x, mask=mask, is_causal=is_causal, cache=caches[i] if caches else None,
-                      encoder_states=encoder_states, encoder_mask=encoder_mask,
-                      cross_cache=cross_caches[i] if cross_caches else None)
-        return x
+        return self.layers(x, attention_mask=attention_mask, past=past,
+                           caches=None if state is None else state.self_caches, encoder_states=encoder_states,
+                           encoder_mask=encoder_mask, cross_caches=None if state is None else state.cross_caches)
 
 
 def stack_key_map(hf: str, ours: str, *, decoder: bool) -> list[tuple[str, str | None]]:
@@ -136,9 +118,10 @@ class BartModel(BartPreTrainedModel):
         return self.encoder(self.embed(input_ids), attention_mask)
 
     def decode(self, decoder_input_ids: torch.Tensor, decoder_attention_mask: torch.Tensor | None,
-               enc: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        return self.decoder(self.embed(decoder_input_ids), decoder_attention_mask, encoder_states=enc,
-                            encoder_mask=encoder_mask(attention_mask, enc.dtype))
+               encoder_states: torch.Tensor, encoder_mask: torch.Tensor | None,
+               state: EncoderDecoderState | None = None) -> torch.Tensor:
+        return self.decoder(self.embed(decoder_input_ids), decoder_attention_mask, encoder_states=encoder_states,
+                            encoder_mask=encoder_mask, state=state)
 
     def forward(
         self,
@@ -150,11 +133,11 @@ class BartModel(BartPreTrainedModel):
         if decoder_input_ids is None:  # as HF: the decoder reads the input shifted right
             decoder_input_ids = shift_right(input_ids, decoder_start_id(self.config), self.config.pad_token_id)
         enc = self.encode(input_ids, attention_mask)
-        hidden = self.decode(decoder_input_ids, decoder_attention_mask, enc, attention_mask)
+        hidden = self.decode(decoder_input_ids, decoder_attention_mask, enc, encoder_mask(attention_mask, enc.dtype))
         return ModelOutput(last_hidden_state=hidden, encoder_last_hidden_state=enc)
 
 
-class BartForConditionalGeneration(BartPreTrainedModel):
+class BartForConditionalGeneration(EncoderDecoderLM, BartPreTrainedModel):
     """BartModel + tied LM head + final_logits_bias; ``labels`` give teacher forcing and the loss."""
 
     hf_architecture = "BartForConditionalGeneration"
@@ -181,44 +164,22 @@ class BartForConditionalGeneration(BartPreTrainedModel):
     def hf_tensors_out(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {**state, "final_logits_bias": state["final_logits_bias"].reshape(1, -1)}
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """LM-head logits of decoding rows [N, D] (tied to the embeddings, plus final_logits_bias)."""
-        return decode_logits(hidden, self.model.shared.weight, self.final_logits_bias)
+    def decoder_inputs(self, input_ids: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """As HF: the labels shifted right, or without labels the input shifted right."""
+        source = labels if labels is not None else input_ids
+        return shift_right(source, decoder_start_id(self.config), self.config.pad_token_id)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        decoder_input_ids: torch.Tensor | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        label_smoothing: float = 0.0,
-    ) -> ModelOutput:
-        if decoder_input_ids is None:
-            source = labels if labels is not None else input_ids
-            decoder_input_ids = shift_right(source, decoder_start_id(self.config), self.config.pad_token_id)
-        enc = self.model.encode(input_ids, attention_mask)
-        hidden = self.model.decode(decoder_input_ids, decoder_attention_mask, enc, attention_mask)
-        logits, loss = head_and_loss(self, hidden, labels, None, self.model.shared.weight,
-                                     self.final_logits_bias, label_smoothing)
-        return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden, encoder_last_hidden_state=enc)
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.encode(input_ids, attention_mask)
 
-    # generation protocol (lmzoo.generate)
-    @torch.no_grad()
-    def prepare_generation(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                           max_new_tokens: int) -> EncoderDecoderState:
-        """Run the encoder once and allocate the decoder caches."""
-        return new_generation_state(self, self.model.encode(input_ids, attention_mask), attention_mask,
-                                    max_new_tokens)
+    def decode(self, decoder_input_ids: torch.Tensor, decoder_attention_mask: torch.Tensor | None,
+               encoder_states: torch.Tensor, encoder_mask: torch.Tensor | None,
+               state: EncoderDecoderState | None = None) -> torch.Tensor:
+        return self.model.decode(decoder_input_ids, decoder_attention_mask, encoder_states, encoder_mask, state)
 
-    @torch.no_grad()
-    def generation_step(self, tokens: torch.Tensor, state: EncoderDecoderState) -> torch.Tensor:
-        """Feed new decoder tokens (B, t); returns the logits of the last one (B, vocab)."""
-        hidden = self.model.decoder(self.model.embed(tokens), None, encoder_states=state.encoder_states,
-                                    encoder_mask=state.encoder_mask, caches=state.self_caches,
-                                    cross_caches=state.cross_caches, past=state.length)
-        state.length += tokens.shape[1]
-        return self.logits(hidden[:, -1])
+    def lm_head_parts(self) -> tuple[None, torch.Tensor, torch.Tensor]:
+        """Tied to the embeddings, plus final_logits_bias."""
+        return None, self.model.shared.weight, self.final_logits_bias
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:

@@ -18,14 +18,10 @@ from torch import nn
 from lmzoo.config import ModelConfig, activation_to_hf
 from lmzoo.errors import UserError
 from lmzoo.models.base import FamilySpec, PreTrainedModel
-from lmzoo.nn.masks import causal_mask, padding_mask
-from lmzoo.nn.block import Block
 from lmzoo.nn.dropout import Dropout
-from lmzoo.nn.heads import decode_logits
 from lmzoo.nn.norm import RMSNorm, make_norm
-from lmzoo.nn.cache import CrossKVCache, StaticKVCache
-from lmzoo.nn.seq2seq import (EncoderDecoderState, decoder_start_id, encoder_mask, new_generation_state,
-                              head_and_loss, shift_right)
+from lmzoo.nn.seq2seq import EncoderDecoderLM, EncoderDecoderState
+from lmzoo.nn.stack import Stack
 from lmzoo.outputs import ModelOutput
 
 # --- T5 ---------------------------------------------------------------------------------------
@@ -65,7 +61,7 @@ class T5Stack(nn.Module):
         self.decoder = decoder
         n_layers = config.n_decoder_layers if decoder else config.n_layers
         self.relative_bias = nn.Embedding(config.relative_buckets, config.n_heads)
-        self.layers = nn.ModuleList(Block(config, cross_attention=decoder) for _ in range(n_layers))
+        self.layers = Stack(config, n_layers, causal=decoder, cross_attention=decoder)
         self.final_norm = make_norm(config)
         self.dropout = Dropout(config.dropout)
 
@@ -85,23 +81,15 @@ class T5Stack(nn.Module):
         *,
         encoder_states: torch.Tensor | None = None,
         encoder_mask: torch.Tensor | None = None,
-        caches: list[StaticKVCache] | None = None,
-        cross_caches: list[CrossKVCache] | None = None,
-        past: int = 0,
+        state: EncoderDecoderState | None = None,
     ) -> torch.Tensor:
-        """``x``: embeddings (B, T, D); ``attention_mask``: 1/0 over the T (or past + T) keys;
-        ``past``: decoder tokens already in ``caches``."""
-        length = x.shape[1]
-        k_len = past + length
-        mask = self.position_bias(length, k_len, x.device).to(x.dtype)  # computed once, shared by all layers
-        if self.decoder:
-            mask = mask + causal_mask(length, k_len, x.dtype, x.device)
-        if attention_mask is not None and not bool(attention_mask.all()):
-            mask = mask + padding_mask(attention_mask, x.dtype)
-        x = self.dropout(x)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, mask=mask, cache=caches[i] if caches else None, encoder_states=encoder_states,
-                      encoder_mask=encoder_mask, cross_cache=cross_caches[i] if cross_caches else None)
+        """``x``: embeddings (B, T, D); ``attention_mask``: 1/0 over the T keys; ``state``: while
+        generating, the decoder's caches and the tokens already in them."""
+        past = 0 if state is None else state.length
+        bias = self.position_bias(x.shape[1], past + x.shape[1], x.device)  # computed once, shared by all layers
+        x = self.layers(self.dropout(x), attention_mask=attention_mask, bias=bias, past=past,
+                        caches=None if state is None else state.self_caches, encoder_states=encoder_states,
+                        encoder_mask=encoder_mask, cross_caches=None if state is None else state.cross_caches)
         return self.dropout(self.final_norm(x))
 
 
@@ -178,7 +166,7 @@ class T5EncoderModel(T5PreTrainedModel):
         return ModelOutput(last_hidden_state=self.encoder(self.shared(input_ids), attention_mask))
 
 
-class T5ForConditionalGeneration(T5PreTrainedModel):
+class T5ForConditionalGeneration(EncoderDecoderLM, T5PreTrainedModel):
     """Encoder-decoder with the LM head; ``labels`` give teacher forcing and the loss."""
 
     hf_architecture = "T5ForConditionalGeneration"
@@ -215,50 +203,18 @@ class T5ForConditionalGeneration(T5PreTrainedModel):
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.encoder(self.shared(input_ids), attention_mask)
 
+    def decode(self, decoder_input_ids: torch.Tensor, decoder_attention_mask: torch.Tensor | None,
+               encoder_states: torch.Tensor, encoder_mask: torch.Tensor | None,
+               state: EncoderDecoderState | None = None) -> torch.Tensor:
+        return self.decoder(self.shared(decoder_input_ids), decoder_attention_mask, encoder_states=encoder_states,
+                            encoder_mask=encoder_mask, state=state)
+
     def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
         """The decoder output as the LM head sees it (v1.0's tied head rescales it by d_model^-0.5)."""
         return hidden * self.config.d_model ** -0.5 if self.config.tied_logits_scale else hidden
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """LM-head logits of decoding rows [N, D]."""
-        return decode_logits(self.head_input(hidden), self.lm_head)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        decoder_input_ids: torch.Tensor | None = None,
-        decoder_attention_mask: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        encoder_last_hidden_state: torch.Tensor | None = None,
-        label_smoothing: float = 0.0,
-    ) -> ModelOutput:
-        if decoder_input_ids is None:
-            if labels is None:
-                raise UserError("T5 needs decoder_input_ids or labels")
-            decoder_input_ids = shift_right(labels, decoder_start_id(self.config), self.config.pad_token_id or 0)
-        enc = encoder_last_hidden_state if encoder_last_hidden_state is not None else self.encode(input_ids, attention_mask)
-        hidden = self.decoder(self.shared(decoder_input_ids), decoder_attention_mask, encoder_states=enc,
-                              encoder_mask=encoder_mask(attention_mask, enc.dtype))
-        logits, loss = head_and_loss(self, self.head_input(hidden), labels, self.lm_head, self.lm_head.weight,
-                                     label_smoothing=label_smoothing)
-        return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden, encoder_last_hidden_state=enc)
-
-    # generation protocol (lmzoo.generate)
-    @torch.no_grad()
-    def prepare_generation(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                           max_new_tokens: int) -> EncoderDecoderState:
-        """Run the encoder once and allocate the decoder caches."""
-        return new_generation_state(self, self.encode(input_ids, attention_mask), attention_mask, max_new_tokens)
-
-    @torch.no_grad()
-    def generation_step(self, tokens: torch.Tensor, state: EncoderDecoderState) -> torch.Tensor:
-        """Feed new decoder tokens (B, t); returns the logits of the last one (B, vocab)."""
-        hidden = self.decoder(self.shared(tokens), None, encoder_states=state.encoder_states,
-                              encoder_mask=state.encoder_mask, caches=state.self_caches,
-                              cross_caches=state.cross_caches, past=state.length)
-        state.length += tokens.shape[1]
-        return self.logits(hidden[:, -1])
+    def lm_head_parts(self) -> tuple[nn.Module, torch.Tensor, None]:
+        return self.lm_head, self.lm_head.weight, None
 
 
 # --- HF config ----------------------------------------------------------------------------------

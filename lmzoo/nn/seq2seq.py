@@ -1,20 +1,21 @@
-"""Encoder-decoder plumbing shared by T5 and BART: teacher forcing, the loss, the encoder mask,
-and the generation state (encoder output computed once, self- and cross-attention caches)."""
+"""Encoder-decoder plumbing shared by T5 and BART: teacher forcing, the LM head and its loss, the
+encoder mask, the generation state (encoder output computed once, self- and cross-attention
+caches) and the generation protocol (``EncoderDecoderLM``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.config import ModelConfig
 from lmzoo.errors import UserError
-from lmzoo.nn.masks import padding_mask
 from lmzoo.nn.cache import CrossKVCache, StaticKVCache
-from lmzoo.nn.loss import linear_cross_entropy
-
+from lmzoo.nn.heads import decode_logits
+from lmzoo.nn.loss import lm_loss
+from lmzoo.nn.masks import padding_mask
+from lmzoo.outputs import ModelOutput
 
 
 def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tensor:
@@ -23,25 +24,6 @@ def shift_right(labels: torch.Tensor, start_id: int, pad_id: int) -> torch.Tenso
     shifted[:, 1:] = labels[:, :-1]
     shifted[:, 0] = start_id
     return shifted.masked_fill(shifted == -100, pad_id)
-
-
-def seq2seq_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Token-level cross-entropy over labels != -100 (computed in float32)."""
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100,
-                           label_smoothing=label_smoothing)
-
-
-def head_and_loss(model: nn.Module, hidden: torch.Tensor, labels: torch.Tensor | None, head: nn.Module | None,
-                  weight: torch.Tensor, bias: torch.Tensor | None = None, label_smoothing: float = 0.0
-                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(logits, loss) of the LM head ``hidden @ weight.T + bias`` (``head(hidden)`` when a head module is
-    given, e.g. a quantized one). Training with gradients: the head is fused with the loss
-    (``lmzoo.nn.loss``) and logits is None, the [B, T, V] logits are never stored."""
-    smoothing = label_smoothing
-    if labels is not None and model.training and torch.is_grad_enabled():
-        return None, linear_cross_entropy(hidden, weight, labels, bias, label_smoothing=smoothing)
-    logits = head(hidden) if head is not None else F.linear(hidden, weight, bias)
-    return logits, (seq2seq_loss(logits, labels, smoothing) if labels is not None else None)
 
 
 def decoder_start_id(config: ModelConfig) -> int:
@@ -100,15 +82,78 @@ class EncoderDecoderState:
             cache.reorder(rows)
 
 
-def new_generation_state(model: nn.Module, encoder_states: torch.Tensor, attention_mask: torch.Tensor | None,
+def new_generation_state(config: ModelConfig, encoder_states: torch.Tensor, attention_mask: torch.Tensor | None,
                          max_new_tokens: int) -> EncoderDecoderState:
-    config = model.config
+    decoder = config.decoder_config()
     batch = encoder_states.shape[0]
-    make = lambda: StaticKVCache(batch, config.n_heads, max_new_tokens + 1, config.head_dim,  # noqa: E731
-                           device=encoder_states.device, dtype=encoder_states.dtype)
+    make = lambda: StaticKVCache(batch, decoder.n_heads, max_new_tokens + 1, decoder.head_dim,  # noqa: E731
+                                 device=encoder_states.device, dtype=encoder_states.dtype)
     return EncoderDecoderState(
         encoder_states=encoder_states,
         encoder_mask=encoder_mask(attention_mask, encoder_states.dtype),
         self_caches=[make() for _ in range(config.n_decoder_layers)],
         cross_caches=[CrossKVCache() for _ in range(config.n_decoder_layers)],
     )
+
+
+class EncoderDecoderLM(nn.Module):
+    """An encoder-decoder with an LM head (T5, BART): teacher forcing and the loss in ``forward``,
+    and the generation protocol of ``lmzoo.generate`` (``prepare_generation`` / ``generation_step``).
+
+    A family provides ``encode(input_ids, attention_mask)``, ``decode(decoder_input_ids,
+    decoder_attention_mask, encoder_states, encoder_mask, state=None)`` (the decoder's last hidden
+    states; ``state`` while generating) and ``lm_head_parts()`` (head module or None, weight, bias);
+    ``head_input`` (what the head sees) and ``decoder_inputs`` (teacher forcing) have defaults.
+    """
+
+    config: ModelConfig
+
+    def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
+
+    def decoder_inputs(self, input_ids: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Teacher forcing: the labels shifted right behind the decoder start token."""
+        if labels is None:
+            raise UserError(f"{type(self).__name__} needs decoder_input_ids or labels")
+        return shift_right(labels, decoder_start_id(self.config), self.config.pad_token_id or 0)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.Tensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        encoder_last_hidden_state: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+    ) -> ModelOutput:
+        """Logits [B, T, V] and, with ``labels``, the mean token CE (label-smoothed as asked); while
+        training with autograd the head is fused with the loss and logits is None."""
+        if decoder_input_ids is None:
+            decoder_input_ids = self.decoder_inputs(input_ids, labels)
+        enc = encoder_last_hidden_state if encoder_last_hidden_state is not None \
+            else self.encode(input_ids, attention_mask)
+        hidden = self.decode(decoder_input_ids, decoder_attention_mask, enc, encoder_mask(attention_mask, enc.dtype))
+        head, weight, bias = self.lm_head_parts()
+        logits, loss = lm_loss(self.head_input(hidden), labels, weight=weight, bias=bias, head=head,
+                               fused=self.training and torch.is_grad_enabled(), label_smoothing=label_smoothing)
+        return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden, encoder_last_hidden_state=enc)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits of decoding rows [N, D]."""
+        head, weight, bias = self.lm_head_parts()
+        return decode_logits(self.head_input(hidden), head if head is not None else weight, bias)
+
+    @torch.no_grad()
+    def prepare_generation(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                           max_new_tokens: int) -> EncoderDecoderState:
+        """Run the encoder once and allocate the decoder caches."""
+        return new_generation_state(self.config, self.encode(input_ids, attention_mask), attention_mask,
+                                    max_new_tokens)
+
+    @torch.no_grad()
+    def generation_step(self, tokens: torch.Tensor, state: EncoderDecoderState) -> torch.Tensor:
+        """Feed new decoder tokens (B, t); returns the logits of the last one (B, vocab)."""
+        hidden = self.decode(tokens, None, state.encoder_states, state.encoder_mask, state=state)
+        state.length += tokens.shape[1]
+        return self.logits(hidden[:, -1])
