@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -12,8 +11,15 @@ import torch
 class ModelOutput:
     """What a model's ``forward`` returns. Never a positional tuple.
 
-    ``logits``: LM logits [batch, seq, vocab]; when MLM ``labels`` are given, only the rows at
-    labelled positions are computed: [n_labelled, vocab], in row-major order of ``labels != -100``.
+    ``logits``, by head, is a fixed contract:
+    - LM heads (GPT-2, T5, BART; XLNet and BERT/RoBERTa MLM without labels): [batch, seq, vocab]
+      (XLNet with ``target_mapping``: [batch, n_targets, vocab]).
+    - Masked / permutation LM with ``labels`` (BERT, RoBERTa, XLNet): only the labelled rows go
+      through the head: [n_labelled, vocab], in row-major order of ``labels != -100``.
+    - While training with autograd and ``labels`` (GPT-2, T5, BART, XLNet), the head is fused with
+      the loss and ``logits`` is None: the [tokens, vocab] logits are never stored.
+    - Sequence heads: [batch, num_labels]; token heads: [batch, seq, num_labels].
+    ``loss`` is the mean over the labelled targets (see ``lmzoo.nn.loss``).
     """
 
     loss: torch.Tensor | None = None
@@ -24,5 +30,4 @@ class ModelOutput:
     mlm_loss: torch.Tensor | None = None
     nsp_loss: torch.Tensor | None = None
     encoder_last_hidden_state: torch.Tensor | None = None
-    cache: Any = None
     mems: list[torch.Tensor] | None = None  # XLNet: per-layer memory for the next segment

@@ -184,20 +184,21 @@ class BartForConditionalGeneration(EncoderDecoderLM, BartPreTrainedModel):
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     """HF BartConfig dict → ModelConfig."""
-    for enc, dec in (("encoder_attention_heads", "decoder_attention_heads"), ("encoder_ffn_dim", "decoder_ffn_dim")):
-        if hf.get(enc, 16) != hf.get(dec, 16):
-            raise UserError(f"unsupported BART config: {enc} != {dec}")
     if hf.get("normalize_before") or hf.get("add_final_layer_norm"):
         raise UserError("unsupported BART variant (pre-norm / final layer norm: mBART)")
     kept = ("forced_bos_token_id", "forced_eos_token_id", "activation_dropout", "init_std")
+    heads, ffn = hf.get("encoder_attention_heads", 16), hf.get("encoder_ffn_dim", 4096)
+    decoder_heads, decoder_ffn = hf.get("decoder_attention_heads", 16), hf.get("decoder_ffn_dim", 4096)
     return ModelConfig(
         family="bart",
         vocab_size=hf["vocab_size"],
         d_model=hf.get("d_model", 1024),
         n_layers=hf.get("encoder_layers", 12),
         n_decoder_layers=hf.get("decoder_layers", 12),
-        n_heads=hf.get("encoder_attention_heads", 16),
-        d_ff=hf.get("encoder_ffn_dim", 4096),
+        n_heads=heads,
+        n_decoder_heads=0 if decoder_heads == heads else decoder_heads,
+        d_ff=ffn,
+        d_decoder_ff=0 if decoder_ffn == ffn else decoder_ffn,
         max_positions=hf.get("max_position_embeddings", 1024),
         position_offset=2,
         norm_eps=1e-5,
@@ -223,9 +224,9 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "encoder_layers": config.n_layers,
         "decoder_layers": config.n_decoder_layers,
         "encoder_attention_heads": config.n_heads,
-        "decoder_attention_heads": config.n_heads,
+        "decoder_attention_heads": config.n_decoder_heads or config.n_heads,
         "encoder_ffn_dim": config.d_ff,
-        "decoder_ffn_dim": config.d_ff,
+        "decoder_ffn_dim": config.d_decoder_ff or config.d_ff,
         "max_position_embeddings": config.max_positions,
         "scale_embedding": config.embedding_scale,
         "activation_function": activation_to_hf(config.activation),

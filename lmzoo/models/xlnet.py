@@ -32,7 +32,6 @@ from lmzoo.nn.ffn import FeedForward
 from lmzoo.nn.norm import make_norm
 from lmzoo.nn.heads import decode_logits
 from lmzoo.nn.loss import masked_lm_loss, sequence_classification_loss
-from lmzoo.nn.loss import linear_cross_entropy
 from lmzoo.outputs import ModelOutput
 
 
@@ -316,13 +315,15 @@ class XLNetModel(XLNetPreTrainedModel):
     hf_architecture = "XLNetModel"
     prefix_in_heads = "transformer"
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, *, init: bool = True) -> None:
+        """``init=False``: a head model builds this body and initialises everything once itself."""
         super().__init__(config)
         self.embed = Embeddings(config)  # token embedding + dropout (positions are relative)
         self.mask_emb = nn.Parameter(torch.empty(1, 1, config.d_model))
         self.layers = nn.ModuleList(XLNetLayer(config) for _ in range(config.n_layers))
         self.dropout = Dropout(config.dropout)
-        self.init_weights()
+        if init:
+            self.init_weights()
 
     @classmethod
     def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
@@ -444,7 +445,7 @@ class XLNetLMHeadModel(XLNetPreTrainedModel):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        self.transformer = XLNetModel(config)
+        self.transformer = XLNetModel(config, init=False)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size)
         self.init_weights()
         self.lm_head.weight = self.transformer.embed.tokens.weight
@@ -469,16 +470,7 @@ class XLNetLMHeadModel(XLNetPreTrainedModel):
     ) -> ModelOutput:
         out = self.transformer(input_ids, attention_mask, token_type_ids, perm_mask, target_mapping, mems, use_mems)
         hidden = out.last_hidden_state
-        if labels is None:
-            return ModelOutput(logits=self.lm_head(hidden), last_hidden_state=hidden, mems=out.mems)
-        selected = labels != -100
-        rows = hidden[selected]  # the vocabulary projection only where it is needed
-        if self.training and torch.is_grad_enabled() and rows.shape[0]:
-            # training: fused chunked head + loss, the [N, V] logits are never stored (logits=None)
-            loss = linear_cross_entropy(rows, self.lm_head.weight, labels[selected], self.lm_head.bias)
-            return ModelOutput(loss=loss, logits=None, last_hidden_state=hidden, mems=out.mems)
-        logits = self.lm_head(rows)  # (N, V)
-        loss = F.cross_entropy(logits.float(), labels[selected]) if logits.shape[0] else logits.sum() * 0.0
+        logits, loss = masked_lm_loss(hidden, labels, head=self.lm_head, fused=self.training and torch.is_grad_enabled())
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden, mems=out.mems)
 
     # --- generation protocol (lmzoo.generate) ---
@@ -552,7 +544,7 @@ class XLNetForSequenceClassification(XLNetPreTrainedModel):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        self.transformer = XLNetModel(config)
+        self.transformer = XLNetModel(config, init=False)
         self.summary_type = config.summary_type
         self.summary_activation = config.summary_activation
         self.sequence_summary = nn.Linear(config.d_model, config.d_model) if config.summary_use_proj else None
