@@ -98,7 +98,7 @@ def main() -> None:
 
     train_config = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                                warmup_steps=min(200, args.max_steps // 10),
-                               save_every=max(1, args.max_steps // max(1, args.evals)))
+                               eval_every=max(1, args.max_steps // max(1, args.evals)))
     # No "translate English to German: " prefix: it names the task for a pretrained T5; from scratch it only costs time.
     options = Seq2SeqOptions(label_smoothing=args.label_smoothing, max_source_length=256, max_target_length=96)
     result, best = finetune_seq2seq(model=str(model_dir), train_path=str(data / "train.jsonl"),

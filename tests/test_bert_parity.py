@@ -1,4 +1,5 @@
-"""BERT / RoBERTa parity with transformers through the production loader, both directions."""
+"""BERT / RoBERTa beyond the shared parity harness (tests/test_parity.py): a real checkpoint, lmzoo
+presets through transformers and back, prefixed / bare / pytorch_model.bin folders, bad folders."""
 
 from __future__ import annotations
 
@@ -9,111 +10,17 @@ import torch
 import transformers
 
 import lmzoo
+from conftest import assert_close, hf_model, padded_batch, tiny_config
 from lmzoo.errors import UserError
 from lmzoo.hf import load_pretrained, read_state_dict
 
-ATOL = 1e-5
 
-
-def tiny_bert_config(**kw):
-    return transformers.BertConfig(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                   intermediate_size=37, max_position_embeddings=64, **kw)
-
-
-def tiny_roberta_config(**kw):
-    return transformers.RobertaConfig(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                      intermediate_size=37, max_position_embeddings=66, **kw)
-
-
-def batch(pad_id: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 101, (3, 11), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 7:] = 0
-    mask[2, 3:] = 0
-    ids[mask == 0] = pad_id
+def batch(pad_id: int):
+    """Right-padded ids and mask, two segments."""
+    ids, mask = padded_batch((11, 7, 3), high=101, low=5, pad_id=pad_id)
     types = torch.zeros_like(ids)
     types[:, 5:] = 1
     return ids, mask, types
-
-
-def hf_model(cls, config, tmp_path):
-    torch.manual_seed(0)
-    model = cls(config).eval()
-    # Random non-trivial biases and norms, so a wrongly mapped one cannot hide behind zeros/ones.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(tmp_path)
-    return model
-
-
-def assert_close(a, b, mask=None):
-    if mask is not None:
-        a, b = a[mask.bool()], b[mask.bool()]
-    assert torch.allclose(a, b, atol=ATOL), (a - b).abs().max().item()
-
-
-def test_bert_for_pretraining_parity(tmp_path):
-    hf = hf_model(transformers.BertForPreTraining, tiny_bert_config(), tmp_path)
-    ours = lmzoo.from_pretrained(tmp_path)
-    assert type(ours).__name__ == "BertForPreTraining"
-    ids, mask, types = batch(0)
-    with torch.no_grad():
-        ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
-        out = ours(input_ids=ids, attention_mask=mask, token_type_ids=types)
-    assert_close(out.last_hidden_state, ref.hidden_states[-1])
-    assert_close(out.logits, ref.prediction_logits)
-    assert_close(out.nsp_logits, ref.seq_relationship_logits)
-
-
-def test_bert_losses_match_hf(tmp_path):
-    hf = hf_model(transformers.BertForPreTraining, tiny_bert_config(), tmp_path)
-    ours = lmzoo.from_pretrained(tmp_path)
-    ids, mask, types = batch(0)
-    labels = torch.full_like(ids, -100)
-    labels[0, 2], labels[1, 4], labels[2, 1] = 7, 9, 11
-    nsp = torch.tensor([0, 1, 0])
-    with torch.no_grad():
-        ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels, next_sentence_label=nsp)
-        out = ours(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels, nsp_labels=nsp)
-    assert torch.allclose(out.loss, ref.loss, atol=ATOL)
-    # logits only at the three labelled positions, in row-major order
-    assert out.logits.shape == (3, 101)
-    assert_close(out.logits, ref.prediction_logits[labels != -100])
-
-
-@pytest.mark.parametrize("hf_cls", [transformers.BertModel, transformers.BertForMaskedLM])
-def test_bert_heads_parity(tmp_path, hf_cls):
-    hf = hf_model(hf_cls, tiny_bert_config(), tmp_path)
-    ours = lmzoo.from_pretrained(tmp_path)
-    assert type(ours).__name__ == hf_cls.__name__
-    ids, mask, types = batch(0)
-    with torch.no_grad():
-        ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, output_hidden_states=True)
-        out = ours(input_ids=ids, attention_mask=mask, token_type_ids=types)
-    assert_close(out.last_hidden_state, ref.hidden_states[-1])
-    if hf_cls is transformers.BertModel:
-        assert_close(out.pooler_output, ref.pooler_output)
-    else:
-        assert_close(out.logits, ref.logits)
-
-
-@pytest.mark.parametrize("hf_cls", [transformers.RobertaModel, transformers.RobertaForMaskedLM])
-def test_roberta_parity(tmp_path, hf_cls):
-    hf = hf_model(hf_cls, tiny_roberta_config(), tmp_path)
-    ours = lmzoo.from_pretrained(tmp_path)
-    assert type(ours).__name__ == hf_cls.__name__
-    assert ours.config.max_positions == 64 and ours.config.position_offset == 2
-    ids, mask, _ = batch(pad_id=1)
-    with torch.no_grad():
-        ref = hf(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        out = ours(input_ids=ids, attention_mask=mask)
-    # padded positions included: RoBERTa's padding-aware position ids are reproduced exactly
-    assert_close(out.last_hidden_state, ref.hidden_states[-1])
-    if hf_cls is transformers.RobertaForMaskedLM:
-        assert_close(out.logits, ref.logits)
 
 
 def test_real_minilm_checkpoint_matches_transformers():
@@ -168,7 +75,7 @@ def test_round_trip_save_load_in_transformers(tmp_path, arch, auto):
 
 
 def test_loads_with_or_without_prefix_and_from_pytorch_bin(tmp_path):
-    hf = hf_model(transformers.BertForPreTraining, tiny_bert_config(), tmp_path / "pre")
+    hf = hf_model(transformers.BertForPreTraining, tiny_config("bert"), tmp_path / "pre")
     ids, mask, types = batch(0)
     # BertModel weights saved without the "bert." prefix load into the bare model and the head model's body
     hf.bert.save_pretrained(tmp_path / "bare")
@@ -190,7 +97,7 @@ def test_loads_with_or_without_prefix_and_from_pytorch_bin(tmp_path):
 
 
 def test_bad_checkpoints_give_one_line_errors(tmp_path):
-    hf_model(transformers.BertForMaskedLM, tiny_bert_config(), tmp_path / "ok")
+    hf_model(transformers.BertForMaskedLM, tiny_config("bert"), tmp_path / "ok")
     config = json.loads((tmp_path / "ok" / "config.json").read_text())
     weights = (tmp_path / "ok" / "model.safetensors").read_bytes()
 

@@ -1,74 +1,16 @@
-"""GPT-2 parity with transformers through the production loader (both directions), presets, masks."""
+"""GPT-2 beyond the shared parity harness (tests/test_parity.py): an lmzoo preset through
+transformers (Conv1D layout, tied head), presets, document masks."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 import transformers
 
 import lmzoo
+from conftest import assert_close, padded_batch
 from lmzoo.hf import read_state_dict
-from lmzoo.presets import preset_config
 from lmzoo.models.gpt2 import GPT2LMHeadModel, document_mask, document_positions
-
-ATOL = 1e-5
-
-
-def tiny_config(**kw):
-    return transformers.GPT2Config(vocab_size=101, n_embd=32, n_layer=2, n_head=4, n_inner=37, n_positions=40,
-                                   bos_token_id=100, eos_token_id=100, **kw)
-
-
-def hf_model(cls, config, folder):
-    torch.manual_seed(0)
-    model = cls(config).eval()
-    with torch.no_grad():  # non-trivial biases and norms: a wrongly mapped one cannot hide behind zeros/ones
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or ".ln_" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(folder)
-    return model
-
-
-def left_padded_batch():
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 100, (3, 9), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, :3] = 0
-    mask[2, :6] = 0
-    ids[mask == 0] = 100
-    positions = (mask.cumsum(1) - 1).clamp(min=0)
-    return ids, mask, positions
-
-
-@pytest.mark.parametrize("hf_cls", [transformers.GPT2LMHeadModel, transformers.GPT2Model])
-def test_parity_with_left_padded_batch(tmp_path, hf_cls):
-    hf = hf_model(hf_cls, tiny_config(), tmp_path)
-    ours = lmzoo.from_pretrained(tmp_path)
-    assert type(ours).__name__ == hf_cls.__name__
-    ids, mask, positions = left_padded_batch()
-    with torch.no_grad():
-        ref = hf(input_ids=ids, attention_mask=mask, position_ids=positions, output_hidden_states=True)
-        out = ours(input_ids=ids, attention_mask=mask, position_ids=positions)
-        plain_ref = hf(input_ids=ids, output_hidden_states=True)
-        plain = ours(input_ids=ids)
-    real = mask.bool()
-    assert torch.allclose(out.last_hidden_state[real], ref.hidden_states[-1][real], atol=ATOL)
-    assert torch.allclose(plain.last_hidden_state, plain_ref.hidden_states[-1], atol=ATOL)
-    if hf_cls is transformers.GPT2LMHeadModel:
-        assert torch.allclose(out.logits[real], ref.logits[real], atol=ATOL)
-        assert torch.allclose(plain.logits, plain_ref.logits, atol=ATOL)
-
-
-def test_loss_matches_hf(tmp_path):
-    hf = hf_model(transformers.GPT2LMHeadModel, tiny_config(), tmp_path)
-    ours = lmzoo.from_pretrained(tmp_path)
-    ids, _, _ = left_padded_batch()
-    labels = ids.clone()
-    labels[0, 4] = -100
-    with torch.no_grad():
-        assert torch.allclose(ours(input_ids=ids, labels=labels).loss, hf(input_ids=ids, labels=labels).loss,
-                              atol=ATOL)
+from lmzoo.presets import preset_config
 
 
 def test_round_trip_to_transformers(tmp_path):
@@ -84,13 +26,13 @@ def test_round_trip_to_transformers(tmp_path):
     assert "lm_head.weight" not in state  # tied
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     again = lmzoo.from_pretrained(tmp_path)
-    ids, mask, positions = left_padded_batch()
+    ids, mask = padded_batch((9, 6, 3), high=100, low=0, pad_id=100, seed=1, left=True)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask, position_ids=positions).logits
         out = ours(input_ids=ids, attention_mask=mask, position_ids=positions).logits
         out2 = again(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-    real = mask.bool()
-    assert torch.allclose(out[real], ref[real], atol=ATOL)
+    assert_close(out, ref, mask)
     assert torch.equal(out, out2)
 
 
@@ -124,5 +66,5 @@ def test_documents_are_independent():
     with torch.no_grad():
         both = model(input_ids=packed, document_ids=docs).logits
         alone_a, alone_b = model(input_ids=a).logits, model(input_ids=b).logits
-    assert torch.allclose(both[:, :7], alone_a, atol=ATOL)
-    assert torch.allclose(both[:, 7:], alone_b, atol=ATOL)
+    assert_close(both[:, :7], alone_a)
+    assert_close(both[:, 7:], alone_b)

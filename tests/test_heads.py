@@ -1,90 +1,18 @@
-"""Sequence / token classification heads of BERT and RoBERTa: parity with transformers through the
-production loader (logits and every loss kind), round trip both ways with label maps, and the
-shared pooling pieces other families plug in."""
+"""Sequence / token classification heads of BERT and RoBERTa beyond the shared parity harness
+(tests/test_parity.py): every loss kind against transformers, bodies and heads loaded across
+classes, and the shared pooling pieces other families plug in."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
 import transformers
 
 import lmzoo
+from conftest import LABEL2ID, LABELS, assert_close, hf_model, padded_batch, tiny_config
 from lmzoo.models.bert import BertForSequenceClassification, BertModel
-from lmzoo.nn.heads import last_token, last_token_of, sequence_classification_loss
-
-ATOL = 1e-5
-LABELS = {0: "neg", 1: "neu", 2: "pos"}
-
-
-def hf_config(family: str, **kw):
-    common = dict(vocab_size=101, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                  id2label=LABELS, label2id={v: k for k, v in LABELS.items()}, **kw)
-    if family == "bert":
-        return transformers.BertConfig(max_position_embeddings=64, **common)
-    return transformers.RobertaConfig(max_position_embeddings=66, **common)
-
-
-def hf_model(cls, config, folder):
-    torch.manual_seed(0)
-    model = cls(config).eval()
-    with torch.no_grad():  # non-trivial biases and norms: a wrongly mapped one cannot hide behind 0 / 1
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "LayerNorm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(folder)
-    return model
-
-
-def batch(pad_id: int):
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, 101, (3, 11), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, 7:] = 0
-    mask[2, 3:] = 0
-    ids[mask == 0] = pad_id
-    return ids, mask
-
-
-CASES = [
-    ("bert", transformers.BertForSequenceClassification),
-    ("bert", transformers.BertForTokenClassification),
-    ("roberta", transformers.RobertaForSequenceClassification),
-    ("roberta", transformers.RobertaForTokenClassification),
-]
-
-
-@pytest.mark.parametrize("family,hf_cls", CASES, ids=[c.__name__ for _, c in CASES])
-def test_head_parity_and_round_trip(tmp_path, family, hf_cls):
-    hf = hf_model(hf_cls, hf_config(family), tmp_path / "hf")
-    ours = lmzoo.from_pretrained(tmp_path / "hf")
-    assert type(ours).__name__ == hf_cls.__name__
-    assert ours.config.id2label == LABELS
-    ids, mask = batch(0 if family == "bert" else 1)
-    types = torch.zeros_like(ids)
-    types[:, 6:] = 1 if family == "bert" else 0
-    token_level = "Token" in hf_cls.__name__
-    labels = torch.tensor([[0, 2, 1, 0, 2, 1, 1, -100, 0, 2, 1]] * 3) if token_level else torch.tensor([2, 0, 1])
-    if token_level:
-        labels[mask == 0] = -100
-    with torch.no_grad():
-        ref = hf(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
-        out = ours(input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels)
-    keep = mask.bool() if token_level else slice(None)
-    assert torch.allclose(out.logits[keep], ref.logits[keep], atol=ATOL)
-    assert torch.allclose(out.loss, ref.loss, atol=ATOL)
-
-    # ours → HF folder → transformers: same logits, label maps intact
-    ours.save_pretrained(tmp_path / "ours")
-    saved = json.loads((tmp_path / "ours" / "config.json").read_text())
-    assert saved["architectures"] == [hf_cls.__name__]
-    assert saved["label2id"] == {"neg": 0, "neu": 1, "pos": 2}
-    back = hf_cls.from_pretrained(tmp_path / "ours").eval()
-    assert back.config.id2label == LABELS
-    with torch.no_grad():
-        again = back(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
-    assert torch.allclose(again[keep], out.logits[keep], atol=ATOL)
+from lmzoo.nn.heads import last_token, last_token_of
+from lmzoo.nn.loss import sequence_classification_loss
 
 
 @pytest.mark.parametrize("problem", ["multi_label_classification", "regression"])
@@ -92,37 +20,37 @@ def test_head_parity_and_round_trip(tmp_path, family, hf_cls):
 def test_sequence_losses_match_hf(tmp_path, family, problem):
     n = 1 if problem == "regression" else 3
     labels_map = {i: f"L{i}" for i in range(n)}
-    config = hf_config(family, problem_type=problem)
-    config.id2label, config.label2id = labels_map, {v: k for k, v in labels_map.items()}
+    config = tiny_config(family, problem_type=problem, id2label=labels_map,
+                         label2id={v: k for k, v in labels_map.items()})
     hf_cls = getattr(transformers, f"{family.capitalize()}ForSequenceClassification")
     hf = hf_model(hf_cls, config, tmp_path)
     ours = lmzoo.from_pretrained(tmp_path)
     assert ours.config.problem_type == problem and ours.config.num_labels == n
-    ids, mask = batch(0 if family == "bert" else 1)
+    ids, mask = padded_batch((11, 7, 3), high=101, low=5, pad_id=0 if family == "bert" else 1)
     labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.0, 1.0, 1.0]]) if n == 3 else torch.tensor([0.5, -1.0, 2.0])
     with torch.no_grad():
         ref = hf(input_ids=ids, attention_mask=mask, labels=labels)
         out = ours(input_ids=ids, attention_mask=mask, labels=labels)
-    assert torch.allclose(out.logits, ref.logits, atol=ATOL)
-    assert torch.allclose(out.loss, ref.loss, atol=ATOL)
+    assert_close(out.logits, ref.logits)
+    assert_close(out.loss, ref.loss)
 
 
 def test_bare_encoder_folder_loads_into_a_classifier(tmp_path, capsys):
     """A BertModel folder (like the MiniLM checkpoint) gives the body; the head starts random, with a note."""
-    body = hf_model(transformers.BertModel, hf_config("bert"), tmp_path)
+    body = hf_model(transformers.BertModel, tiny_config("bert", id2label=LABELS, label2id=LABEL2ID), tmp_path)
     clf = BertForSequenceClassification.from_pretrained(tmp_path)
     assert "classifier" in capsys.readouterr().err
-    ids, mask = batch(0)
+    ids, mask = padded_batch((11, 7, 3), high=101, low=5, pad_id=0)
     with torch.no_grad():
         ref = body(input_ids=ids, attention_mask=mask)
         out = clf(input_ids=ids, attention_mask=mask)
-    assert torch.allclose(out.pooler_output, ref.pooler_output, atol=ATOL)
+    assert_close(out.pooler_output, ref.pooler_output)
     assert out.logits.shape == (3, 3)
     # and back: the classifier folder loads as a bare BertModel (the head is ignored)
     clf.save_pretrained(tmp_path / "clf")
     bare = BertModel.from_pretrained(tmp_path / "clf")
     with torch.no_grad():
-        assert torch.allclose(bare(input_ids=ids, attention_mask=mask).pooler_output, ref.pooler_output, atol=ATOL)
+        assert_close(bare(input_ids=ids, attention_mask=mask).pooler_output, ref.pooler_output)
 
 
 def test_pooling_helpers_pick_the_right_positions():
@@ -147,8 +75,7 @@ def test_problem_type_guess_follows_hf():
 
 def test_mlm_only_bert_checkpoint_loads_into_a_classifier_with_a_fresh_pooler(tmp_path, capsys):
     """RoBERTa-style MLM pretraining saves no pooler; a classifier starts it from random init, as HF does."""
-    import lmzoo
-    from lmzoo.models.bert import BertForMaskedLM, BertForSequenceClassification
+    from lmzoo.models.bert import BertForMaskedLM
     from lmzoo.presets import preset_config
 
     torch.manual_seed(0)

@@ -121,3 +121,29 @@ def test_lengths_fit_learned_positions(capsys):
     assert "64 positions" in capsys.readouterr().err
     t5 = Seq2SeqOptions(max_source_length=2048)
     assert fit_to_positions(t5, preset_config("t5-tiny")) == t5  # relative positions: no limit
+
+
+def test_reconstruct_fills_sentinels_the_tokenizer_knows_and_writes_other_texts_whole(tmp_path, monkeypatch):
+    """Decided by the text and the tokenizer, not the family: a text with known <extra_id_N> sentinels
+    gets its spans put back in place; a text with <mask> gets the model's whole output."""
+    import lmzoo.tasks.seq2seq as seq2seq
+    from lmzoo.models.t5 import T5ForConditionalGeneration
+
+    (tmp_path / "corpus.txt").write_text("\n\n".join(" ".join(s) for s in sentences(200, 0)))
+    tok = train_tokenizer([str(tmp_path / "corpus.txt")], kind="unigram", vocab_size=120, extra_ids=2)
+    model = T5ForConditionalGeneration(preset_config("t5-tiny", vocab_size=tok.vocab_size, d_model=32, n_heads=2,
+                                                     d_head=16, d_ff=64))
+    eos, pad = model.config.eos_token_id, model.config.pad_token_id
+    answers = {"sentinels": tok.encode("<extra_id_0> apple river<extra_id_1> stone") + [eos, pad],
+               "whole": tok.encode("tiger lemon") + [eos, pad]}
+    prompts = []
+
+    def fake_generate(model, input_ids, attention_mask=None, **options):
+        prompts.append(tok.decode(input_ids[0].tolist(), skip_special_tokens=False))
+        kind = "sentinels" if "<extra_id_0>" in prompts[-1] else "whole"
+        return torch.tensor([answers[kind]] * input_ids.shape[0])
+
+    monkeypatch.setattr(seq2seq, "generate", fake_generate)
+    out = seq2seq.reconstruct_texts(model, tok, ["cloud <extra_id_0> garden <extra_id_1>", "cloud <mask> garden"])
+    assert out == ["cloud apple river garden stone", "tiger lemon"]
+    assert len(prompts) == 2

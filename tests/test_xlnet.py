@@ -1,5 +1,6 @@
-"""XLNet parity with transformers through the production loader (both directions), memory,
-generation, and bad input."""
+"""XLNet beyond the shared parity harness (tests/test_parity.py): perm_mask / target_mapping,
+bi_data and clamp_len, memory across segments, loss kinds, lmzoo presets through transformers,
+two-stream masks, generation, bad input."""
 
 from __future__ import annotations
 
@@ -8,30 +9,13 @@ import torch
 import transformers
 
 import lmzoo
+from conftest import assert_close, hf_model, tiny_config
 from lmzoo.errors import UserError
 from lmzoo.models import xlnet
 from lmzoo.models.xlnet import XLNetLMHeadModel, attention_blocks
 from lmzoo.presets import preset_config
 
-ATOL = 1e-5
-VOCAB = 101
-
-
-def tiny_config(**kw):
-    kw = {"mem_len": None, "pad_token_id": 0, "bos_token_id": None, "eos_token_id": None, **kw}
-    return transformers.XLNetConfig(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_inner=37, **kw)
-
-
-def hf_model(cls, config, tmp_path, seed=0):
-    torch.manual_seed(seed)
-    model = cls(config).eval()
-    # Random non-trivial biases and norms, so a wrongly mapped one cannot hide behind zeros/ones.
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "bias" in name or "layer_norm" in name or "seg_embed" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(tmp_path)
-    return model
+VOCAB = tiny_config("xlnet").vocab_size
 
 
 def plm_batch(batch=3, length=11, n_predict=4, seed=0):
@@ -52,13 +36,8 @@ def plm_batch(batch=3, length=11, n_predict=4, seed=0):
                 attention_mask=mask)
 
 
-def close(a, b):
-    assert a.shape == b.shape, (a.shape, b.shape)
-    assert torch.allclose(a, b, atol=ATOL), (a - b).abs().max().item()
-
-
 def test_lm_head_parity_with_perm_mask_and_target_mapping(tmp_path):
-    hf = hf_model(transformers.XLNetLMHeadModel, tiny_config(), tmp_path)
+    hf = hf_model(transformers.XLNetLMHeadModel, tiny_config("xlnet"), tmp_path)
     ours = lmzoo.from_pretrained(tmp_path)
     assert type(ours) is XLNetLMHeadModel
     batch = plm_batch()
@@ -69,29 +48,25 @@ def test_lm_head_parity_with_perm_mask_and_target_mapping(tmp_path):
         out = ours(**batch)
         ref_loss = hf(**batch, labels=labels, use_mems=False).loss
         ours_loss = ours(**batch, labels=labels)
-    close(out.logits, ref.logits)
-    close(ours_loss.loss, ref_loss)
-    close(ours_loss.logits, ref.logits[labels != -100])  # logits only for the labelled rows
-    # without perm_mask / target_mapping: the content stream at every position
-    plain = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
-    with torch.no_grad():
-        close(ours(**plain).logits, hf(**plain, use_mems=False).logits)
+    assert_close(out.logits, ref.logits)
+    assert_close(ours_loss.loss, ref_loss)
+    assert_close(ours_loss.logits, ref.logits[labels != -100])  # logits only for the labelled rows
 
 
 @pytest.mark.parametrize("options", [{"bi_data": True}, {"clamp_len": 3}])
 def test_bare_model_parity_with_bi_data_and_clamp_len(tmp_path, options):
-    hf = hf_model(transformers.XLNetModel, tiny_config(**options), tmp_path)
+    hf = hf_model(transformers.XLNetModel, tiny_config("xlnet", **options), tmp_path)
     ours = lmzoo.from_pretrained(tmp_path)
     assert type(ours).__name__ == "XLNetModel"
     batch = plm_batch(batch=4)
     with torch.no_grad():
-        close(ours(**batch).last_hidden_state, hf(**batch, use_mems=False).last_hidden_state)
-        close(ours(batch["input_ids"]).last_hidden_state, hf(batch["input_ids"], use_mems=False).last_hidden_state)
+        assert_close(ours(**batch).last_hidden_state, hf(**batch, use_mems=False).last_hidden_state)
+        assert_close(ours(batch["input_ids"]).last_hidden_state, hf(batch["input_ids"], use_mems=False).last_hidden_state)
 
 
 @pytest.mark.parametrize("mem_len,reuse_len", [(None, None), (6, None), (6, 8)])
 def test_mems_across_two_segments(tmp_path, mem_len, reuse_len):
-    hf = hf_model(transformers.XLNetLMHeadModel, tiny_config(mem_len=mem_len, reuse_len=reuse_len), tmp_path)
+    hf = hf_model(transformers.XLNetLMHeadModel, tiny_config("xlnet", mem_len=mem_len, reuse_len=reuse_len), tmp_path)
     ours = lmzoo.from_pretrained(tmp_path)
     first, second = plm_batch(seed=1), plm_batch(seed=2)
     del first["attention_mask"], second["attention_mask"]  # HF's mask ignores memory; keep it simple
@@ -100,34 +75,33 @@ def test_mems_across_two_segments(tmp_path, mem_len, reuse_len):
         out1 = ours(**first, use_mems=True)
         assert len(out1.mems) == 2 and out1.mems[0].shape[1] == (mem_len or reuse_len or 11)
         for ours_mem, ref_mem in zip(out1.mems, ref1.mems):
-            close(ours_mem, ref_mem.transpose(0, 1))
+            assert_close(ours_mem, ref_mem.transpose(0, 1))
         ref2 = hf(**second, mems=ref1.mems, use_mems=True)
         out2 = ours(**second, mems=out1.mems, use_mems=True)
-    close(out2.logits, ref2.logits)
+    assert_close(out2.logits, ref2.logits)
     for ours_mem, ref_mem in zip(out2.mems, ref2.mems):
-        close(ours_mem, ref_mem.transpose(0, 1))
+        assert_close(ours_mem, ref_mem.transpose(0, 1))
     # the memory matters: without it the second segment's logits differ
     with torch.no_grad():
         assert not torch.allclose(ours(**second).logits, out2.logits, atol=1e-3)
 
 
-@pytest.mark.parametrize("problem", ["single_label_classification", "multi_label_classification", "regression"])
-def test_sequence_classification_parity(tmp_path, problem):
+@pytest.mark.parametrize("problem", ["multi_label_classification", "regression"])  # single label: test_parity
+def test_sequence_classification_losses_match_hf(tmp_path, problem):
     n = 1 if problem == "regression" else 3
-    config = tiny_config(num_labels=n, problem_type=problem)
+    config = tiny_config("xlnet", num_labels=n, problem_type=problem)
     hf = hf_model(transformers.XLNetForSequenceClassification, config, tmp_path)
     ours = lmzoo.from_pretrained(tmp_path)
     assert type(ours).__name__ == "XLNetForSequenceClassification"
     batch = plm_batch()
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-    labels = {"single_label_classification": torch.tensor([0, 2, 1]),
-              "multi_label_classification": torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 0]]),
+    labels = {"multi_label_classification": torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 0]]),
               "regression": torch.tensor([0.5, -1.0, 2.0])}[problem]
     with torch.no_grad():
         ref = hf(**inputs, labels=labels, use_mems=False)
         out = ours(**inputs, labels=labels)
-    close(out.logits, ref.logits)
-    close(out.loss, ref.loss)
+    assert_close(out.logits, ref.logits)
+    assert_close(out.loss, ref.loss)
 
 
 @pytest.mark.parametrize("cls", ["XLNetLMHeadModel", "XLNetForSequenceClassification"])
@@ -146,11 +120,11 @@ def test_round_trip_through_transformers(tmp_path, cls):
     if cls == "XLNetForSequenceClassification":
         batch = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():
-        close(ours(**batch).logits, hf(**batch, use_mems=False).logits)
+        assert_close(ours(**batch).logits, hf(**batch, use_mems=False).logits)
     again = lmzoo.from_pretrained(tmp_path)
     assert again.config == ours.config
     with torch.no_grad():
-        close(again(**batch).logits, ours(**batch).logits)
+        assert_close(again(**batch).logits, ours(**batch).logits)
 
 
 def test_masks_content_sees_itself_query_does_not():
@@ -179,7 +153,7 @@ def test_too_long_without_memory_is_a_user_error():
 
 def test_generation_matches_transformers_greedy(tmp_path):
     for mem_len in (None, 9):  # 9 < prompt + new tokens: the memory window slides
-        config = tiny_config(mem_len=mem_len, initializer_range=0.3)
+        config = tiny_config("xlnet", mem_len=mem_len, initializer_range=0.3)
         hf = hf_model(transformers.XLNetLMHeadModel, config, tmp_path, seed=1)
         ours = lmzoo.from_pretrained(tmp_path)
         prompt = torch.randint(6, VOCAB, (2, 7), generator=torch.Generator().manual_seed(3))
@@ -189,7 +163,7 @@ def test_generation_matches_transformers_greedy(tmp_path):
         tokens, new = prompt, prompt
         for step in range(12):
             logits = ours.generation_step(new, state)
-            close(logits, ref.scores[step])
+            assert_close(logits, ref.scores[step])
             new = logits.argmax(-1, keepdim=True)
             tokens = torch.cat([tokens, new], 1)
         assert torch.equal(tokens, ref.sequences)
@@ -209,7 +183,7 @@ def test_generation_with_left_padding_equals_unpadded():
         for tok in (7, 8, 9):
             logits.append(model.generation_step(torch.tensor([[tok]]), state))
         outs.append(torch.stack(logits))
-    close(outs[0], outs[1])
+    assert_close(outs[0], outs[1])
 
 
 def test_generation_state_reorder():
@@ -223,13 +197,13 @@ def test_generation_state_reorder():
     logits = model.generation_step(nxt, state)
     fresh = model.prepare_generation(prompt[[2, 2, 0]], None, 3)
     model.generation_step(prompt[[2, 2, 0]], fresh)
-    close(logits, model.generation_step(nxt, fresh))
+    assert_close(logits, model.generation_step(nxt, fresh))
 
 
 def test_shared_generate_module_equals_transformers_greedy(tmp_path):
     from lmzoo.generate import generate
 
-    config = tiny_config(initializer_range=0.3)
+    config = tiny_config("xlnet", initializer_range=0.3)
     hf = hf_model(transformers.XLNetLMHeadModel, config, tmp_path, seed=1)
     ours = lmzoo.from_pretrained(tmp_path)
     prompt = torch.randint(6, VOCAB, (2, 7), generator=torch.Generator().manual_seed(4))
@@ -242,7 +216,7 @@ def test_shared_generate_module_equals_transformers_greedy(tmp_path):
 def test_training_loss_fused_with_the_head_equals_transformers_loss_and_gradients(tmp_path):
     """In training mode the LM head is fused with the loss (no logits); loss and gradients (head
     weight, its bias) equal transformers' on the same weights and PLM batch."""
-    hf = hf_model(transformers.XLNetLMHeadModel, tiny_config(dropout=0.0), tmp_path)
+    hf = hf_model(transformers.XLNetLMHeadModel, tiny_config("xlnet", dropout=0.0), tmp_path)
     ours = lmzoo.from_pretrained(tmp_path)
     inputs = plm_batch()
     labels = torch.randint(6, VOCAB, (3, 4), generator=torch.Generator().manual_seed(1))
@@ -251,8 +225,8 @@ def test_training_loss_fused_with_the_head_equals_transformers_loss_and_gradient
     ref = hf(**inputs, labels=labels, use_mems=False)
     out = ours(**inputs, labels=labels)
     assert out.logits is None  # the fused path
-    close(out.loss, ref.loss)
+    assert_close(out.loss, ref.loss)
     ref.loss.backward()
     out.loss.backward()
-    close(ours.lm_head.weight.grad, hf.lm_loss.weight.grad)
-    close(ours.lm_head.bias.grad, hf.lm_loss.bias.grad)
+    assert_close(ours.lm_head.weight.grad, hf.lm_loss.weight.grad)
+    assert_close(ours.lm_head.bias.grad, hf.lm_loss.bias.grad)

@@ -13,7 +13,6 @@ from torch import nn
 from lmzoo.config import ModelConfig
 from lmzoo.nn.dropout import Dropout
 from lmzoo.nn.linear import linear
-from lmzoo.nn.loss import PROBLEM_TYPES, sequence_classification_loss  # noqa: F401  (re-exported)
 
 
 

@@ -2,28 +2,29 @@
 single texts (``classify``) and text pairs (``pair``) — multi-class, multi-label or regression —
 and token classification (``ner``, see :mod:`lmzoo.tasks.ner`).
 
-``finetune`` trains with :func:`lmzoo.train.train`; at every checkpoint (every ``eval_every`` steps)
-it scores the eval file with the task metric, keeps the best model in ``OUT/best`` (with its
-tokenizer, metrics, per-label report and confusion matrix) and stops early after ``patience``
-evaluations without improvement. ``evaluate_model`` and ``predict_examples`` use a trained folder.
+``finetune`` trains with :func:`lmzoo.train.train` and hands it a :class:`lmzoo.train.Selection`:
+at every evaluation (every ``eval_every`` steps and at the end) the loop scores the eval file with
+the task metric, keeps the best model in ``OUT/best`` (with its tokenizer, metrics, per-label report
+and confusion matrix) and stops early after ``patience`` evaluations without improvement.
+``evaluate_model`` and ``predict_examples`` use a trained folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from lmzoo.errors import UserError
 from lmzoo.io import atomic_write_json, atomic_write_text
-from lmzoo.nn.heads import PROBLEM_TYPES
+from lmzoo.nn.loss import PROBLEM_TYPES
+from lmzoo.options import option
 from lmzoo.tasks import ner
 from lmzoo.tasks.data import (
     PaddingCollator,
@@ -42,6 +43,9 @@ from lmzoo.tasks.metrics import (
     write_confusion_matrix,
 )
 
+if TYPE_CHECKING:
+    from lmzoo.train.loop import Selection
+
 TASKS = ("classify", "pair", "ner")
 TASK_FILE = "lmzoo_task.json"  # the data options a trained folder was fine-tuned with
 LOWER_IS_BETTER = ("mse", "mae", "loss")
@@ -57,16 +61,20 @@ class TaskOptions:
     text, text_pair, label; ner JSONL: tokens, tags); ``problem_type`` defaults to multi-label when
     the labels are lists, single-label otherwise (regression must be asked for)."""
 
-    task: str
-    text_column: str | None = None
-    text_pair_column: str | None = None
-    label_column: str | None = None
-    problem_type: str | None = None
-    label_separator: str | None = None
-    max_length: int | None = None  # tokens per example, specials included (None: 128 or the model's limit)
-    metric: str | None = None  # picks the best checkpoint; default by problem type (macro_f1, f1, mse ...)
-    patience: int = 0  # evaluations without improvement before stopping (0: never stop early)
-    threshold: float = 0.5  # multi-label: a label is predicted when its probability exceeds this
+    task: str = field(metadata={"cli": False})  # --task also names seq2seq: the CLI declares it
+    text_column: str | None = option(None, "text column (default text; ner JSONL: tokens)")
+    text_pair_column: str | None = option(None, "second text column for --task pair (default text_pair)")
+    label_column: str | None = option(None, "label column (default label; ner JSONL: tags)")
+    problem_type: str | None = option(None, "default: multi-label when labels are lists",
+                                      choices=list(PROBLEM_TYPES))
+    label_separator: str | None = option(None, "multi-label CSV/TSV: labels joined by this, e.g. '|'")
+    max_length: int | None = option(None, "tokens per example, special tokens included (default 128, or the "
+                                          "model's limit)")
+    metric: str | None = option(None, "picks the best model; default by problem type (macro_f1, micro_f1, mse; "
+                                      "ner f1)", choices=list(METRICS))
+    patience: int = option(0, "stop after N evaluations without improvement (0: never)")
+    threshold: float = option(0.5, "multi-label: a label is predicted when its probability exceeds this",
+                              cli=False)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -339,15 +347,11 @@ def evaluate_model(folder: str | Path, data_path: str | Path, *, options: TaskOp
 # --- fine-tuning --------------------------------------------------------------------------------
 
 
-class _EarlyStop(Exception):
-    pass
-
-
 @dataclass
 class FinetuneResult:
     step: int
     train_loss: float
-    best: dict[str, Any]  # scalar metrics of the best checkpoint, with its "step" (empty without eval data)
+    best: dict[str, Any]  # scalar metrics of the best evaluation, with its "step" (empty without eval data)
     stopped_early: bool
     out_dir: Path
 
@@ -357,11 +361,33 @@ def finetune(*, model: str | Path, train_path: str | Path, eval_path: str | Path
              progress: bool = True) -> FinetuneResult:
     """Fine-tune a model folder on a labelled file through the one training loop (see module doc)."""
     from lmzoo.tokenizer import Tokenizer
-    from lmzoo.train.distributed import full_model
-    from lmzoo.train.loop import read_metrics, train, write_loss_curve
+    from lmzoo.train.distributed import is_main_process
+    from lmzoo.train.loop import train
 
     out = Path(out)
     tokenizer = Tokenizer.load(model)
+    options, problem, id2label, train_examples, eval_examples = read_labelled(train_path, eval_path, options)
+    net = load_for_finetuning(model, options.task, id2label, problem)
+    if options.max_length is not None and options.max_length > net.config.max_positions:
+        raise UserError(f"--max-length {options.max_length} exceeds the model's {net.config.max_positions} positions")
+    options = dataclasses.replace(options, max_length=max_length(options, net.config))
+    train_data = make_dataset(train_examples, tokenizer, net.config, options)
+    eval_data = make_dataset(eval_examples, tokenizer, net.config, options) if eval_examples else None
+    metric = options.metric or DEFAULT_METRIC["ner" if options.task == "ner" else problem]
+    select = task_selection(tokenizer, eval_examples, options, metric) if eval_examples else None
+    result = train(net, train_data, make_collator(tokenizer, net, options), out_dir=out, config=train_config,
+                   eval_data=eval_data, metrics_fn=loop_metrics, select=select, resume=resume,
+                   overwrite=overwrite, progress=progress)
+    if is_main_process():
+        save_task_files(out, tokenizer, options)
+    return FinetuneResult(step=result.step, train_loss=result.train_loss, best=result.best,
+                          stopped_early=result.stopped_early, out_dir=out)
+
+
+def read_labelled(train_path: str | Path, eval_path: str | Path | None, options: TaskOptions
+                  ) -> tuple[TaskOptions, str, dict[int, str], list[Any], list[Any]]:
+    """(options with the problem type filled in, problem type, id2label, train examples, eval
+    examples) of the labelled files; labels of the eval file must occur in the training file."""
     train_examples = read_examples(train_path, options)
     problem = infer_problem_type(options, train_examples)
     if options.task != "ner":  # saved with the model, so evaluate / predict read labels the same way
@@ -375,80 +401,30 @@ def finetune(*, model: str | Path, train_path: str | Path, eval_path: str | Path
     eval_examples = read_examples(eval_path, options) if eval_path else []
     if eval_examples and problem != "regression":
         check_labels(labels_of(eval_examples), {v: k for k, v in id2label.items()}, eval_path)
-    metric = options.metric or DEFAULT_METRIC["ner" if options.task == "ner" else problem]
-
-    net = load_for_finetuning(model, options.task, id2label, problem)
-    if options.max_length is not None and options.max_length > net.config.max_positions:
-        raise UserError(f"--max-length {options.max_length} exceeds the model's {net.config.max_positions} positions")
-    options = dataclasses.replace(options, max_length=max_length(options, net.config))
-    train_data = make_dataset(train_examples, tokenizer, net.config, options)
-    eval_data = make_dataset(eval_examples, tokenizer, net.config, options) if eval_examples else None
-    collate = make_collator(tokenizer, net, options)
-    if eval_examples and train_config.eval_every:  # a checkpoint at every evaluation, scored below
-        train_config = dataclasses.replace(train_config, save_every=train_config.eval_every)
-
-    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    best_file = out / "best" / "eval_metrics.json"
-    best: dict[str, Any] = {}
-    if resume and best_file.is_file():
-        best = summary(json.loads(best_file.read_text()))
-    stale = 0
-    is_main = _rank() == 0
-
-    def save_task_folder(folder: Path) -> None:
-        tokenizer.save(folder)
-        atomic_write_json(folder / TASK_FILE, options.to_json())
-
-    def score_and_keep_best(step: int, path: Path) -> None:
-        # Every rank scores (the same weights, the same data), so every rank takes the same early-stop decision.
-        nonlocal best, stale
-        if not eval_examples:
-            return
-        model = full_model(net, path)  # under FSDP2 a plain copy: the sharded net cannot be saved as is
-        metrics = score(eval_examples, predict_examples(model, tokenizer, eval_examples, options), net.config, options)
-        if metric not in metrics:
-            raise UserError(f"--metric {metric} is not computed for this task (choose from "
-                            f"{', '.join(summary(metrics))})")
-        value = float(metrics[metric])
-        if is_main:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, **{f"eval_{k}": v for k, v in summary(metrics).items()}}) + "\n")
-            print(f"step {step}: {metric} {value:.4f}", file=sys.stderr)
-        if not best or sign * value > sign * best[metric]:
-            best, stale = {**summary(metrics), "step": step}, 0
-            if is_main:
-                model.save_pretrained(out / "best")
-                save_task_folder(out / "best")
-                write_reports({**metrics, "step": step}, net.config, out / "best")
-        else:
-            stale += 1
-            if options.patience and stale >= options.patience:
-                raise _EarlyStop(step)
-
-    stopped_early = False
-    try:
-        result = train(net, train_data, collate, out_dir=out, config=train_config, eval_data=eval_data,
-                       metrics_fn=loop_metrics, resume=resume, overwrite=overwrite,
-                       on_checkpoint=score_and_keep_best, progress=progress)
-        step, train_loss = result.step, result.train_loss
-    except _EarlyStop as stop:
-        stopped_early, step = True, stop.args[0]
-        losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r and r["step"] <= step]
-        train_loss = losses[-1] if losses else math.nan
-        if is_main:
-            net.save_pretrained(out)
-            write_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
-            print(f"early stop at step {step}: no {metric} improvement in {options.patience} evaluations",
-                  file=sys.stderr)
-    if is_main:
-        save_task_folder(out)
-    return FinetuneResult(step=step, train_loss=train_loss, best=best, stopped_early=stopped_early, out_dir=out)
+    return options, problem, id2label, train_examples, eval_examples
 
 
-def _rank() -> int:
-    import os
+def task_selection(tokenizer: Any, examples: Sequence[Any], options: TaskOptions, metric: str) -> Selection:
+    """The loop's :class:`lmzoo.train.Selection` for a task: score ``examples`` with the task metrics;
+    the best folder holds the model, its tokenizer and task options, the metrics and the reports."""
+    from lmzoo.train.loop import Selection
 
-    return int(os.environ.get("RANK", "0"))
+    def score_model(model: Any) -> dict[str, Any]:
+        return score(examples, predict_examples(model, tokenizer, examples, options), model.config, options)
+
+    def save_best(model: Any, folder: Path, metrics: dict[str, Any]) -> None:
+        model.save_pretrained(folder)
+        save_task_files(folder, tokenizer, options)
+        write_reports(metrics, model.config, folder)
+
+    return Selection(score=score_model, metric=metric, higher_is_better=metric not in LOWER_IS_BETTER,
+                     patience=options.patience, save_best=save_best)
+
+
+def save_task_files(folder: Path, tokenizer: Any, options: TaskOptions) -> None:
+    """The tokenizer and the task options (``lmzoo_task.json``) next to a model."""
+    tokenizer.save(folder)
+    atomic_write_json(folder / TASK_FILE, options.to_json())
 
 
 def read_prediction_input(source: str, options: TaskOptions) -> list[Any]:

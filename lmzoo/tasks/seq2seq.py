@@ -2,7 +2,8 @@
 
 (source, target) pairs come from JSONL / TSV / CSV with named columns; teacher forcing through the
 model's ``labels``; evaluation with BLEU and chrF (sacrebleu) and ROUGE-L (rouge-score) on generated
-text; the best checkpoint by the chosen metric is kept in ``<out>/best``.
+text; the training loop keeps the best model by the chosen metric in ``<out>/best``
+(:class:`lmzoo.train.Selection`).
 """
 
 from __future__ import annotations
@@ -10,20 +11,26 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from lmzoo.errors import UserError
+from lmzoo.generate import generate
+from lmzoo.io import atomic_write_json
+from lmzoo.options import option
+
+if TYPE_CHECKING:
+    from lmzoo.train.loop import Selection
 
 IGNORE_INDEX = -100
 METRICS = ("bleu", "chrf", "rougeL")
+SENTINEL = re.compile(r"<extra_id_\d+>")  # span-corruption gaps (a tokenizer may or may not know them)
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -88,10 +95,13 @@ class Seq2SeqDataset:
 
 
 class Seq2SeqCollator:
-    """Pads ``input_ids`` (pad id, with ``attention_mask``) and ``labels`` (-100)."""
+    """Pads ``input_ids`` (pad id, with ``attention_mask``) and ``labels`` (-100). A ``label_smoothing``
+    above 0 travels in the batch: the loop passes batches to ``model(**batch)`` as they are, so every
+    forward (training steps, and the eval loss alike) smooths its targets."""
 
-    def __init__(self, pad_id: int) -> None:
+    def __init__(self, pad_id: int, *, label_smoothing: float = 0.0) -> None:
         self.pad_id = pad_id
+        self.label_smoothing = label_smoothing
 
     def __call__(self, examples: list[dict[str, Any]], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         n_in = max(len(e["input_ids"]) for e in examples)
@@ -103,42 +113,13 @@ class Seq2SeqCollator:
             input_ids[row, :len(e["input_ids"])] = torch.as_tensor(e["input_ids"])
             attention_mask[row, :len(e["input_ids"])] = 1
             labels[row, :len(e["labels"])] = torch.as_tensor(e["labels"])
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if self.label_smoothing:
+            batch["label_smoothing"] = self.label_smoothing
+        return batch
 
 
 # --- generation and metrics ---------------------------------------------------------------------
-
-
-@torch.no_grad()
-def greedy_decode(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                  max_new_tokens: int) -> torch.Tensor:
-    """Greedy decoding over the model's generation protocol (used when lmzoo.generate is absent)."""
-    config = model.config
-    state = model.prepare_generation(input_ids, attention_mask, max_new_tokens)
-    tokens = torch.full((input_ids.shape[0], 1), config.decoder_start_token_id, dtype=torch.long, device=input_ids.device)
-    out, done = [], torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    for _ in range(max_new_tokens):
-        next_ids = model.generation_step(tokens, state).argmax(-1)
-        next_ids = next_ids.masked_fill(done, config.pad_token_id)
-        out.append(next_ids)
-        done |= next_ids == config.eos_token_id
-        if bool(done.all()):
-            break
-        tokens = next_ids[:, None]
-    return torch.stack(out, 1)
-
-
-def generate_ids(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, *,
-                 max_new_tokens: int, num_beams: int = 1) -> torch.Tensor:
-    """New decoder tokens [batch, <= max_new_tokens] (greedy or beam search)."""
-    try:
-        from lmzoo.generate import generate
-    except ImportError:
-        if num_beams > 1:
-            raise UserError("beam search needs lmzoo.generate") from None
-        return greedy_decode(model, input_ids, attention_mask, max_new_tokens)
-    return generate(model, input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-                    num_beams=num_beams)
 
 
 def generate_texts(model: Any, tokenizer: Any, sources: Sequence[str], *, max_new_tokens: int = 64,
@@ -151,8 +132,9 @@ def generate_texts(model: Any, tokenizer: Any, sources: Sequence[str], *, max_ne
         chunk = sources[start:start + batch_size]
         encoded = [tokenizer.build_inputs(ids)[0] for ids in tokenizer.encode_batch([prefix + s for s in chunk])]
         batch = collate([{"input_ids": ids, "labels": [0]} for ids in encoded])
-        ids = generate_ids(model, batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device),
-                           max_new_tokens=max_new_tokens, num_beams=num_beams)
+        ids = generate(model, batch["input_ids"].to(model.device),
+                       attention_mask=batch["attention_mask"].to(model.device), max_new_tokens=max_new_tokens,
+                       num_beams=num_beams)
         for row in ids.tolist():
             if model.config.eos_token_id in row:
                 row = row[:row.index(model.config.eos_token_id)]
@@ -162,22 +144,35 @@ def generate_texts(model: Any, tokenizer: Any, sources: Sequence[str], *, max_ne
 
 def reconstruct_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_new_tokens: int = 64,
                       num_beams: int = 1) -> list[str]:
-    """Fill the gaps of each text: BART writes the whole text out; T5 answers ``<extra_id_N> span ...``
-    and the spans are put back in place of their sentinels."""
-    if model.config.family != "t5":
-        return generate_texts(model, tokenizer, texts, max_new_tokens=max_new_tokens, num_beams=num_beams)
-    import re
-
-    out = []
-    for text in texts:
-        encoded = tokenizer.build_inputs(tokenizer.encode(text))[0]
-        batch = Seq2SeqCollator(model.config.pad_token_id)([{"input_ids": encoded, "labels": [0]}])
-        ids = generate_ids(model, batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device),
-                           max_new_tokens=max_new_tokens, num_beams=num_beams)[0].tolist()
-        answer = tokenizer.decode(ids, skip_special_tokens=False)
-        spans = dict(re.findall(r"(<extra_id_\d+>)(.*?)(?=<extra_id_\d+>|</s>|<pad>|$)", answer))
-        out.append(re.sub(r"<extra_id_\d+>", lambda m: spans.get(m.group(0), "").strip(), text))
+    """Fill the gaps of each text. A text whose gaps are sentinels the tokenizer knows (``<extra_id_N>``,
+    span corruption) gets an answer ``<extra_id_N> span ...`` and the spans are put back in place of
+    their sentinels; any other text (``<mask>`` gaps, text infilling) the model writes out whole."""
+    spans = [i for i, text in enumerate(texts) if has_sentinels(tokenizer, text)]
+    whole = [i for i in range(len(texts)) if i not in spans]
+    out = [""] * len(texts)
+    for i, text in zip(whole, generate_texts(model, tokenizer, [texts[i] for i in whole],
+                                             max_new_tokens=max_new_tokens, num_beams=num_beams)):
+        out[i] = text
+    for i in spans:
+        out[i] = _fill_sentinels(model, tokenizer, texts[i], max_new_tokens=max_new_tokens, num_beams=num_beams)
     return out
+
+
+def has_sentinels(tokenizer: Any, text: str) -> bool:
+    return any(tokenizer.token_to_id(s) is not None for s in SENTINEL.findall(text))
+
+
+def _fill_sentinels(model: Any, tokenizer: Any, text: str, *, max_new_tokens: int, num_beams: int) -> str:
+    model.eval()
+    encoded = tokenizer.build_inputs(tokenizer.encode(text))[0]
+    batch = Seq2SeqCollator(model.config.pad_token_id)([{"input_ids": encoded, "labels": [0]}])
+    ids = generate(model, batch["input_ids"].to(model.device), attention_mask=batch["attention_mask"].to(model.device),
+                   max_new_tokens=max_new_tokens, num_beams=num_beams)[0].tolist()
+    if model.config.eos_token_id in ids:  # the answer ends there (padding follows)
+        ids = ids[:ids.index(model.config.eos_token_id)]
+    answer = tokenizer.decode(ids, skip_special_tokens=False)  # keeps the sentinels
+    spans = dict(re.findall(r"(<extra_id_\d+>)(.*?)(?=<extra_id_\d+>|$)", answer))  # sentinel -> its span
+    return SENTINEL.sub(lambda m: spans.get(m.group(0), "").strip(), text)
 
 
 class _UnicodeWords:
@@ -208,15 +203,16 @@ def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[
 
 @dataclass(frozen=True, kw_only=True)
 class Seq2SeqOptions:
-    source_column: str = "source"
-    target_column: str = "target"
-    prefix: str = ""  # e.g. "translate English to German: " for T5
-    max_source_length: int = 512
-    max_target_length: int = 128
-    label_smoothing: float = 0.0
-    num_beams: int = 1
-    metric: str = "bleu"  # the one that picks the best checkpoint
-    max_eval_examples: int = 200
+    source_column: str = option("source", "source column of the pairs file")
+    target_column: str = option("target", "target column of the pairs file")
+    prefix: str = option("", 'prepended to every source, e.g. "summarize: "')
+    max_source_length: int = option(512, "tokens per source, special tokens included (longer: an error)")
+    max_target_length: int = option(128, "tokens per target (longer: cut); also the generation limit")
+    label_smoothing: float = option(0.0, "share of the target probability spread over the vocabulary")
+    num_beams: int = option(1, "beams when generating for evaluation")
+    metric: str = option("bleu", "picks the best model", choices=list(METRICS))
+    patience: int = option(0, "stop after N evaluations without improvement (0: never)")
+    max_eval_examples: int = option(200, "eval pairs scored by generation", cli=False)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -225,6 +221,10 @@ class Seq2SeqOptions:
             raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.max_source_length < 2 or self.max_target_length < 2:
             raise UserError("--max-source-length and --max-target-length must be >= 2")
+        if self.num_beams < 1:
+            raise UserError(f"--num-beams must be >= 1, got {self.num_beams}")
+        if self.patience < 0:
+            raise UserError(f"--patience must be >= 0, got {self.patience}")
 
 
 def fit_to_positions(options: Seq2SeqOptions, config: Any) -> Seq2SeqOptions:
@@ -258,46 +258,51 @@ def load_seq2seq_model(model: str) -> tuple[Any, Any]:
 def finetune_seq2seq(*, model: str, train_path: str, eval_path: str | None, out: str | Path, train_config: Any,
                      options: Seq2SeqOptions = Seq2SeqOptions(), resume: bool = False, overwrite: bool = False,
                      progress: bool = True) -> tuple[Any, dict[str, float]]:
-    """Fine-tune a T5/BART folder on pairs; returns (train result, generation metrics of the best model)."""
-    from lmzoo.train.distributed import full_model
+    """Fine-tune a T5/BART folder on pairs; returns (train result, generation metrics of the best model
+    with its "step"; empty without eval pairs)."""
+    from lmzoo.train.distributed import is_main_process
     from lmzoo.train.loop import train
 
     out = Path(out)
     net, tokenizer = load_seq2seq_model(model)
     options = fit_to_positions(options, net.config)
-    net.label_smoothing = options.label_smoothing
-    read = lambda p: read_pairs(p, source_column=options.source_column, target_column=options.target_column)  # noqa: E731
-    dataset = lambda pairs: Seq2SeqDataset(pairs, tokenizer, max_source_length=options.max_source_length,  # noqa: E731
-                                           max_target_length=options.max_target_length, prefix=options.prefix)
-    train_data = dataset(read(train_path))
-    eval_pairs = read(eval_path)[: options.max_eval_examples] if eval_path else []
-    eval_data = dataset(eval_pairs) if eval_pairs else None
-    collate = Seq2SeqCollator(net.config.pad_token_id)
-    best: dict[str, Any] = {"score": -1.0, "metrics": {}}
-
-    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun rank 0 alone scores and writes
-
-    def score_and_keep_best(step: int, path: Path) -> None:
-        if not eval_pairs or not is_main:
-            return
-        model = full_model(net, path)  # FSDP2: a plain copy (generation runs submodules)
-        was_training = model.training
-        predictions = generate_texts(model, tokenizer, [s for s, _ in eval_pairs], num_beams=options.num_beams,
-                                     max_new_tokens=options.max_target_length, prefix=options.prefix)
-        model.train(was_training)
-        metrics = text_metrics(predictions, [t for _, t in eval_pairs])
-        print(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()), file=sys.stderr)
-        if metrics[options.metric] > best["score"]:
-            best.update(score=metrics[options.metric], metrics={**metrics, "step": step})
-            model.save_pretrained(out / "best")
-            tokenizer.save(out / "best")
-
-    result = train(net, train_data, collate, out_dir=out, config=train_config, eval_data=eval_data,
-                   resume=resume, overwrite=overwrite, on_checkpoint=score_and_keep_best, progress=progress)
-    if is_main:  # other ranks hold no scores: their empty metrics must not overwrite rank 0's
-        if (out / "best").is_dir():
-            from lmzoo.io import atomic_write_json
-
-            atomic_write_json(out / "best" / "seq2seq_metrics.json", best["metrics"])
+    train_data = _dataset(_read(train_path, options), tokenizer, options)
+    eval_pairs = _read(eval_path, options)[: options.max_eval_examples] if eval_path else []
+    eval_data = _dataset(eval_pairs, tokenizer, options) if eval_pairs else None
+    collate = Seq2SeqCollator(net.config.pad_token_id, label_smoothing=options.label_smoothing)
+    select = seq2seq_selection(tokenizer, eval_pairs, options) if eval_pairs else None
+    result = train(net, train_data, collate, out_dir=out, config=train_config, eval_data=eval_data, select=select,
+                   resume=resume, overwrite=overwrite, progress=progress)
+    if is_main_process():
         tokenizer.save(out)
-    return result, best["metrics"]
+    return result, result.best
+
+
+def seq2seq_selection(tokenizer: Any, pairs: Sequence[tuple[str, str]], options: Seq2SeqOptions) -> Selection:
+    """The loop's :class:`lmzoo.train.Selection`: generate for the eval sources, score BLEU / chrF /
+    ROUGE-L against the targets; the best folder holds the model, its tokenizer and
+    ``seq2seq_metrics.json``."""
+    from lmzoo.train.loop import Selection
+
+    sources, references = [s for s, _ in pairs], [t for _, t in pairs]
+
+    def score_model(model: Any) -> dict[str, float]:
+        predictions = generate_texts(model, tokenizer, sources, num_beams=options.num_beams,
+                                     max_new_tokens=options.max_target_length, prefix=options.prefix)
+        return text_metrics(predictions, references)
+
+    def save_best(model: Any, folder: Path, metrics: dict[str, Any]) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save(folder)
+        atomic_write_json(folder / "seq2seq_metrics.json", metrics)
+
+    return Selection(score=score_model, metric=options.metric, patience=options.patience, save_best=save_best)
+
+
+def _read(path: str | Path, options: Seq2SeqOptions) -> list[tuple[str, str]]:
+    return read_pairs(path, source_column=options.source_column, target_column=options.target_column)
+
+
+def _dataset(pairs: Sequence[tuple[str, str]], tokenizer: Any, options: Seq2SeqOptions) -> Seq2SeqDataset:
+    return Seq2SeqDataset(pairs, tokenizer, max_source_length=options.max_source_length,
+                          max_target_length=options.max_target_length, prefix=options.prefix)

@@ -1,6 +1,8 @@
 """One training loop for every family and task (see lmzoo.train.loop)."""
 
+from lmzoo.train.distributed import is_main_process
 from lmzoo.train.loop import (
+    Selection,
     TrainConfig,
     TrainResult,
     build_optimizer,
@@ -12,10 +14,12 @@ from lmzoo.train.loop import (
 )
 
 __all__ = [
+    "Selection",
     "TrainConfig",
     "TrainResult",
     "build_optimizer",
     "evaluate",
+    "is_main_process",
     "lr_factor",
     "read_metrics",
     "train",

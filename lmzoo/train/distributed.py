@@ -2,13 +2,13 @@
 
 A run launched by ``torchrun`` (``RANK`` and ``WORLD_SIZE`` set) gets a process group (nccl on
 CUDA, gloo on CPU); a plain ``python`` run gets none and every helper here degrades to a no-op.
+The environment is read here and nowhere else: other code asks :func:`is_main_process`.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -54,6 +54,15 @@ def setup_distributed() -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device, owns_group=owns)
 
 
+def is_main_process() -> bool:
+    """True in the process that prints results and writes shared files: rank 0 under torchrun, or a
+    plain run. Answers before, during and after :func:`lmzoo.train.train` (which destroys the group
+    it created)."""
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def teardown_distributed(info: DistInfo) -> None:
     if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
@@ -80,6 +89,15 @@ def all_gather_object(info: DistInfo, obj: object) -> list[object]:
     out: list[object] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(info: DistInfo, obj: object, src: int = 0) -> object:
+    """Rank ``src``'s ``obj`` (any picklable value) on every rank; the others' ``obj`` is ignored."""
+    if not info.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def wrap_model(model: nn.Module, info: DistInfo, *, fsdp: bool) -> nn.Module:
@@ -113,22 +131,6 @@ def reshard(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.reshard()
-
-
-def full_model(model: nn.Module, checkpoint: Path) -> nn.Module:
-    """The model to evaluate with or save outside the training step: ``model`` itself, or under FSDP2
-    (whose parameters are shards) a plain copy with the full weights of ``checkpoint``, the folder
-    the loop just wrote (every rank reads it, as every rank may evaluate)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    if not isinstance(model, FSDPModule):
-        return model
-    from lmzoo.hf import load_pretrained
-
-    device = next(iter(model.parameters())).device
-    plain = load_pretrained(checkpoint).to(device)
-    plain.train(model.training)
-    return plain
 
 
 def set_grad_sync(model: nn.Module, sync: bool):

@@ -1,7 +1,8 @@
 """The one training loop: every family, pretraining and fine-tuning.
 
 AdamW + warmup/decay schedule, gradient accumulation, clipping, bf16 autocast, periodic eval,
-atomic checkpoints with exact resume, DDP / FSDP2 under torchrun.
+best-model keeping and early stopping (:class:`Selection`), atomic checkpoints with exact resume,
+DDP / FSDP2 under torchrun.
 
 Determinism is by construction, so a resumed run replays the uninterrupted one exactly:
 - the data position is a pure function of the global step (epoch permutation seeded by
@@ -27,6 +28,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ from lmzoo.train.distributed import (
     all_gather_object,
     all_reduce_sum,
     barrier,
+    broadcast_object,
     reshard,
     set_grad_sync,
     setup_distributed,
@@ -106,14 +109,45 @@ class TrainConfig:
         check(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class Selection:
+    """Best-model keeping and early stopping, done by the loop at every evaluation.
+
+    ``score(model)`` returns the task metrics of ``model`` (generation BLEU, classification F1 ...).
+    The loop calls it on rank 0 alone, in eval mode without gradients, with the full (unsharded)
+    weights; the scalar values reach every rank, so every rank takes the same keep / stop decision,
+    and are logged as ``eval_<name>``. When ``metric`` improves, ``save_best(model, folder,
+    metrics)`` writes the model into ``folder`` (a temporary folder that then replaces
+    ``out_dir/best`` in one rename), with every value ``score`` returned plus ``"step"``. After
+    ``patience`` evaluations without improvement the run ends early (0: never).
+    """
+
+    score: Callable[[nn.Module], Mapping[str, Any]]
+    metric: str
+    higher_is_better: bool = True
+    patience: int = 0
+    save_best: Callable[[nn.Module, Path, dict[str, Any]], None] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.patience, int) or self.patience < 0:
+            raise UserError(f"patience must be an integer >= 0, got {self.patience!r}")
+
+    def improves(self, value: float, best: float) -> bool:
+        return value > best if self.higher_is_better else value < best
+
+
 @dataclass
 class TrainResult:
-    """``train_loss``: mean loss over the last logging window; ``eval_metrics``: the last evaluation."""
+    """``train_loss``: mean loss over the last logging window; ``eval_metrics``: the last eval loss
+    (and ``metrics_fn`` values); ``best``: the scalar scores of the best evaluation with its
+    ``"step"`` (empty without a :class:`Selection`); ``stopped_early``: ended by ``patience``."""
 
     step: int
     train_loss: float
     eval_metrics: dict[str, float] = field(default_factory=dict)
     out_dir: Path = Path(".")
+    best: dict[str, Any] = field(default_factory=dict)
+    stopped_early: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,6 +285,7 @@ def _holds_run(out_dir: Path) -> bool:
 
 def _remove_run(out_dir: Path) -> None:
     shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    shutil.rmtree(out_dir / "best", ignore_errors=True)  # the Selection's best model of the old run
     for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
             (out_dir / name).unlink()
@@ -339,7 +374,8 @@ class _Weights:
         self.shell = copy.deepcopy(model).cpu() if self.fsdp and info.is_main else None
 
     def unsharded(self) -> nn.Module | None:
-        """The model with full weights on rank 0 (None elsewhere); a collective under FSDP."""
+        """The model with full weights on rank 0 (None elsewhere), the one way to a full model for
+        saving and scoring; a collective under FSDP (every rank calls it), where it is a CPU copy."""
         if not self.fsdp:
             return self.model if self.info.is_main else None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -427,6 +463,7 @@ def train(
     config: TrainConfig,
     eval_data=None,
     metrics_fn: Callable | None = None,
+    select: Selection | None = None,
     resume: bool = False,
     overwrite: bool = False,
     on_checkpoint: Callable[[int, Path], None] | None = None,
@@ -435,9 +472,12 @@ def train(
     """Train ``model`` on ``train_data`` for ``config.max_steps`` optimizer steps.
 
     ``model(**batch)`` must return an object with a scalar ``.loss``. ``collate(examples, generator)``
-    builds a batch, drawing all randomness from ``generator``. ``on_checkpoint(step, path)`` runs on
-    every rank after each checkpoint is in place (an exception there stops the run, like a kill).
-    Under torchrun the run is data-parallel (DDP, or FSDP2 with ``config.fsdp``); rank 0 writes files.
+    builds a batch, drawing all randomness from ``generator``. An evaluation runs every
+    ``config.eval_every`` steps and at the end: the eval loss over ``eval_data`` (with
+    ``metrics_fn``), then ``select`` (see :class:`Selection`: best model in ``out_dir/best``, early
+    stopping). ``on_checkpoint(step, path)`` runs on every rank after each checkpoint is in place
+    (an exception there stops the run, like a kill). Under torchrun the run is data-parallel (DDP,
+    or FSDP2 with ``config.fsdp``); rank 0 writes files.
     """
     from lmzoo.quantize import refuse_if_quantized
 
@@ -447,167 +487,273 @@ def train(
         raise UserError("pass either --resume or --overwrite, not both")
     info = setup_distributed()
     try:
-        return _train(model, train_data, collate, out_dir, config, eval_data, metrics_fn, resume,
-                      overwrite, on_checkpoint, progress, info)
+        # Refuse before anything is written, on every rank (same file system), then let rank 0 clean up.
+        checkpoint = _checkpoint_to_resume(out_dir, resume=resume, overwrite=overwrite)
+        sampler = _Sampler(len(train_data), config.batch_size, config.seed, info.rank, info.world_size)
+        barrier(info)
+        if info.is_main:
+            if overwrite:
+                _remove_run(out_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+        barrier(info)
+        run = _Run(model, train_data, collate, out_dir=out_dir, config=config, info=info, sampler=sampler,
+                   eval_data=eval_data, metrics_fn=metrics_fn, select=select, on_checkpoint=on_checkpoint,
+                   checkpoint=checkpoint)
+        return run.fit(progress=progress)
     finally:
         teardown_distributed(info)
 
 
-def _train(model, train_data, collate, out_dir: Path, config: TrainConfig, eval_data, metrics_fn, resume,
-           overwrite, on_checkpoint, progress, info: DistInfo) -> TrainResult:
-    # Refuse before anything is written, on every rank (same file system), then let rank 0 clean up.
+def _checkpoint_to_resume(out_dir: Path, *, resume: bool, overwrite: bool) -> Path | None:
     if _holds_run(out_dir) and not (resume or overwrite):
         raise UserError(f"{out_dir} already holds a run; pass --resume or --overwrite")
-    checkpoint = None
-    if resume:
-        found = _checkpoints(out_dir)
-        if not found:
-            raise UserError(f"nothing to resume: {out_dir / 'checkpoints'} holds no checkpoint")
-        checkpoint = found[-1]
-    sampler = _Sampler(len(train_data), config.batch_size, config.seed, info.rank, info.world_size)
-    barrier(info)
-    if info.is_main:
-        if overwrite:
-            _remove_run(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-    barrier(info)
+    if not resume:
+        return None
+    found = _checkpoints(out_dir)
+    if not found:
+        raise UserError(f"nothing to resume: {out_dir / 'checkpoints'} holds no checkpoint")
+    return found[-1]
 
-    device = info.device
-    metrics_path = out_dir / "metrics.jsonl"
-    raw = model.to(device)
-    step, state = 0, None
-    if checkpoint is not None:
-        # Weights go into the bare model before wrapping; DDP/FSDP then see the resumed values.
-        safetensors.torch.load_model(raw, str(_weights_file(checkpoint)), device=str(device))
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int
+               ) -> torch.optim.lr_scheduler.LambdaLR:
+    """The lr of optimizer step s is ``config.lr * lr_factor(config, s)``, a function of the step alone: a
+    resumed run rebuilds the schedule at ``step`` from its own config (so a longer ``max_steps`` or another
+    lr continues on the new curve) and never reads the saved scheduler state."""
+    for group in optimizer.param_groups:
+        group["initial_lr"] = config.lr  # LambdaLR's base lr; a loaded optimizer state holds the old run's
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s), last_epoch=step - 1)
+
+
+class _Run:
+    """One run in progress: the model (bare, wrapped for the forward, and its full weights), the
+    optimizer, the data order and the trainer state. :meth:`fit` drives step → log → evaluate → save.
+
+    A checkpoint carries, besides weights, optimizer and per-rank RNG states, the trainer state
+    ``step``, ``train_loss`` and the selection's ``best`` scores and ``stale`` count (evaluations
+    since the best), so a resumed run keeps and stops exactly as the uninterrupted one.
+    """
+
+    def __init__(self, model: nn.Module, train_data, collate: Callable, *, out_dir: Path, config: TrainConfig,
+                 info: DistInfo, sampler: _Sampler, eval_data, metrics_fn: Callable | None,
+                 select: Selection | None, on_checkpoint: Callable[[int, Path], None] | None,
+                 checkpoint: Path | None) -> None:
+        self.config, self.info, self.out_dir, self.sampler = config, info, out_dir, sampler
+        self.train_data, self.collate, self.eval_data, self.metrics_fn = train_data, collate, eval_data, metrics_fn
+        self.select, self.on_checkpoint = select, on_checkpoint
+        self.device, self.metrics_path, self.bar = info.device, out_dir / "metrics.jsonl", None
+        self.step, self.train_loss, self.lr = 0, math.nan, config.lr
+        self.best: dict[str, Any] = {}
+        self.stale, self.stopped_early, self.last_save, self.last_epoch = 0, False, -1, None
+        self.eval_metrics: dict[str, float] = {}
+        # the steps since the last log line; the loss is summed on the device, so a step never waits for it
+        self.window_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.window_tokens, self.window_steps, self.window_start = 0, 0, 0.0
+
+        self.raw = model.to(self.device)
+        rngs = self._restore(checkpoint) if checkpoint is not None else None
+        self.weights = _Weights(self.raw, info, config.fsdp)
+        fwd = torch.compile(self.raw) if config.compile else self.raw
+        self.fwd = wrap_model(fwd, info, fsdp=config.fsdp)
+        self.optimizer = build_optimizer(self.raw, config, allow_fused=not self.weights.fsdp)
+        if checkpoint is not None:
+            saved = torch.load(checkpoint / "optimizer.pt", weights_only=True, map_location=self.device)
+            self.weights.load_optimizer_state(self.optimizer, saved)
+            _set_rng_state(rngs[info.rank % len(rngs)], self.device)
+        self.scheduler = _scheduler(self.optimizer, config, self.step)
+
+    def _restore(self, checkpoint: Path) -> list[dict[str, Any]]:
+        """Weights into the bare model (before wrapping, so DDP / FSDP see the resumed values) and the
+        trainer state; returns the per-rank RNG states."""
+        safetensors.torch.load_model(self.raw, str(_weights_file(checkpoint)), device=str(self.device))
         state = json.loads((checkpoint / "trainer_state.json").read_text())
-        step = int(state["step"])
-        if info.is_main:  # drop metrics logged after the checkpoint (the resumed run re-logs them)
-            kept = [r for r in read_metrics(metrics_path) if r.get("step", 0) <= step]
-            atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.step = self.last_save = int(state["step"])
+        if state.get("train_loss") is not None:
+            self.train_loss = float(state["train_loss"])
+        self.best, self.stale = dict(state.get("best") or {}), int(state.get("stale", 0))
+        # a run that had stopped early stays stopped, unless resumed with more patience
+        self.stopped_early = self.select is not None and 0 < self.select.patience <= self.stale
+        if self.info.is_main:  # drop metrics logged after the checkpoint (the resumed run re-logs them)
+            kept = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) <= self.step]
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        return state["rng"]
 
-    weights = _Weights(raw, info, config.fsdp)
-    fwd = torch.compile(raw) if config.compile else raw
-    fwd = wrap_model(fwd, info, fsdp=config.fsdp)
-    optimizer = build_optimizer(raw, config, allow_fused=not weights.fsdp)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s))
-    if checkpoint is not None:
-        weights.load_optimizer_state(optimizer, torch.load(checkpoint / "optimizer.pt", weights_only=True, map_location=device))
-        scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
-        # The schedule is a function of the step: re-derive it from this run's config, so a resume
-        # with a longer max_steps (or another lr) continues on the new curve, not the saved lr.
-        scheduler.base_lrs = [config.lr] * len(optimizer.param_groups)
-        for group in optimizer.param_groups:
-            group["initial_lr"] = config.lr
-            group["lr"] = config.lr * lr_factor(config, step)
-        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-        rngs = state["rng"]
-        _set_rng_state(rngs[info.rank % len(rngs)], device)
+    def fit(self, *, progress: bool) -> TrainResult:
+        config = self.config
+        if progress and self.info.is_main:
+            from tqdm.auto import tqdm
 
-    bar = None
-    if progress and info.is_main:
-        from tqdm.auto import tqdm
+            self.bar = tqdm(total=config.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
+        evaluates = self.eval_data is not None or self.select is not None
+        self.fwd.train()
+        self.window_start = time.perf_counter()  # the throughput counts training, not the setup
+        while self.step < config.max_steps and not self.stopped_early:
+            self._train_step()
+            step = self.step
+            if step % config.log_every == 0 or step == config.max_steps:
+                self._log()
+            if evaluates and (step == config.max_steps or (config.eval_every and step % config.eval_every == 0)):
+                self._evaluate()
+                if self.stopped_early and self.window_steps:  # the last, partial window is logged as at the end
+                    self._log()
+            if config.save_every and step % config.save_every == 0:
+                self._save_checkpoint()
+        if self.bar is not None:
+            self.bar.close()
+        if self.last_save != self.step:
+            self._save_checkpoint()
+        full = self.weights.unsharded()
+        if self.info.is_main:
+            _save_final_model(full, self.out_dir)
+            write_loss_curve(self.metrics_path, self.out_dir / "loss_curve.png")
+        barrier(self.info)
+        return TrainResult(step=self.step, train_loss=self.train_loss, eval_metrics=self.eval_metrics,
+                           out_dir=self.out_dir, best=self.best, stopped_early=self.stopped_early)
 
-        bar = tqdm(total=config.max_steps, initial=step, desc="train", dynamic_ncols=True)
+    def _train_step(self) -> None:
+        """One optimizer step over ``grad_accum`` micro-batches. The hot path: no host-device sync here."""
+        config, step = self.config, self.step
+        for micro in range(config.grad_accum):
+            epoch, idx = self.sampler.indices(step * config.grad_accum + micro)
+            if epoch != self.last_epoch and hasattr(self.train_data, "set_epoch"):
+                self.train_data.set_epoch(epoch)
+            self.last_epoch = epoch
+            examples = [self.train_data[i] for i in idx]
+            batch = self.collate(examples, _generator(config.seed, "collate", step, micro, self.info.rank))
+            self.window_tokens += _count_tokens(batch)
+            batch = _to_device(batch, self.device)
+            # Gradients are all-reduced across ranks only on the last micro-step.
+            with set_grad_sync(self.fwd, micro == config.grad_accum - 1):
+                with _autocast(self.device, config.precision):
+                    loss = self.fwd(**batch).loss / config.grad_accum
+                loss.backward()
+            self.window_loss += loss.detach().double()
+        if config.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.raw.parameters(), config.clip_norm)
+        self.lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.window_steps += 1
+        if self.bar is not None:
+            self.bar.update(1)
 
-    window_loss = torch.zeros((), dtype=torch.float64, device=device)
-    window_tokens, window_steps, window_start = 0, 0, time.perf_counter()
-    train_loss = float(state["train_loss"]) if state and state.get("train_loss") is not None else float("nan")
-    eval_metrics: dict[str, float] = {}
-    last_epoch = None
-    last_eval = last_save = step if checkpoint is not None else -1
+    def _log(self) -> None:
+        """The window's mean loss over all ranks, the lr and the throughput as one metrics record."""
+        loss_sum, tokens = all_reduce_sum(self.info, [float(self.window_loss), float(self.window_tokens)])
+        elapsed = max(time.perf_counter() - self.window_start, 1e-9)
+        self.train_loss = loss_sum / self.info.world_size / self.window_steps
+        record = {"step": self.step, "loss": self.train_loss, "lr": self.lr, "tokens_per_s": tokens / elapsed}
+        if self.info.is_main:
+            _append_metrics(self.metrics_path, record)
+            if self.bar is not None:
+                self.bar.set_postfix(loss=f"{self.train_loss:.4f}", lr=f"{self.lr:.2e}",
+                                     tok_s=f"{tokens / elapsed:.0f}")
+        self.window_loss.zero_()
+        self.window_tokens, self.window_steps, self.window_start = 0, 0, time.perf_counter()
 
-    def run_eval() -> None:
-        nonlocal eval_metrics, last_eval
-        eval_metrics = evaluate(fwd, eval_data, collate, batch_size=config.batch_size,
-                                max_batches=config.eval_batches, device=device,
-                                precision=config.precision, metrics_fn=metrics_fn)
-        if weights.fsdp:
-            reshard(fwd)
-        last_eval = step
+    def _evaluate(self) -> None:
+        """Eval loss on every rank, then the selection's scores: one metrics record per evaluation."""
+        record: dict[str, Any] = {"step": self.step}
+        if self.eval_data is not None:
+            self.eval_metrics = evaluate(self.fwd, self.eval_data, self.collate, batch_size=self.config.batch_size,
+                                         max_batches=self.config.eval_batches, device=self.device,
+                                         precision=self.config.precision, metrics_fn=self.metrics_fn)
+            if self.weights.fsdp:
+                reshard(self.fwd)
+            record.update(self.eval_metrics)
+            if self.bar is not None:
+                self.bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in self.eval_metrics.items()))
+        if self.select is not None:
+            record.update({f"eval_{k}": v for k, v in self._keep_best().items()})
+        if self.info.is_main:
+            _append_metrics(self.metrics_path, record)
+
+    def _keep_best(self) -> dict[str, Any]:
+        """Rank 0 scores the full model and every rank receives the scalar scores, so every rank takes
+        the same keep / stop decision; rank 0 writes ``out_dir/best``. Returns the scalar scores."""
+        select, info, step = self.select, self.info, self.step
+        full = self.weights.unsharded()  # a collective under FSDP
+        metrics, failure = None, None
         if info.is_main:
-            _append_metrics(metrics_path, {"step": step, **eval_metrics})
-            if bar is not None:
-                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+            try:
+                metrics = _score(select, full, device=self.device, visit=self.weights.fsdp)
+            except Exception as e:  # re-raised below, once the other ranks know (they wait in the broadcast)
+                failure = e
+        scores = broadcast_object(info, None if metrics is None else _scalars(metrics))
+        if failure is not None:
+            raise failure
+        if scores is None:
+            raise RuntimeError("rank 0 failed while scoring the model (see its error)")
+        if select.metric not in scores:
+            raise UserError(f"metric {select.metric!r} is not among the scores of this task ({', '.join(scores)})")
+        value = scores[select.metric]
+        self._say(f"step {step}: {select.metric} {value:.4f}")
+        if select.metric not in self.best or select.improves(value, self.best[select.metric]):
+            self.best, self.stale = {**scores, "step": step}, 0
+            if info.is_main and select.save_best is not None:
+                with atomic_directory(self.out_dir / "best") as tmp:
+                    select.save_best(full, tmp, {**metrics, "step": step})
+        else:
+            self.stale += 1
+            if select.patience and self.stale >= select.patience:
+                self.stopped_early = True
+                self._say(f"early stop at step {step}: no {select.metric} improvement in {select.patience} evaluations")
+        return scores
 
-    def save_checkpoint() -> None:
-        nonlocal last_save
-        path = out_dir / "checkpoints" / f"step-{step:08d}"
-        rngs = all_gather_object(info, _rng_state(device))
-        opt_state = weights.optimizer_state(optimizer)
-        full_model = weights.unsharded()
+    def _save_checkpoint(self) -> None:
+        config, info, step = self.config, self.info, self.step
+        path = self.out_dir / "checkpoints" / f"step-{step:08d}"
+        rngs = all_gather_object(info, _rng_state(self.device))
+        opt_state = self.weights.optimizer_state(self.optimizer)
+        full = self.weights.unsharded()
         if info.is_main:
             with atomic_directory(path) as tmp:
-                _save_weights(full_model, tmp)
+                _save_weights(full, tmp)
                 torch.save(opt_state, tmp / "optimizer.pt")
-                torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+                # for other tools: a resume rebuilds the schedule from the step (see _scheduler)
+                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
                 atomic_write_json(tmp / "trainer_state.json", {
                     "step": step,
-                    "epoch": step * config.grad_accum // sampler.per_epoch,
-                    "train_loss": None if math.isnan(train_loss) else train_loss,
+                    "epoch": step * config.grad_accum // self.sampler.per_epoch,
+                    "train_loss": None if math.isnan(self.train_loss) else self.train_loss,
                     "world_size": info.world_size,
                     "config": dataclasses.asdict(config),
                     "rng": rngs,
+                    "best": self.best,
+                    "stale": self.stale,
                 })
-            for old in _checkpoints(out_dir)[: -config.keep_checkpoints]:
+            for old in _checkpoints(self.out_dir)[: -config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         barrier(info)
-        last_save = step
-        if on_checkpoint is not None:
-            on_checkpoint(step, path)
+        self.last_save = step
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(step, path)
 
-    fwd.train()
-    while step < config.max_steps:
-        for micro in range(config.grad_accum):
-            epoch, idx = sampler.indices(step * config.grad_accum + micro)
-            if epoch != last_epoch and hasattr(train_data, "set_epoch"):
-                train_data.set_epoch(epoch)
-            last_epoch = epoch
-            examples = [train_data[i] for i in idx]
-            batch = collate(examples, _generator(config.seed, "collate", step, micro, info.rank))
-            window_tokens += _count_tokens(batch)
-            batch = _to_device(batch, device)
-            # Gradients are all-reduced across ranks only on the last micro-step.
-            with set_grad_sync(fwd, micro == config.grad_accum - 1):
-                with _autocast(device, config.precision):
-                    loss = fwd(**batch).loss / config.grad_accum
-                loss.backward()
-            window_loss += loss.detach().double()
-        if config.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(raw.parameters(), config.clip_norm)
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        window_steps += 1
-        if bar is not None:
-            bar.update(1)
+    def _say(self, line: str) -> None:
+        """A line for the user on stderr, from rank 0 (through the progress bar when there is one)."""
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        elif self.info.is_main:
+            print(line, file=sys.stderr)
 
-        if step % config.log_every == 0 or step == config.max_steps:
-            loss_sum, tokens = all_reduce_sum(info, [float(window_loss), float(window_tokens)])
-            elapsed = max(time.perf_counter() - window_start, 1e-9)
-            train_loss = loss_sum / info.world_size / window_steps
-            record = {"step": step, "loss": train_loss, "lr": lr, "tokens_per_s": tokens / elapsed}
-            if info.is_main:
-                _append_metrics(metrics_path, record)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens / elapsed:.0f}")
-            window_loss.zero_()
-            window_tokens, window_steps, window_start = 0, 0, time.perf_counter()
-        if eval_data is not None and config.eval_every and step % config.eval_every == 0:
-            run_eval()
-        if config.save_every and step % config.save_every == 0:
-            save_checkpoint()
 
-    if bar is not None:
-        bar.close()
-    if eval_data is not None and last_eval != step:
-        run_eval()
-    if last_save != step:
-        save_checkpoint()
-    full_model = weights.unsharded()
-    if info.is_main:
-        _save_final_model(full_model, out_dir)
-        write_loss_curve(metrics_path, out_dir / "loss_curve.png")
-    barrier(info)
-    return TrainResult(step=step, train_loss=train_loss, eval_metrics=eval_metrics, out_dir=out_dir)
+def _score(select: Selection, model: nn.Module, *, device: torch.device, visit: bool) -> dict[str, Any]:
+    """``select.score(model)`` in eval mode without gradients. ``visit``: ``model`` is the CPU copy of
+    an FSDP run, moved to the device for scoring and back after (the device keeps only shards)."""
+    was_training = model.training
+    if visit:
+        model.to(device)
+    model.eval()
+    try:
+        with torch.no_grad():
+            return dict(select.score(model))
+    finally:
+        model.train(was_training)
+        if visit:
+            model.cpu()
+
+
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, int | float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
