@@ -41,9 +41,11 @@ from lmzoo.cli import main as lmzoo_main
 from lmzoo.data import TokenizedCorpus, iter_documents
 from lmzoo.generate import code_block_end
 from lmzoo.io import atomic_write_text
+from lmzoo.models import family_spec
 from lmzoo.objectives.clm import IGNORE_INDEX, ClmCollator, clm_dataset, clm_metrics
 from lmzoo.pipelines import load_model_and_tokenizer
-from lmzoo.pretrain import ObjectiveOptions, pretrain
+from lmzoo.presets import preset_config
+from lmzoo.pretrain import pretrain
 from lmzoo.tokenizer import Tokenizer, train_tokenizer
 from lmzoo.train import TrainConfig, evaluate, read_metrics
 
@@ -103,8 +105,8 @@ def steps_for_budget(seconds: float, *, preset: str, files: list[Path], out: Pat
                      seq_len: int) -> tuple[int, float]:
     """(optimizer steps that fit in ``seconds``, seconds per step), timed with a short pretrain run."""
     config = TrainConfig(max_steps=8, batch_size=batch_size, log_every=4, eval_batches=1)
-    pretrain(preset=preset, objective_name="clm", data=[str(p) for p in files[::10]], out=out / "calibrate",
-             train_config=config, options=ObjectiveOptions(seq_len=seq_len), tokenizer_path=str(out),
+    pretrain(preset=preset, objective="clm", data=[str(p) for p in files[::10]], out=out / "calibrate",
+             train_config=config, seq_len=seq_len, tokenizer_path=str(out),
              eval_fraction=0.1, document_split="file", overwrite=True, progress=False)
     window = [r for r in read_metrics(out / "calibrate" / "metrics.jsonl") if "tokens_per_s" in r][-1]
     per_step = batch_size * seq_len / window["tokens_per_s"]  # the last window: warm, without step 1
@@ -234,8 +236,9 @@ def main() -> None:
         print(f"  skipped {reason}")
 
     out.mkdir(parents=True, exist_ok=True)
-    train_tokenizer([str(f) for f in train_files], kind="bpe", vocab_size=args.vocab_size, out_dir=str(out),
-                    document_split="file")
+    spec = family_spec(preset_config(args.preset).family)  # GPT: byte-level BPE adding no special tokens
+    train_tokenizer([str(f) for f in train_files], kind=spec.tokenizer_kind, template=spec.template,
+                    vocab_size=args.vocab_size, out_dir=str(out), document_split="file")
     tokenizer = Tokenizer.load(out)  # what pretrain and `lmzoo complete` will load
     corpus = TokenizedCorpus.build([str(f) for f in train_files], tokenizer, out / "cache", document_split="file")
     n_train = check_round_trip(tokenizer, train_files, corpus)
@@ -255,8 +258,8 @@ def main() -> None:
                          warmup_steps=min(100, steps // 10), schedule="cosine", min_lr_ratio=0.1, eval_batches=4,
                          log_every=max(1, steps // 20))
     t = time.perf_counter()
-    result = pretrain(preset=args.preset, objective_name="clm", data=[str(f) for f in train_files], out=out,
-                      train_config=config, options=ObjectiveOptions(seq_len=args.seq_len),
+    result = pretrain(preset=args.preset, objective="clm", data=[str(f) for f in train_files], out=out,
+                      train_config=config, seq_len=args.seq_len,
                       tokenizer_path=str(out), eval_fraction=0.002, document_split="file", overwrite=True)
     train_s = time.perf_counter() - t
     epochs = steps * args.batch_size * args.seq_len / n_train

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from lmzoo.errors import UserError
+
+if TYPE_CHECKING:
+    from lmzoo.objectives import Objective
 
 # verb name → (one-line help, function adding its arguments, function running it)
 VERBS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None]]] = {}
@@ -89,65 +92,64 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
 
 
 def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
+    from lmzoo.objectives import OBJECTIVES
     from lmzoo.presets import PRESETS
 
     p.add_argument("--preset", required=True, choices=list(PRESETS), help="model size and family")
-    p.add_argument("--objective", help="mlm, mlm+nsp, ... (default: the family's own)")
+    p.add_argument("--objective", help=f"one of {', '.join(OBJECTIVES)} (default: the family's own)")
     p.add_argument("--data", nargs="+", help="files, folders or globs; default: the bundled Shakespeare plays")
     p.add_argument("--out", required=True, help="run folder: model, tokenizer, metrics, checkpoints")
     p.add_argument("--tokenizer", help="an HF tokenizer folder (default: train one on --data)")
     p.add_argument("--vocab-size", type=int, default=8000, help="for a tokenizer trained here")
     p.add_argument("--lowercase", action="store_true", help="for a tokenizer trained here")
-    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per example (default 128)")
     p.add_argument("--eval-fraction", type=float, default=0.02, help="share of documents held out")
     p.add_argument("--document-split", default="blank_line", choices=["blank_line", "file"])
-    g = p.add_argument_group("masked LM")
-    g.add_argument("--mask-prob", type=float, default=0.15)
-    g.add_argument("--mask-token-prob", type=float, default=0.8, help="share of chosen tokens set to the mask")
-    g.add_argument("--random-token-prob", type=float, default=0.1, help="share set to a random token")
-    g.add_argument("--whole-word", action="store_true", help="mask whole words")
-    g = p.add_argument_group("causal LM (GPT)")
-    g.add_argument("--cross-document-attention", action="store_true",
-                   help="plain concatenation: tokens may attend across end-of-text (default: block-diagonal)")
-    g = p.add_argument_group("permutation LM (XLNet)")
-    g.add_argument("--plm-k", type=float, default=6.0, help="predict about 1/K of the tokens (K > 1)")
-    g.add_argument("--max-span", type=int, default=5, help="predicted spans of 1..N tokens")
-    g = p.add_argument_group("span corruption (T5) / denoising (BART)")
-    g.add_argument("--noise-density", type=float, default=0.15, help="T5: share of tokens in corrupted spans")
-    g.add_argument("--mean-span-length", type=float, default=3.0, help="T5: mean corrupted span length")
-    g.add_argument("--infill-rate", type=float, default=0.3, help="BART: share of tokens infilled (Poisson spans)")
-    g.add_argument("--poisson-lambda", type=float, default=3.0, help="BART: mean infilled span length")
-    g.add_argument("--mask-rate", type=float, default=0.0, help="BART: token masking rate")
-    g.add_argument("--delete-rate", type=float, default=0.0, help="BART: token deletion rate")
-    g.add_argument("--no-permute-sentences", action="store_true", help="BART: keep sentence order")
-    g.add_argument("--rotate", action="store_true", help="BART: document rotation")
+    _objective_arguments(p)
     _train_arguments(p)
 
 
-DEFAULT_OBJECTIVE = {"bert": "mlm+nsp", "roberta": "mlm", "gpt2": "clm", "t5": "span", "bart": "denoise",
-                     "xlnet": "plm"}
+def _objective_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag group per objective options dataclass, its flags derived from the dataclass; the
+    argparse destinations are the field names (all distinct: tests/test_objective_units.py)."""
+    from lmzoo.models import OBJECTIVE_FAMILIES
+    from lmzoo.objectives import objectives_by_options
+    from lmzoo.options import add_options
+
+    for cls, units in objectives_by_options().items():
+        names = [u.name for u in units]
+        families = dict.fromkeys(f for name in names for f in OBJECTIVE_FAMILIES.get(name, []))
+        add_options(p, cls, f"{units[0].title} (--objective {' / '.join(names)}: {', '.join(families)} presets)")
+
+
+def objective_options_from_args(args: argparse.Namespace, unit: "Objective") -> Any:
+    """The options dataclass of ``unit`` from its flags (validated by the dataclass); a flag of
+    another objective set to anything but its default is a UserError, not silently ignored."""
+    from lmzoo.objectives import objectives_by_options
+    from lmzoo.options import cli_fields, flag_name, options_from_args
+
+    for cls, units in objectives_by_options().items():
+        if cls is unit.options:
+            continue
+        for f in cli_fields(cls):
+            if hasattr(args, f.name) and getattr(args, f.name) != f.default:
+                raise UserError(f"{flag_name(f)} is an option of objective {' / '.join(u.name for u in units)}, "
+                                f"not of {unit.name}")
+    return options_from_args(unit.options, args)
 
 
 @verb("pretrain", "pretrain a preset with its objective on local text", _pretrain_arguments)
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from lmzoo.presets import preset_config
-    from lmzoo.pretrain import ObjectiveOptions, pretrain
+    from lmzoo.pretrain import pretrain, resolve_objective
+    from lmzoo.train.distributed import is_main_process
 
-    objective = args.objective or DEFAULT_OBJECTIVE[preset_config(args.preset).family]
-    options = ObjectiveOptions(seq_len=args.seq_len, mask_prob=args.mask_prob, mask_token_prob=args.mask_token_prob,
-                               random_token_prob=args.random_token_prob, whole_word=args.whole_word, seed=args.seed,
-                               plm_k=args.plm_k, max_span=args.max_span,
-                               cross_document_attention=args.cross_document_attention, noise_density=args.noise_density,
-                               mean_span_length=args.mean_span_length,
-                               denoising=dict(infill_rate=args.infill_rate, poisson_lambda=args.poisson_lambda,
-                                              mask_rate=args.mask_rate, delete_rate=args.delete_rate,
-                                              permute_sentences=not args.no_permute_sentences, rotate=args.rotate))
-    result = pretrain(preset=args.preset, objective_name=objective, data=_data_spec(args.data), out=args.out,
-                      train_config=train_config_from_args(args), options=options, tokenizer_path=args.tokenizer,
-                      vocab_size=args.vocab_size, lowercase=args.lowercase, eval_fraction=args.eval_fraction,
-                      document_split=args.document_split, resume=args.resume, overwrite=args.overwrite,
-                      progress=not args.no_progress)
-    if int(os.environ.get("RANK", "0")) != 0:
+    unit = resolve_objective(args.preset, args.objective)
+    result = pretrain(preset=args.preset, objective=unit.name, data=_data_spec(args.data), out=args.out,
+                      train_config=train_config_from_args(args), options=objective_options_from_args(args, unit),
+                      seq_len=args.seq_len, tokenizer_path=args.tokenizer, vocab_size=args.vocab_size,
+                      lowercase=args.lowercase, eval_fraction=args.eval_fraction, document_split=args.document_split,
+                      resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    if not is_main_process():
         return
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.eval_metrics.items())
     print(f"step {result.step}: train loss {result.train_loss:.4f}; eval {metrics}; model in {args.out}")
@@ -196,24 +198,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, only=args.only)
 
 
-def seq2seq_finetune_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags of ``lmzoo finetune --task seq2seq`` (another finetune verb may dispatch here)."""
-    p.add_argument("--task", required=True, choices=["seq2seq"], help="seq2seq: (source, target) pairs")
-    p.add_argument("--model", required=True, help="a T5 / BART model folder (with its tokenizer)")
-    p.add_argument("--train", required=True, help="pairs file: .jsonl, .tsv or .csv with a header")
-    p.add_argument("--eval", help="held-out pairs: BLEU / chrF / ROUGE-L at each checkpoint, best kept")
-    p.add_argument("--out", required=True, help="run folder (the best model goes to OUT/best)")
-    p.add_argument("--source-column", default="source")
-    p.add_argument("--target-column", default="target")
-    p.add_argument("--prefix", default="", help='prepended to every source, e.g. "summarize: "')
-    p.add_argument("--max-source-length", type=int, default=512)
-    p.add_argument("--max-target-length", type=int, default=128)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--num-beams", type=int, default=1, help="beams when generating for evaluation")
-    p.add_argument("--metric", default="bleu", choices=["bleu", "chrf", "rougeL"], help="picks the best checkpoint")
-    _train_arguments(p)
-
-
 def run_seq2seq_finetune(args: argparse.Namespace) -> None:
     from lmzoo.tasks.seq2seq import Seq2SeqOptions, finetune_seq2seq
 
@@ -226,11 +210,6 @@ def run_seq2seq_finetune(args: argparse.Namespace) -> None:
     scores = ", ".join(f"{k} {v:.2f}" for k, v in best.items() if k != "step")
     print(f"step {result.step}: train loss {result.train_loss:.4f}"
           + (f"; best (step {best['step']}): {scores} in {args.out}/best" if best else f"; model in {args.out}"))
-
-
-if "finetune" not in VERBS:  # the classification tasks may own `finetune` and dispatch --task seq2seq here
-    verb("finetune", "fine-tune a model on a task (seq2seq: source/target pairs)", seq2seq_finetune_arguments)(
-        run_seq2seq_finetune)
 
 
 def _text2text_arguments(p: argparse.ArgumentParser) -> None:
@@ -489,19 +468,35 @@ def _task_data_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-pair-column", help="second text of --task pair (default text_pair)")
     g.add_argument("--label-column", help="label column (default label; ner JSONL: tags)")
     g.add_argument("--label-separator", help="multi-label CSV/TSV: labels joined by this, e.g. '|'")
-    g.add_argument("--max-length", type=int, help="tokens per example, special tokens included (default 128, or the model's limit)")
+    g.add_argument("--max-length", type=int,
+                   help="tokens per example, special tokens included (default 128, or the model's limit)")
+
+
+SEQ2SEQ_METRICS = ("bleu", "chrf", "rougeL")
 
 
 def _finetune_arguments(p: argparse.ArgumentParser) -> None:
-    seq2seq_finetune_arguments(p)  # --task --model --train --eval --out, seq2seq flags, training flags
-    # One verb for every task: widen the --task and --metric choices the seq2seq flags declare.
-    task = p._option_string_actions["--task"]
-    task.choices, task.help = ["classify", "pair", "ner", "seq2seq"], (
-        "classify: text → label; pair: (text, text_pair) → label; ner: token<TAB>tag; seq2seq: source → target")
-    metric = p._option_string_actions["--metric"]
-    metric.choices, metric.default = None, None
-    metric.help = ("picks the best checkpoint: seq2seq bleu (default) | chrf | rougeL; classify/pair macro_f1 "
-                   "(default) | accuracy | micro_f1 | mse | pearson ...; ner f1 (default) | precision | recall")
+    """One verb for every task; a flag a task does not read is ignored by it."""
+    p.add_argument("--task", required=True, choices=["classify", "pair", "ner", "seq2seq"],
+                   help="classify: text → label; pair: (text, text_pair) → label; ner: token<TAB>tag; "
+                        "seq2seq: source → target")
+    p.add_argument("--model", required=True, help="a model folder (with its tokenizer); seq2seq: T5 / BART")
+    p.add_argument("--train", required=True, help="labelled file (.csv .tsv .jsonl; ner: CoNLL token<TAB>tag); "
+                   "seq2seq: pairs file, .jsonl, .tsv or .csv with a header")
+    p.add_argument("--eval", help="held-out file: scored at each checkpoint, the best model kept")
+    p.add_argument("--out", required=True, help="run folder (the best model goes to OUT/best)")
+    p.add_argument("--metric", help="picks the best checkpoint: seq2seq bleu (default) | chrf | rougeL; "
+                   "classify/pair macro_f1 (default) | accuracy | micro_f1 | mse | pearson ...; "
+                   "ner f1 (default) | precision | recall")
+    g = p.add_argument_group("seq2seq")
+    g.add_argument("--source-column", default="source")
+    g.add_argument("--target-column", default="target")
+    g.add_argument("--prefix", default="", help='prepended to every source, e.g. "summarize: "')
+    g.add_argument("--max-source-length", type=int, default=512)
+    g.add_argument("--max-target-length", type=int, default=128)
+    g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--num-beams", type=int, default=1, help="beams when generating for evaluation")
+    _train_arguments(p)
     _task_data_arguments(p)
     g = p.add_argument_group("classify / pair / ner")
     g.add_argument("--problem-type", choices=["single_label_classification", "multi_label_classification",
@@ -513,11 +508,12 @@ def _finetune_arguments(p: argparse.ArgumentParser) -> None:
       _finetune_arguments)
 def cmd_finetune(args: argparse.Namespace) -> None:
     if args.task == "seq2seq":
-        args.metric = args.metric or "bleu"
-        if args.metric not in ("bleu", "chrf", "rougeL"):
-            raise UserError(f"--metric for seq2seq must be bleu, chrf or rougeL, got {args.metric!r}")
+        args.metric = args.metric or SEQ2SEQ_METRICS[0]
+        if args.metric not in SEQ2SEQ_METRICS:
+            raise UserError(f"--metric for seq2seq must be one of {', '.join(SEQ2SEQ_METRICS)}, got {args.metric!r}")
         return run_seq2seq_finetune(args)
     from lmzoo.tasks.classification import TaskOptions, finetune
+    from lmzoo.train.distributed import is_main_process
 
     options = TaskOptions(task=args.task, text_column=args.text_column, text_pair_column=args.text_pair_column,
                           label_column=args.label_column, problem_type=args.problem_type,
@@ -526,7 +522,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     result = finetune(model=args.model, train_path=args.train, eval_path=args.eval, out=args.out,
                       train_config=train_config_from_args(args), options=options, resume=args.resume,
                       overwrite=args.overwrite, progress=not args.no_progress)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return
     line = f"step {result.step}: train loss {result.train_loss:.4f}"
     if result.best:
@@ -576,26 +572,28 @@ def cmd_predict(args: argparse.Namespace) -> None:
                  label_separator=args.label_separator, max_length=args.max_length)
 
 
-# --- verbs: each family/task adds its verbs above this line ---
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's usage errors: one line, exit 2
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every verb with its arguments; with ``only``, the other verbs get none: their arguments may
+    import what this command never uses (pretrain's objective flags import torch)."""
     parser = _Parser(prog="lmzoo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
     for name, (help, arguments, fn) in VERBS.items():
         p = sub.add_parser(name, help=help, description=help)
-        arguments(p)
+        if only is None or only == name:
+            arguments(p)
         p.set_defaults(_run=fn)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    named = next((a for a in argv if not a.startswith("-")), "")  # the verb: `lmzoo` takes no other positional
+    args = build_parser(only=named).parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except UserError as e:

@@ -17,15 +17,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 
 from lmzoo.errors import UserError
 from lmzoo.io import atomic_write_json
-
-if TYPE_CHECKING:
-    from lmzoo.tokenizer import Tokenizer
 
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".py")  # .py: source code is a corpus too (code GPT)
 DOCUMENT_SPLITS = ("blank_line", "file")
@@ -213,6 +210,103 @@ def _sources_meta(paths: list[Path]) -> list[dict]:
     return out
 
 
+class CorpusTokenizer(Protocol):
+    """What the token cache needs of a tokenizer (``lmzoo.tokenizer.Tokenizer`` has it). A protocol,
+    not an import: the tokenizer module reads its training text with this one."""
+
+    backend: Any  # a tokenizers.Tokenizer; its serialized form keys the cache
+    kind: str
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode_with_word_starts(self, texts: list[str], *, split_special_tokens: bool = False
+                                ) -> list[tuple[list[int], list[bool]]]: ...
+
+
+class _CacheWriter:
+    """Appends encoded sentences to the ``*.bin.tmp`` files of a cache, counting what it wrote.
+    Sentences that encode to nothing are dropped, and documents left empty with them."""
+
+    def __init__(self, cache: Path) -> None:
+        self.tmp = {name: cache / f"{name}.bin.tmp" for name in _ARRAYS}
+        self.files = {name: open(p, "wb") for name, p in self.tmp.items()}
+        self.n_tokens = self.n_sentences = self.n_documents = 0
+        self.files["sentence_offsets"].write(np.zeros(1, np.int64).tobytes())
+        self.files["document_offsets"].write(np.zeros(1, np.int64).tobytes())
+
+    def write(self, encoded: list[tuple[list[int], list[bool]]], doc_sizes: list[int]) -> None:
+        """``encoded``: (ids, word_starts) per sentence; ``doc_sizes``: sentences per document, in order."""
+        lengths = np.array([len(ids) for ids, _ in encoded], dtype=np.int64)
+        self.files["tokens"].write(np.asarray([i for ids, _ in encoded for i in ids], dtype=np.uint32).tobytes())
+        self.files["word_starts"].write(np.asarray([w for _, ws in encoded for w in ws], dtype=np.bool_).tobytes())
+        pos, sent_ends, doc_ends = 0, [], []
+        for size in doc_sizes:
+            kept = [n for n in lengths[pos:pos + size] if n > 0]
+            pos += size
+            for n in kept:
+                self.n_tokens += int(n)
+                sent_ends.append(self.n_tokens)
+            if kept:
+                self.n_sentences += len(kept)
+                self.n_documents += 1
+                doc_ends.append(self.n_sentences)
+        self.files["sentence_offsets"].write(np.asarray(sent_ends, dtype=np.int64).tobytes())
+        self.files["document_offsets"].write(np.asarray(doc_ends, dtype=np.int64).tobytes())
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+
+    def discard(self) -> None:
+        for f in self.files.values():
+            f.close()
+        for p in self.tmp.values():
+            p.unlink(missing_ok=True)
+
+    def publish(self, cache: Path) -> None:
+        """The temporary files become the cache's arrays (meta.json, written after, makes it valid)."""
+        for name, p in self.tmp.items():
+            os.replace(p, cache / f"{name}.bin")
+
+
+def _tokenize_into(writer: _CacheWriter, paths: list[Path], tokenizer: CorpusTokenizer, *, document_split: str,
+                   text_field: str, batch_size: int) -> None:
+    """Every document of ``paths``, split into sentences, encoded in batches of about ``batch_size``
+    sentences. A sentence keeps the whitespace before it, so documents decode back exactly."""
+    texts: list[str] = []
+    doc_sizes: list[int] = []  # number of sentences of each pending document
+
+    def flush() -> None:
+        if texts:
+            writer.write(tokenizer.encode_with_word_starts(texts, split_special_tokens=True), doc_sizes)
+        texts.clear()
+        doc_sizes.clear()
+
+    for document in iter_documents(paths, document_split=document_split, text_field=text_field):
+        spans = sentence_spans(document)
+        prev_end = 0
+        for _, end in spans:
+            texts.append(document[prev_end:end])
+            prev_end = end
+        doc_sizes.append(len(spans))
+        if len(texts) >= batch_size:
+            flush()
+    flush()
+
+
+def _cache_matches(meta_path: Path, key: dict) -> bool:
+    if not meta_path.is_file():
+        return False
+    try:
+        old = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(old, dict) and {k: old.get(k) for k in key} == key
+
+
 @dataclass
 class TokenizedCorpus:
     """Every document's tokens back to back (no special tokens), with sentence and document
@@ -258,7 +352,7 @@ class TokenizedCorpus:
         return int((ends - starts).sum())
 
     @classmethod
-    def build(cls, spec, tokenizer: "Tokenizer", cache_dir: str | os.PathLike, *,
+    def build(cls, spec, tokenizer: CorpusTokenizer, cache_dir: str | os.PathLike, *,
               document_split: str = "blank_line", text_field: str = "text",
               batch_size: int = 1000) -> "TokenizedCorpus":
         """Tokenize ``spec`` into ``cache_dir`` (or reuse a complete cache built from the same
@@ -286,77 +380,27 @@ class TokenizedCorpus:
             "text_field": text_field,
         }
         meta_path = cache / "meta.json"
-        if meta_path.is_file():
-            try:
-                old = json.loads(meta_path.read_text())
-            except (OSError, ValueError):
-                old = None
-            if isinstance(old, dict) and {k: old.get(k) for k in key} == key:
-                return cls.load(cache)
+        if _cache_matches(meta_path, key):
+            return cls.load(cache)
         cache.mkdir(parents=True, exist_ok=True)
         meta_path.unlink(missing_ok=True)  # from here on the old cache is invalid
 
-        tmp = {name: cache / f"{name}.bin.tmp" for name in _ARRAYS}
-        files = {name: open(p, "wb") for name, p in tmp.items()}
-        n_tokens = n_sentences = n_documents = 0
+        writer = _CacheWriter(cache)
         try:
-            files["sentence_offsets"].write(np.zeros(1, np.int64).tobytes())
-            files["document_offsets"].write(np.zeros(1, np.int64).tobytes())
-            texts: list[str] = []
-            doc_sizes: list[int] = []  # number of sentences of each pending document
-
-            def flush() -> None:
-                nonlocal n_tokens, n_sentences, n_documents
-                if not texts:
-                    return
-                encoded = tokenizer.encode_with_word_starts(texts, split_special_tokens=True)
-                lengths = np.array([len(ids) for ids, _ in encoded], dtype=np.int64)
-                flat = [i for ids, _ in encoded for i in ids]
-                starts = [w for _, ws in encoded for w in ws]
-                files["tokens"].write(np.asarray(flat, dtype=np.uint32).tobytes())
-                files["word_starts"].write(np.asarray(starts, dtype=np.bool_).tobytes())
-                # sentences that encode to nothing are dropped, documents left empty too
-                pos, sent_ends, doc_ends = 0, [], []
-                for size in doc_sizes:
-                    kept = [n for n in lengths[pos:pos + size] if n > 0]
-                    pos += size
-                    for n in kept:
-                        n_tokens += int(n)
-                        sent_ends.append(n_tokens)
-                    if kept:
-                        n_sentences += len(kept)
-                        n_documents += 1
-                        doc_ends.append(n_sentences)
-                files["sentence_offsets"].write(np.asarray(sent_ends, dtype=np.int64).tobytes())
-                files["document_offsets"].write(np.asarray(doc_ends, dtype=np.int64).tobytes())
-                texts.clear()
-                doc_sizes.clear()
-
-            for document in iter_documents(paths, document_split=document_split, text_field=text_field):
-                spans = sentence_spans(document)
-                prev_end = 0
-                for _, end in spans:
-                    texts.append(document[prev_end:end])
-                    prev_end = end
-                doc_sizes.append(len(spans))
-                if len(texts) >= batch_size:
-                    flush()
-            flush()
-            for f in files.values():
-                f.flush()
-                os.fsync(f.fileno())
-        finally:
-            for f in files.values():
-                f.close()
-        if n_tokens == 0:
-            for p in tmp.values():
-                p.unlink(missing_ok=True)
+            _tokenize_into(writer, paths, tokenizer, document_split=document_split, text_field=text_field,
+                           batch_size=batch_size)
+            writer.close()
+        except BaseException:
+            writer.discard()
+            raise
+        if writer.n_tokens == 0:
+            writer.discard()
             raise UserError(f"empty corpus: no tokens in {', '.join(map(str, paths[:3]))}"
                             f"{' ...' if len(paths) > 3 else ''}")
-        for name, p in tmp.items():
-            os.replace(p, cache / f"{name}.bin")
-        meta = {**key, "n_tokens": n_tokens, "n_sentences": n_sentences, "n_documents": n_documents,
-                "tokenizer_kind": tokenizer.kind, "vocab_size": tokenizer.vocab_size}
+        writer.publish(cache)
+        meta = {**key, "n_tokens": writer.n_tokens, "n_sentences": writer.n_sentences,
+                "n_documents": writer.n_documents, "tokenizer_kind": tokenizer.kind,
+                "vocab_size": tokenizer.vocab_size}
         atomic_write_json(meta_path, meta)
         return cls.load(cache)
 

@@ -31,7 +31,7 @@ def banner(text: str) -> None:
 def bert_section(out: Path, corpus: list[str]) -> None:
     """Masked LM + next-sentence prediction with a tiny BERT and its own WordPiece tokenizer."""
     from lmzoo.pipelines import fill_mask, load_model_and_tokenizer, next_sentence_probability
-    from lmzoo.pretrain import ObjectiveOptions, pretrain
+    from lmzoo.pretrain import pretrain
     from lmzoo.train.loop import TrainConfig
 
     banner("BERT: WordPiece tokenizer + masked LM + next-sentence prediction")
@@ -39,8 +39,8 @@ def bert_section(out: Path, corpus: list[str]) -> None:
     config = TrainConfig(max_steps=2000, batch_size=32, lr=1e-3, warmup_steps=50, schedule="linear",
                          eval_batches=10, log_every=20, precision="bf16", seed=0)
     # Documents are speeches (blank-line separated): "not next" B comes from another speech.
-    result = pretrain(preset="bert-tiny", objective_name="mlm+nsp", data=corpus, out=folder, train_config=config,
-                      options=ObjectiveOptions(seq_len=64, seed=0), vocab_size=2000, lowercase=True,
+    result = pretrain(preset="bert-tiny", objective="mlm+nsp", data=corpus, out=folder, train_config=config,
+                      seq_len=64, vocab_size=2000, lowercase=True,
                       eval_fraction=0.1, overwrite=True, model_overrides={"dropout": 0.0, "attention_dropout": 0.0})
     metrics = result.eval_metrics
     print(f"held-out: loss {metrics.get('eval_loss', float('nan')):.3f}; "
@@ -66,7 +66,7 @@ def gpt_section(out: Path, corpus: list[str]) -> None:
     from lmzoo.generate import generate, truncate_at_stop
     from lmzoo.objectives.clm import TURN_END, chat_turn, dialogue_corpus
     from lmzoo.pipelines import load_model_and_tokenizer
-    from lmzoo.pretrain import ObjectiveOptions, pretrain
+    from lmzoo.pretrain import pretrain
     from lmzoo.train.loop import TrainConfig
 
     banner("GPT: byte-level BPE + causal LM on the plays as dialogue (speaker turns)")
@@ -76,8 +76,8 @@ def gpt_section(out: Path, corpus: list[str]) -> None:
     print(f"dialogue corpus: {scenes} scenes, one document each, every speech a turn")
     config = TrainConfig(max_steps=800, batch_size=16, lr=2e-3, warmup_steps=50, eval_batches=10, log_every=20,
                          precision="bf16", seed=0)
-    result = pretrain(preset="gpt-tiny", objective_name="clm", data=[str(out / "dialogue.jsonl")], out=folder,
-                      train_config=config, options=ObjectiveOptions(seq_len=128, seed=0), vocab_size=2000,
+    result = pretrain(preset="gpt-tiny", objective="clm", data=[str(out / "dialogue.jsonl")], out=folder,
+                      train_config=config, seq_len=128, vocab_size=2000,
                       overwrite=True, model_overrides={"dropout": 0.0, "attention_dropout": 0.0})
     metrics = result.eval_metrics
     print(f"held-out: loss {metrics.get('eval_loss', float('nan')):.3f}, "
@@ -95,8 +95,9 @@ def gpt_section(out: Path, corpus: list[str]) -> None:
 @section("bart")
 def bart_section(out: Path, corpus: list[str]) -> None:
     """Denoising with a tiny BART (text infilling + sentence permutation); then it repairs lines."""
+    from lmzoo.objectives.denoising import DenoisingConfig
     from lmzoo.pipelines import load_model_and_tokenizer
-    from lmzoo.pretrain import ObjectiveOptions, pretrain
+    from lmzoo.pretrain import pretrain
     from lmzoo.tasks.seq2seq import reconstruct_texts
     from lmzoo.train.loop import TrainConfig
 
@@ -106,8 +107,8 @@ def bart_section(out: Path, corpus: list[str]) -> None:
     # `lmzoo pretrain --preset bart-*` uses the paper's recipe (infilling + sentence permutation).
     config = TrainConfig(max_steps=1000, batch_size=32, lr=1e-3, warmup_steps=50, eval_batches=10, log_every=20,
                          precision="bf16", seed=0)
-    result = pretrain(preset="bart-tiny", objective_name="denoise", data=corpus, out=folder, train_config=config,
-                      options=ObjectiveOptions(seq_len=32, seed=0, denoising={"permute_sentences": False}),
+    result = pretrain(preset="bart-tiny", objective="denoise", data=corpus, out=folder, train_config=config,
+                      options=DenoisingConfig(permute_sentences=False), seq_len=32,
                       vocab_size=2000, overwrite=True, model_overrides={"dropout": 0.0, "attention_dropout": 0.0})
     metrics = result.eval_metrics
     print(f"held-out: loss {metrics.get('eval_loss', float('nan')):.3f}, "
@@ -122,15 +123,15 @@ def bart_section(out: Path, corpus: list[str]) -> None:
 def xlnet_section(out: Path, corpus: list[str]) -> None:
     """Permutation LM with a tiny XLNet and its own Unigram tokenizer; then it fills blanks."""
     from lmzoo.pipelines import fill_mask, load_model_and_tokenizer
-    from lmzoo.pretrain import ObjectiveOptions, pretrain
+    from lmzoo.pretrain import pretrain
     from lmzoo.train.loop import TrainConfig
 
     banner("XLNet: Unigram tokenizer + permutation language modelling")
     folder = out / "xlnet"
     config = TrainConfig(max_steps=800, batch_size=32, lr=2e-3, warmup_steps=40, eval_batches=10, log_every=20,
                          precision="bf16", seed=0)
-    result = pretrain(preset="xlnet-tiny", objective_name="plm", data=corpus, out=folder, train_config=config,
-                      options=ObjectiveOptions(seq_len=64, seed=0), vocab_size=2000, lowercase=True,
+    result = pretrain(preset="xlnet-tiny", objective="plm", data=corpus, out=folder, train_config=config,
+                      seq_len=64, vocab_size=2000, lowercase=True,
                       overwrite=True, model_overrides={"dropout": 0.0, "attention_dropout": 0.0})
     metrics = result.eval_metrics
     print(f"held-out: loss {metrics.get('eval_loss', float('nan')):.3f}, "

@@ -34,6 +34,11 @@ def _base_type(annotation: Any) -> Any:
     return annotation
 
 
+def cli_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of ``cls`` that are CLI flags (``flag_name(f)`` spells each)."""
+    return [f for f, _ in _fields(cls)]
+
+
 def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
     hints = typing.get_type_hints(cls)
     return [(f, _base_type(hints[f.name])) for f in dataclasses.fields(cls) if f.metadata.get("cli", True)

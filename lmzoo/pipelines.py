@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,14 +32,34 @@ class MaskPrediction:
 
 def fill_mask(model: PreTrainedModel, tokenizer: Tokenizer, text: str, *, top_k: int = 5) -> list[list[MaskPrediction]]:
     """Top-k predictions for every mask in ``text`` (written ``[MASK]`` or ``<mask>``, whatever the
-    model's own spelling), most probable first. Masked LMs (BERT, RoBERTa) predict from their
-    MLM head; XLNet predicts each blank with its query stream, the blanks hidden from everyone."""
+    model's own spelling), most probable first, by what the model can do: a masked LM (an
+    ``mlm_head``) sees the tokenizer's mask token at each blank; a permutation LM (a forward taking
+    ``perm_mask`` and ``target_mapping``, and an LM head) predicts each blank with its query
+    stream, the blanks' content hidden from every position."""
     if top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {top_k}")
-    if model.config.family == "xlnet" and hasattr(model, "lm_head"):
-        return _fill_blanks_plm(model, tokenizer, text, top_k)
-    if getattr(model, "mlm_head", None) is None:
+    if getattr(model, "mlm_head", None) is not None:
+        logits = _masked_lm_logits(model, tokenizer, text)
+    elif _predicts_hidden_positions(model):
+        logits = _permutation_lm_logits(model, tokenizer, text)
+    else:
         raise UserError(f"{model.hf_architecture} has no masked-LM head; fill-mask needs e.g. a *ForMaskedLM model")
+    return _top_predictions(logits, tokenizer, top_k)
+
+
+def _predicts_hidden_positions(model: PreTrainedModel) -> bool:
+    """Whether the model predicts chosen positions without seeing their content (XLNet's query stream)."""
+    parameters = inspect.signature(model.forward).parameters
+    return "perm_mask" in parameters and "target_mapping" in parameters and hasattr(model, "lm_head")
+
+
+def _check_length(model: PreTrainedModel, ids: list[int]) -> None:
+    if len(ids) > model.config.max_positions:
+        raise UserError(f"text of {len(ids)} tokens exceeds the model's {model.config.max_positions} positions")
+
+
+def _masked_lm_logits(model: PreTrainedModel, tokenizer: Tokenizer, text: str) -> torch.Tensor:
+    """[n_masks, vocab]: the MLM head's logits at each mask token of the text (with the template's specials)."""
     if tokenizer.mask_id is None:
         raise UserError("the tokenizer has no mask token")
     mask_token = tokenizer.id_to_token(tokenizer.mask_id)
@@ -47,13 +68,11 @@ def fill_mask(model: PreTrainedModel, tokenizer: Tokenizer, text: str, *, top_k:
     ids, types = tokenizer.build_inputs(tokenizer.encode(text))
     if tokenizer.mask_id not in ids:
         raise UserError(f"no mask in the text: write {mask_token} where a word should be predicted")
-    if len(ids) > model.config.max_positions:
-        raise UserError(f"text of {len(ids)} tokens exceeds the model's {model.config.max_positions} positions")
+    _check_length(model, ids)
     input_ids = torch.tensor([ids])
     with torch.no_grad():
         logits = model(input_ids=input_ids, token_type_ids=torch.tensor([types])).logits[0]  # (T, V)
-    positions = (input_ids[0] == tokenizer.mask_id).nonzero().flatten()
-    return _top_predictions(logits[positions], tokenizer, top_k)
+    return logits[(input_ids[0] == tokenizer.mask_id).nonzero().flatten()]
 
 
 def _top_predictions(logits: torch.Tensor, tokenizer: Tokenizer, top_k: int) -> list[list[MaskPrediction]]:
@@ -68,9 +87,10 @@ def _top_predictions(logits: torch.Tensor, tokenizer: Tokenizer, top_k: int) -> 
     return results
 
 
-def _fill_blanks_plm(model: PreTrainedModel, tokenizer: Tokenizer, text: str, top_k: int) -> list[list[MaskPrediction]]:
-    """XLNet: one token per blank; no position may see a blank's content (perm_mask), and the
-    query stream predicts every blank from its position and the visible context."""
+def _permutation_lm_logits(model: PreTrainedModel, tokenizer: Tokenizer, text: str) -> torch.Tensor:
+    """[n_blanks, vocab], one token per blank: no position may see a blank's content (perm_mask, so
+    the placeholder id is never read), and the query stream predicts every blank from its position
+    and the visible context."""
     pieces = text
     for spelling in MASK_SPELLINGS:
         pieces = pieces.replace(spelling, "\0")
@@ -85,16 +105,14 @@ def _fill_blanks_plm(model: PreTrainedModel, tokenizer: Tokenizer, text: str, to
         if n < len(parts) - 1:
             blanks.append(len(ids))
             ids.append(tokenizer.unk_id if tokenizer.unk_id is not None else 0)  # content never seen
-    if len(ids) > model.config.max_positions:
-        raise UserError(f"text of {len(ids)} tokens exceeds the model's {model.config.max_positions} positions")
+    _check_length(model, ids)
     length = len(ids)
     perm_mask = torch.zeros(1, length, length)
     perm_mask[0, :, blanks] = 1.0
     target_mapping = torch.zeros(1, len(blanks), length)
     target_mapping[0, torch.arange(len(blanks)), blanks] = 1.0
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids]), perm_mask=perm_mask, target_mapping=target_mapping).logits[0]
-    return _top_predictions(logits, tokenizer, top_k)
+        return model(input_ids=torch.tensor([ids]), perm_mask=perm_mask, target_mapping=target_mapping).logits[0]
 
 
 def next_sentence_probability(model: PreTrainedModel, tokenizer: Tokenizer, first: str, second: str) -> float:

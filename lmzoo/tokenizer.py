@@ -2,7 +2,8 @@
 tokenizers with the Hugging Face ``tokenizers`` library, and read/write HF tokenizer folders.
 
 :class:`Tokenizer` adds what the objectives need on top of ``tokenizers.Tokenizer``: the ids of
-the special tokens, word starts for whole-word masking, and the family's special-token layout.
+the special tokens, word starts for whole-word masking, and its special-token ``template``
+(see ``TEMPLATES``), which a family's spec chooses when pretraining trains the tokenizer.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import itertools
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -31,16 +33,48 @@ DEFAULT_SPECIALS = {
     "unigram": {"pad": "<pad>", "eos": "</s>", "unk": "<unk>"},
 }
 TOKENIZER_CLASS = {"wordpiece": "BertTokenizerFast", "bpe": "RobertaTokenizerFast", "unigram": "T5TokenizerFast"}
+PLAIN_BPE_CLASS = "GPT2TokenizerFast"  # byte-level BPE that adds no special tokens
+TEMPLATE_KEY = "lmzoo_template"  # tokenizer_config.json key holding the template (HF ignores it)
+
+
+@dataclass(frozen=True)
+class Template:
+    """How ``build_inputs`` wraps a text A and an optional text B: the roles of the special tokens
+    before and after each; B and the tokens around it get token type ``b_type``."""
+
+    before_a: tuple[str, ...] = ()
+    after_a: tuple[str, ...] = ()
+    before_b: tuple[str, ...] = ()
+    after_b: tuple[str, ...] = ()
+    b_type: int = 0
+
+    @property
+    def roles(self) -> set[str]:
+        return {*self.before_a, *self.after_a, *self.before_b, *self.after_b}
+
+
+# Named by structure, so a family picks one (FamilySpec.template) without this module knowing families.
+TEMPLATES = {
+    # [CLS] A [SEP] B [SEP], token types 0 then 1
+    "cls_sep": Template(before_a=("cls",), after_a=("sep",), after_b=("sep",), b_type=1),
+    # <s> A </s></s> B </s>
+    "cls_sep_sep": Template(before_a=("cls",), after_a=("sep",), before_b=("sep",), after_b=("sep",)),
+    # A </s> B </s>
+    "eos": Template(after_a=("eos",), after_b=("eos",)),
+    # A B: nothing added
+    "plain": Template(),
+}
 
 
 class Tokenizer:
     """lmzoo's tokenizer: a ``tokenizers.Tokenizer`` (``backend``) plus the ids of its special
     tokens (``pad_id``, ``unk_id``, ``cls_id``, ``sep_id``, ``mask_id``, ``bos_id``, ``eos_id``;
-    ``None`` when absent)."""
+    ``None`` when absent) and its ``template`` (a key of ``TEMPLATES``; ``None``: inferred from
+    the special tokens present, as for an HF folder that does not say)."""
 
     def __init__(self, backend: tokenizers.Tokenizer, kind: str, special_tokens: dict[str, str], *,
                  lowercase: bool = False, model_max_length: int = 512,
-                 additional_special_tokens: Iterable[str] = ()):
+                 additional_special_tokens: Iterable[str] = (), template: str | None = None):
         if kind not in KINDS:
             raise UserError(f"tokenizer kind must be one of {KINDS}, got {kind!r}")
         backend.no_padding()  # padding / truncation are ours to do (some HF files enable them)
@@ -60,6 +94,13 @@ class Tokenizer:
         ids = {backend.token_to_id(t) for t in [*self.special_tokens.values(), *self.additional_special_tokens]}
         ids |= {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
         self.special_ids: frozenset[int] = frozenset(ids)
+        self.template = self._inferred_template() if template is None else template
+        if self.template not in TEMPLATES:
+            raise UserError(f"tokenizer template must be one of {tuple(TEMPLATES)}, got {self.template!r}")
+        missing = sorted(r for r in TEMPLATES[self.template].roles if getattr(self, f"{r}_id") is None)
+        if missing:
+            raise UserError(f"template {self.template!r} needs {' and '.join(missing)} token(s), which this "
+                            f"{kind} tokenizer lacks")
 
     # ------------------------------------------------------------------ basics
 
@@ -69,7 +110,8 @@ class Tokenizer:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     def __repr__(self) -> str:
-        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, special_tokens={self.special_tokens})"
+        return (f"Tokenizer(kind={self.kind!r}, template={self.template!r}, vocab_size={self.vocab_size}, "
+                f"special_tokens={self.special_tokens})")
 
     def token_to_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
@@ -128,37 +170,31 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ model inputs
 
-    def _layout(self) -> str:
+    def _inferred_template(self) -> str:
+        """The template of a folder that does not name one, from its kind and special tokens."""
         if self.kind == "wordpiece" and self.cls_id is not None and self.sep_id is not None:
-            return "bert"
+            return "cls_sep"
         if self.kind == "bpe" and self.cls_id is not None and self.sep_id is not None:
-            return "roberta"
+            return "cls_sep_sep"
         if self.kind == "unigram" and self.eos_id is not None:
-            return "t5"
-        return "plain"  # GPT-2: no special tokens are added
+            return "eos"
+        return "plain"  # e.g. a GPT-2 folder: <|endoftext|> only
+
+    def _role_ids(self, roles: tuple[str, ...]) -> list[int]:
+        return [getattr(self, f"{role}_id") for role in roles]
 
     def build_inputs(self, a: list[int], b: list[int] | None = None) -> tuple[list[int], list[int]]:
-        """(input_ids, token_type_ids) with the family's special tokens:
-        BERT ``[CLS] a [SEP] b [SEP]`` (types 0.., 1..); RoBERTa/BART ``<s> a </s></s> b </s>``
-        (types 0); T5 ``a </s> b </s>`` (types 0); GPT-2 ``a b`` (nothing added)."""
-        a, b = list(a), None if b is None else list(b)
-        layout = self._layout()
-        if layout == "bert":
-            ids = [self.cls_id, *a, self.sep_id]
-            types = [0] * len(ids)
-            if b is not None:
-                ids += [*b, self.sep_id]
-                types += [1] * (len(b) + 1)
-            return ids, types
-        if layout == "roberta":
-            ids = [self.cls_id, *a, self.sep_id]
-            if b is not None:
-                ids += [self.sep_id, *b, self.sep_id]
-        elif layout == "t5":
-            ids = [*a, self.eos_id] + ([] if b is None else [*b, self.eos_id])
-        else:
-            ids = a + ([] if b is None else b)
-        return ids, [0] * len(ids)
+        """(input_ids, token_type_ids) of text A (and B) wrapped in the ``template``'s special tokens:
+        "cls_sep" ``[CLS] a [SEP] b [SEP]`` (types 0.., 1..); "cls_sep_sep" ``<s> a </s></s> b </s>``;
+        "eos" ``a </s> b </s>``; "plain" ``a b``. Token types are 0 but for B's part in "cls_sep"."""
+        t = TEMPLATES[self.template]
+        ids = [*self._role_ids(t.before_a), *a, *self._role_ids(t.after_a)]
+        types = [0] * len(ids)
+        if b is not None:
+            second = [*self._role_ids(t.before_b), *b, *self._role_ids(t.after_b)]
+            ids += second
+            types += [t.b_type] * len(second)
+        return ids, types
 
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
         return len(self.build_inputs([], [] if pair else None)[0])
@@ -207,7 +243,8 @@ class Tokenizer:
         """Load a Hugging Face tokenizer folder: ``tokenizer.json`` when present, else
         ``vocab.txt`` (BERT WordPiece), else ``vocab.json`` + ``merges.txt`` (byte-level BPE).
         Special tokens come from special_tokens_map.json / tokenizer_config.json, else from the
-        well-known strings found in the vocabulary."""
+        well-known strings found in the vocabulary; the template from tokenizer_config.json's
+        ``lmzoo_template``, else inferred from those tokens."""
         folder = Path(folder)
         if not folder.is_dir():
             raise UserError(f"tokenizer folder not found: {folder}")
@@ -251,7 +288,8 @@ class Tokenizer:
         max_len = config.get("model_max_length", 512)
         max_len = max_len if isinstance(max_len, int) and 0 < max_len < 10**9 else 512
         tok = cls(backend, kind, specials, lowercase=lowercase, model_max_length=max_len,
-                  additional_special_tokens=[t for t in extra if isinstance(t, str)])
+                  additional_special_tokens=[t for t in extra if isinstance(t, str)],
+                  template=config.get(TEMPLATE_KEY))
         # register vocabulary-file specials as added special tokens, as tokenizer.json would have them
         missing = [t for t in [*tok.special_tokens.values(), *tok.additional_special_tokens]
                    if t not in {a.content for a in backend.get_added_tokens_decoder().values()}]
@@ -270,8 +308,10 @@ class Tokenizer:
         smap = {f"{role}_token": tok for role, tok in self.special_tokens.items()}
         if self.additional_special_tokens:
             smap["additional_special_tokens"] = list(self.additional_special_tokens)
+        plain_bpe = self.kind == "bpe" and self.template == "plain"
         config = {
-            "tokenizer_class": TOKENIZER_CLASS[self.kind],
+            "tokenizer_class": PLAIN_BPE_CLASS if plain_bpe else TOKENIZER_CLASS[self.kind],
+            TEMPLATE_KEY: self.template,
             "model_max_length": self.model_max_length,
             "do_lower_case": self.lowercase,
             "clean_up_tokenization_spaces": False,
@@ -291,19 +331,19 @@ class Tokenizer:
 
     def _attach_post_processor(self) -> None:
         """Make ``backend.encode(..., add_special_tokens=True)`` (and so HF) match build_inputs."""
-        layout = self._layout()
-        t = self.special_tokens
-        if layout == "bert":
-            self.backend.post_processor = processors.TemplateProcessing(
-                single=f"{t['cls']} $A {t['sep']}", pair=f"{t['cls']} $A {t['sep']} $B:1 {t['sep']}:1",
-                special_tokens=[(t["cls"], self.cls_id), (t["sep"], self.sep_id)])
-        elif layout == "roberta":
+        t, token = TEMPLATES[self.template], self.special_tokens
+        if self.kind == "bpe" and self.template == "cls_sep_sep":  # what HF's byte-level BPE classes expect
             self.backend.post_processor = processors.RobertaProcessing(
-                (t["sep"], self.sep_id), (t["cls"], self.cls_id), trim_offsets=True, add_prefix_space=False)
-        elif layout == "t5":
+                (token["sep"], self.sep_id), (token["cls"], self.cls_id), trim_offsets=True, add_prefix_space=False)
+        elif self.template != "plain":
+            def part(roles: tuple[str, ...], type_id: int) -> list[str]:
+                return [f"{token[r]}:{type_id}" for r in roles]
+
+            single = [*part(t.before_a, 0), "$A:0", *part(t.after_a, 0)]
+            pair = single + [*part(t.before_b, t.b_type), f"$B:{t.b_type}", *part(t.after_b, t.b_type)]
             self.backend.post_processor = processors.TemplateProcessing(
-                single=f"$A {t['eos']}", pair=f"$A {t['eos']} $B {t['eos']}",
-                special_tokens=[(t["eos"], self.eos_id)])
+                single=" ".join(single), pair=" ".join(pair),
+                special_tokens=[(token[r], getattr(self, f"{r}_id")) for r in sorted(t.roles)])
         elif self.kind == "bpe":
             self.backend.post_processor = processors.ByteLevel(trim_offsets=False)
 
@@ -385,7 +425,7 @@ def _unigram_pipeline(model: models.Model, lowercase: bool) -> tokenizers.Tokeni
 
 def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_dir: str | None = None,
                     lowercase: bool = False, min_frequency: int = 2, special_tokens: list[str] | None = None,
-                    extra_ids: int = 0, document_split: str = "blank_line") -> Tokenizer:
+                    extra_ids: int = 0, document_split: str = "blank_line", template: str | None = None) -> Tokenizer:
     """Train a tokenizer on the documents of ``files`` (anything :func:`lmzoo.data.iter_documents`
     reads: files, folders, globs; .txt/.md/.jsonl, gzipped or not).
 
@@ -393,8 +433,10 @@ def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_d
     <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>), or "unigram" (T5: <pad>=0 </s>=1 <unk>=2, then
     ``extra_ids`` sentinels at the end of the vocabulary with <extra_id_0> last, as in T5).
     ``special_tokens`` are extra special tokens added after the kind's own (e.g. "<|endoftext|>").
-    ``vocab_size`` counts every token, sentinels included. With ``out_dir`` the tokenizer is
-    also saved there as an HF tokenizer folder.
+    ``vocab_size`` counts every token, sentinels included. ``template``: its special-token layout
+    (a key of ``TEMPLATES``, e.g. a family spec's); default "cls_sep" for wordpiece, "cls_sep_sep"
+    for bpe, "eos" for unigram. With ``out_dir`` the tokenizer is also saved there as an HF
+    tokenizer folder.
     """
     from lmzoo.data import iter_documents
 
@@ -407,6 +449,9 @@ def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_d
     roles = dict(DEFAULT_SPECIALS[kind])
     if kind == "bpe":  # RoBERTa: <s> doubles as the classifier token, </s> as the separator
         roles.update(cls="<s>", sep="</s>")
+    if template is not None and (template not in TEMPLATES or TEMPLATES[template].roles - roles.keys()):
+        raise UserError(f"template {template!r} does not fit a {kind} tokenizer (its special tokens: "
+                        f"{', '.join(roles)}; templates: {', '.join(TEMPLATES)})")
     user_extra = [t for t in dict.fromkeys(special_tokens or []) if t not in roles.values()]
     specials = list(DEFAULT_SPECIALS[kind].values()) + user_extra
     n_special = len(specials) + extra_ids
@@ -446,7 +491,7 @@ def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_d
         # T5 order: <extra_id_0> is the last id, <extra_id_{n-1}> the first after the pieces
         backend.add_special_tokens(list(reversed(extra)))
     tok = Tokenizer(backend, kind, roles, lowercase=lowercase,
-                    additional_special_tokens=extra + user_extra)
+                    additional_special_tokens=extra + user_extra, template=template)
     tok._attach_post_processor()
     if out_dir is not None:
         tok.save(out_dir)

@@ -215,9 +215,13 @@ def test_regression_and_multilabel_learn(bert_folder, tmp_path):
     reg = json.loads((tmp_path / "reg" / "best" / "eval_metrics.json").read_text())
     variance = torch.tensor([float(r["score"]) for r in rows]).var(unbiased=False).item()
     assert reg["mse"] < 0.25 * variance and reg["pearson"] > 0.9
+    # From this random tiny body, 80 multi-label steps either learn the labels (subset accuracy >= 0.92)
+    # or stall near 0.55, depending on the initial weights and data order: measured over 10 body seeds,
+    # 4 stalled on the code before the architecture change and 3 after. The run's seed is fixed to one
+    # that learns; a broken multi-label path stays at or below the stalled value.
     assert main(["finetune", "--task", "classify", "--label-column", "labels", "--model", str(bert_folder),
                  "--train", str(tmp_path / "m.jsonl"), "--eval", str(tmp_path / "m.jsonl"),
-                 "--out", str(tmp_path / "multi"), "--max-steps", "80", *TRAIN_FLAGS]) == 0
+                 "--out", str(tmp_path / "multi"), "--max-steps", "80", *TRAIN_FLAGS, "--seed", "3"]) == 0
     ml = json.loads((tmp_path / "multi" / "best" / "eval_metrics.json").read_text())
     assert ml["accuracy"] >= 0.9 and ml["micro_f1"] >= 0.9
     assert json.loads((tmp_path / "multi" / "best" / "config.json").read_text())["problem_type"] == \

@@ -22,6 +22,66 @@ from lmzoo.nn.stack import Stack
 from lmzoo.outputs import ModelOutput
 
 
+def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    """HF BartConfig dict → ModelConfig."""
+    if hf.get("normalize_before") or hf.get("add_final_layer_norm"):
+        raise UserError("unsupported BART variant (pre-norm / final layer norm: mBART)")
+    kept = ("forced_bos_token_id", "forced_eos_token_id", "activation_dropout", "init_std")
+    heads, ffn = hf.get("encoder_attention_heads", 16), hf.get("encoder_ffn_dim", 4096)
+    decoder_heads, decoder_ffn = hf.get("decoder_attention_heads", 16), hf.get("decoder_ffn_dim", 4096)
+    return ModelConfig(
+        family="bart",
+        vocab_size=hf["vocab_size"],
+        d_model=hf.get("d_model", 1024),
+        n_layers=hf.get("encoder_layers", 12),
+        n_decoder_layers=hf.get("decoder_layers", 12),
+        n_heads=heads,
+        n_decoder_heads=0 if decoder_heads == heads else decoder_heads,
+        d_ff=ffn,
+        d_decoder_ff=0 if decoder_ffn == ffn else decoder_ffn,
+        max_positions=hf.get("max_position_embeddings", 1024),
+        position_offset=2,
+        norm_eps=1e-5,
+        embedding_norm=True,
+        embedding_scale=bool(hf.get("scale_embedding", False)),
+        activation=activation_from_hf(hf.get("activation_function", "gelu")),
+        dropout=hf.get("dropout", 0.1),
+        attention_dropout=hf.get("attention_dropout", 0.0),
+        pad_token_id=hf.get("pad_token_id", 1),
+        bos_token_id=hf.get("bos_token_id", 0),
+        eos_token_id=hf.get("eos_token_id", 2),
+        decoder_start_token_id=hf.get("decoder_start_token_id", 2),
+        hf_passthrough={k: hf[k] for k in kept if k in hf},
+    )
+
+
+def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """ModelConfig → HF BartConfig dict."""
+    return {
+        "model_type": "bart",
+        "vocab_size": config.vocab_size,
+        "d_model": config.d_model,
+        "encoder_layers": config.n_layers,
+        "decoder_layers": config.n_decoder_layers,
+        "encoder_attention_heads": config.n_heads,
+        "decoder_attention_heads": config.n_decoder_heads or config.n_heads,
+        "encoder_ffn_dim": config.d_ff,
+        "decoder_ffn_dim": config.d_decoder_ff or config.d_ff,
+        "max_position_embeddings": config.max_positions,
+        "scale_embedding": config.embedding_scale,
+        "activation_function": activation_to_hf(config.activation),
+        "dropout": config.dropout,
+        "attention_dropout": config.attention_dropout,
+        "pad_token_id": config.pad_token_id,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "decoder_start_token_id": config.decoder_start_token_id,
+        "is_encoder_decoder": True,
+        "tie_word_embeddings": True,
+        **config.hf_passthrough,
+    }
+
+
 class BartStack(nn.Module):
     """Encoder or decoder: + positions → LayerNorm → dropout → post-LN blocks (token embeddings come in)."""
 
@@ -80,14 +140,8 @@ def stack_key_map(hf: str, ours: str, *, decoder: bool) -> list[tuple[str, str |
 
 class BartPreTrainedModel(PreTrainedModel):
     model_types = ("bart",)
-
-    @staticmethod
-    def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
-        return config_from_hf(hf)
-
-    @staticmethod
-    def config_to_hf(config: ModelConfig) -> dict[str, Any]:
-        return config_to_hf(config)
+    config_from_hf = staticmethod(config_from_hf)
+    config_to_hf = staticmethod(config_to_hf)
 
 
 class BartModel(BartPreTrainedModel):
@@ -180,66 +234,6 @@ class BartForConditionalGeneration(EncoderDecoderLM, BartPreTrainedModel):
     def lm_head_parts(self) -> tuple[None, torch.Tensor, torch.Tensor]:
         """Tied to the embeddings, plus final_logits_bias."""
         return None, self.model.shared.weight, self.final_logits_bias
-
-
-def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
-    """HF BartConfig dict → ModelConfig."""
-    if hf.get("normalize_before") or hf.get("add_final_layer_norm"):
-        raise UserError("unsupported BART variant (pre-norm / final layer norm: mBART)")
-    kept = ("forced_bos_token_id", "forced_eos_token_id", "activation_dropout", "init_std")
-    heads, ffn = hf.get("encoder_attention_heads", 16), hf.get("encoder_ffn_dim", 4096)
-    decoder_heads, decoder_ffn = hf.get("decoder_attention_heads", 16), hf.get("decoder_ffn_dim", 4096)
-    return ModelConfig(
-        family="bart",
-        vocab_size=hf["vocab_size"],
-        d_model=hf.get("d_model", 1024),
-        n_layers=hf.get("encoder_layers", 12),
-        n_decoder_layers=hf.get("decoder_layers", 12),
-        n_heads=heads,
-        n_decoder_heads=0 if decoder_heads == heads else decoder_heads,
-        d_ff=ffn,
-        d_decoder_ff=0 if decoder_ffn == ffn else decoder_ffn,
-        max_positions=hf.get("max_position_embeddings", 1024),
-        position_offset=2,
-        norm_eps=1e-5,
-        embedding_norm=True,
-        embedding_scale=bool(hf.get("scale_embedding", False)),
-        activation=activation_from_hf(hf.get("activation_function", "gelu")),
-        dropout=hf.get("dropout", 0.1),
-        attention_dropout=hf.get("attention_dropout", 0.0),
-        pad_token_id=hf.get("pad_token_id", 1),
-        bos_token_id=hf.get("bos_token_id", 0),
-        eos_token_id=hf.get("eos_token_id", 2),
-        decoder_start_token_id=hf.get("decoder_start_token_id", 2),
-        hf_passthrough={k: hf[k] for k in kept if k in hf},
-    )
-
-
-def config_to_hf(config: ModelConfig) -> dict[str, Any]:
-    """ModelConfig → HF BartConfig dict."""
-    return {
-        "model_type": "bart",
-        "vocab_size": config.vocab_size,
-        "d_model": config.d_model,
-        "encoder_layers": config.n_layers,
-        "decoder_layers": config.n_decoder_layers,
-        "encoder_attention_heads": config.n_heads,
-        "decoder_attention_heads": config.n_decoder_heads or config.n_heads,
-        "encoder_ffn_dim": config.d_ff,
-        "decoder_ffn_dim": config.d_decoder_ff or config.d_ff,
-        "max_position_embeddings": config.max_positions,
-        "scale_embedding": config.embedding_scale,
-        "activation_function": activation_to_hf(config.activation),
-        "dropout": config.dropout,
-        "attention_dropout": config.attention_dropout,
-        "pad_token_id": config.pad_token_id,
-        "bos_token_id": config.bos_token_id,
-        "eos_token_id": config.eos_token_id,
-        "decoder_start_token_id": config.decoder_start_token_id,
-        "is_encoder_decoder": True,
-        "tie_word_embeddings": True,
-        **config.hf_passthrough,
-    }
 
 
 SPEC = FamilySpec(

@@ -12,6 +12,7 @@ from torch import nn
 
 from lmzoo.config import ModelConfig
 from lmzoo.errors import UserError
+from lmzoo.tokenizer import KINDS, TEMPLATES
 from lmzoo.weights import load_into, save_folder
 
 HEAD_KINDS = ("sequence_classification", "token_classification")
@@ -100,11 +101,6 @@ class PreTrainedModel(nn.Module):
         return next(self.parameters()).device
 
 
-TOKENIZER_KINDS = ("wordpiece", "bpe", "unigram")
-# How ``Tokenizer.build_inputs`` wraps one text A or a pair A, B (see lmzoo.tokenizer.TEMPLATES)
-TEMPLATES = ("cls_sep", "cls_sep_sep", "eos", "plain")
-
-
 @dataclass(frozen=True, kw_only=True)
 class FamilySpec:
     """One family as shared code sees it; shared code asks this, never a family name.
@@ -117,11 +113,11 @@ class FamilySpec:
     name: str  # ModelConfig.family
     architectures: tuple[type[PreTrainedModel], ...]
     tokenizer_kind: str  # trained for it when the user brings no tokenizer
-    template: str  # its special-token layout (one of TEMPLATES)
+    template: str  # its special-token layout (a key of lmzoo.tokenizer.TEMPLATES)
     objectives: Mapping[str, type[PreTrainedModel]]
 
     def __post_init__(self) -> None:
-        if self.tokenizer_kind not in TOKENIZER_KINDS or self.template not in TEMPLATES or not self.objectives:
+        if self.tokenizer_kind not in KINDS or self.template not in TEMPLATES or not self.objectives:
             raise ValueError(f"incomplete family spec {self.name!r}")
 
     @property

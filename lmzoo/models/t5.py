@@ -50,6 +50,81 @@ def relative_position_bucket(relative_position: torch.Tensor, *, bidirectional: 
     return buckets + torch.where(is_small, distance, large)
 
 
+# --- HF config ----------------------------------------------------------------------------------
+
+HF_FFN = {"relu": ("relu", False), "gated-gelu": ("gelu_tanh", True), "gated-gelu_new": ("gelu_tanh", True),
+          "gelu_new": ("gelu_tanh", False), "gelu": ("gelu", False), "gated-relu": ("relu", True),
+          "gated-silu": ("silu", True), "silu": ("silu", False)}
+
+
+def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
+    """HF T5Config dict → ModelConfig (v1.0 or v1.1, told apart by the FFN and the head scaling)."""
+    proj = hf.get("feed_forward_proj", "relu")
+    if proj not in HF_FFN:
+        raise UserError(f"unsupported T5 feed_forward_proj {proj!r}")
+    activation, gated = HF_FFN[proj]
+    # transformers < 5: tie_word_embeddings False = v1.1; transformers 5 writes scale_decoder_outputs
+    scaled = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True) is not False)
+    n_layers = hf.get("num_layers", 6)
+    eos = hf.get("eos_token_id", 1)
+    return ModelConfig(
+        family="t5",
+        vocab_size=hf["vocab_size"],
+        d_model=hf["d_model"],
+        n_layers=n_layers,
+        n_decoder_layers=hf.get("num_decoder_layers") or n_layers,
+        n_heads=hf["num_heads"],
+        d_head=hf.get("d_kv", 64),
+        d_ff=hf["d_ff"],
+        max_positions=hf.get("n_positions", 512),
+        positions="relative_buckets",
+        norm="rmsnorm",
+        norm_eps=hf.get("layer_norm_epsilon", 1e-6),
+        pre_norm=True,
+        activation=activation,
+        gated_ffn=gated,
+        bias=False,
+        attention_scale=False,
+        tie_embeddings=scaled,
+        tied_logits_scale=scaled,
+        relative_buckets=hf.get("relative_attention_num_buckets", 32),
+        relative_max_distance=hf.get("relative_attention_max_distance", 128),
+        dropout=hf.get("dropout_rate", 0.1),
+        attention_dropout=hf.get("dropout_rate", 0.1),
+        pad_token_id=hf.get("pad_token_id", 0),
+        eos_token_id=eos[0] if isinstance(eos, list) else eos,
+        decoder_start_token_id=hf.get("decoder_start_token_id", hf.get("pad_token_id", 0)),
+    )
+
+
+def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """ModelConfig → HF T5Config dict."""
+    hf_act = activation_to_hf(config.activation)
+    proj = "gated-gelu" if (config.gated_ffn and config.activation == "gelu_tanh") else (
+        ("gated-" if config.gated_ffn else "") + hf_act)
+    return {
+        "model_type": "t5",
+        "vocab_size": config.vocab_size,
+        "d_model": config.d_model,
+        "d_kv": config.head_dim,
+        "d_ff": config.d_ff,
+        "num_layers": config.n_layers,
+        "num_decoder_layers": config.n_decoder_layers or config.n_layers,
+        "num_heads": config.n_heads,
+        "relative_attention_num_buckets": config.relative_buckets,
+        "relative_attention_max_distance": config.relative_max_distance,
+        "dropout_rate": config.dropout,
+        "layer_norm_epsilon": config.norm_eps,
+        "feed_forward_proj": proj,
+        "is_encoder_decoder": True,
+        "pad_token_id": config.pad_token_id,
+        "eos_token_id": config.eos_token_id,
+        "decoder_start_token_id": config.decoder_start_token_id,
+        "tie_word_embeddings": config.tie_embeddings,
+        "scale_decoder_outputs": config.tied_logits_scale,
+    }
+
+
 class T5Stack(nn.Module):
     """Encoder (bidirectional buckets) or decoder (causal buckets + cross-attention) of T5.
 
@@ -123,14 +198,8 @@ def stack_key_map(hf: str, ours: str, config: ModelConfig, *, decoder: bool) -> 
 
 class T5PreTrainedModel(PreTrainedModel):
     model_types = ("t5",)
-
-    @staticmethod
-    def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
-        return config_from_hf(hf)
-
-    @staticmethod
-    def config_to_hf(config: ModelConfig) -> dict[str, Any]:
-        return config_to_hf(config)
+    config_from_hf = staticmethod(config_from_hf)
+    config_to_hf = staticmethod(config_to_hf)
 
     def init_weights(self) -> None:
         """T5's (Mesh TensorFlow) init: N(0, fan_in**-0.5) for linear layers, except the query whose extra
@@ -215,81 +284,6 @@ class T5ForConditionalGeneration(EncoderDecoderLM, T5PreTrainedModel):
 
     def lm_head_parts(self) -> tuple[nn.Module, torch.Tensor, None]:
         return self.lm_head, self.lm_head.weight, None
-
-
-# --- HF config ----------------------------------------------------------------------------------
-
-HF_FFN = {"relu": ("relu", False), "gated-gelu": ("gelu_tanh", True), "gated-gelu_new": ("gelu_tanh", True),
-          "gelu_new": ("gelu_tanh", False), "gelu": ("gelu", False), "gated-relu": ("relu", True),
-          "gated-silu": ("silu", True), "silu": ("silu", False)}
-
-
-def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
-    """HF T5Config dict → ModelConfig (v1.0 or v1.1, told apart by the FFN and the head scaling)."""
-    proj = hf.get("feed_forward_proj", "relu")
-    if proj not in HF_FFN:
-        raise UserError(f"unsupported T5 feed_forward_proj {proj!r}")
-    activation, gated = HF_FFN[proj]
-    # transformers < 5: tie_word_embeddings False = v1.1; transformers 5 writes scale_decoder_outputs
-    scaled = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True) is not False)
-    n_layers = hf.get("num_layers", 6)
-    eos = hf.get("eos_token_id", 1)
-    return ModelConfig(
-        family="t5",
-        vocab_size=hf["vocab_size"],
-        d_model=hf["d_model"],
-        n_layers=n_layers,
-        n_decoder_layers=hf.get("num_decoder_layers") or n_layers,
-        n_heads=hf["num_heads"],
-        d_head=hf.get("d_kv", 64),
-        d_ff=hf["d_ff"],
-        max_positions=hf.get("n_positions", 512),
-        positions="relative_buckets",
-        norm="rmsnorm",
-        norm_eps=hf.get("layer_norm_epsilon", 1e-6),
-        pre_norm=True,
-        activation=activation,
-        gated_ffn=gated,
-        bias=False,
-        attention_scale=False,
-        tie_embeddings=scaled,
-        tied_logits_scale=scaled,
-        relative_buckets=hf.get("relative_attention_num_buckets", 32),
-        relative_max_distance=hf.get("relative_attention_max_distance", 128),
-        dropout=hf.get("dropout_rate", 0.1),
-        attention_dropout=hf.get("dropout_rate", 0.1),
-        pad_token_id=hf.get("pad_token_id", 0),
-        eos_token_id=eos[0] if isinstance(eos, list) else eos,
-        decoder_start_token_id=hf.get("decoder_start_token_id", hf.get("pad_token_id", 0)),
-    )
-
-
-def config_to_hf(config: ModelConfig) -> dict[str, Any]:
-    """ModelConfig → HF T5Config dict."""
-    hf_act = activation_to_hf(config.activation)
-    proj = "gated-gelu" if (config.gated_ffn and config.activation == "gelu_tanh") else (
-        ("gated-" if config.gated_ffn else "") + hf_act)
-    return {
-        "model_type": "t5",
-        "vocab_size": config.vocab_size,
-        "d_model": config.d_model,
-        "d_kv": config.head_dim,
-        "d_ff": config.d_ff,
-        "num_layers": config.n_layers,
-        "num_decoder_layers": config.n_decoder_layers or config.n_layers,
-        "num_heads": config.n_heads,
-        "relative_attention_num_buckets": config.relative_buckets,
-        "relative_attention_max_distance": config.relative_max_distance,
-        "dropout_rate": config.dropout,
-        "layer_norm_epsilon": config.norm_eps,
-        "feed_forward_proj": proj,
-        "is_encoder_decoder": True,
-        "pad_token_id": config.pad_token_id,
-        "eos_token_id": config.eos_token_id,
-        "decoder_start_token_id": config.decoder_start_token_id,
-        "tie_word_embeddings": config.tie_embeddings,
-        "scale_decoder_outputs": config.tied_logits_scale,
-    }
 
 
 SPEC = FamilySpec(

@@ -20,18 +20,34 @@ padding; the model shifts them), and in document mode ``document_ids`` and ``pos
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from lmzoo.errors import UserError
+from lmzoo.objectives.base import Objective, ObjectiveSetup
 from lmzoo.objectives.packing import PackedDataset
+from lmzoo.options import option
 
 if TYPE_CHECKING:
     from lmzoo.data import TokenizedCorpus
+    from lmzoo.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True, kw_only=True)
+class CLMConfig:
+    """The options of objective clm."""
+
+    cross_document_attention: bool = option(
+        False, "plain concatenation: tokens may attend across end-of-text (default: block-diagonal)")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cross_document_attention, bool):
+            raise UserError(f"cross_document_attention must be true or false, got {self.cross_document_attention!r}")
 
 
 class ClmDataset:
@@ -183,3 +199,20 @@ def dialogue_corpus(spec: Any, out_path: str, *, min_turns: int = 2) -> int:
         raise UserError(f"no dialogue found in {spec} (expected markdown plays with **NAME** speeches)")
     atomic_write_text(out_path, "".join(json.dumps({"text": s}) + "\n" for s in scenes))
     return len(scenes)
+
+
+def build_clm(tokenizer: "Tokenizer", train_corpus: "TokenizedCorpus", eval_corpus: "TokenizedCorpus",
+              options: CLMConfig, *, seq_len: int, seed: int) -> ObjectiveSetup:
+    """GPT recipe: documents packed into full rows, an end-of-text token after each (a learned
+    target); by default no token attends across a document boundary and positions restart."""
+    if tokenizer.eos_id is None:
+        raise UserError("causal LM needs a tokenizer with an end-of-text token")
+
+    def rows(corpus: "TokenizedCorpus") -> ClmDataset:
+        return clm_dataset(corpus, seq_len, tokenizer.eos_id, cross_document_attention=options.cross_document_attention)
+
+    return ObjectiveSetup(rows(train_corpus), rows(eval_corpus), ClmCollator(tokenizer.eos_id, tokenizer.pad_id),
+                          clm_metrics(tokenizer.eos_id))
+
+
+OBJECTIVE = Objective(name="clm", title="causal LM", options=CLMConfig, build=build_clm)

@@ -14,26 +14,34 @@ permutation. Order as fairseq: permute sentences, mask/delete/infill, rotate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from lmzoo.errors import UserError
+from lmzoo.objectives.base import Objective, ObjectiveSetup
+from lmzoo.objectives.mlm import accuracy_metrics
+from lmzoo.options import option
+
+if TYPE_CHECKING:
+    from lmzoo.data import TokenizedCorpus
+    from lmzoo.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True, kw_only=True)
 class DenoisingConfig:
-    """Rates of each noise (0 = off). Defaults: the paper's final recipe."""
+    """Rates of each noise (0 = off). Defaults: the paper's final recipe. The options of objective denoise."""
 
-    mask_rate: float = 0.0  # token masking
-    delete_rate: float = 0.0  # token deletion
-    infill_rate: float = 0.3  # text infilling
-    poisson_lambda: float = 3.0
-    permute_sentences: bool = True
-    rotate: bool = False
+    infill_rate: float = option(0.3, "share of tokens infilled (Poisson spans)")
+    poisson_lambda: float = option(3.0, "mean infilled span length")
+    mask_rate: float = option(0.0, "token masking rate")
+    delete_rate: float = option(0.0, "token deletion rate")
+    # True by default, so its flag is --no-permute-sentences and the help says what that flag does
+    permute_sentences: bool = option(True, "keep sentence order (default: sentences shuffled)")
+    rotate: bool = option(False, "document rotation")
 
     def __post_init__(self) -> None:
         for name in ("mask_rate", "delete_rate", "infill_rate"):
@@ -195,3 +203,17 @@ class SentenceWindows:
         lengths = np.diff(offsets[first:end + 1])
         sentence_ids = np.repeat(np.arange(end - first), lengths)
         return {"input_ids": tokens[: self.max_tokens], "sentence_ids": sentence_ids[: self.max_tokens]}
+
+
+def build_denoising(tokenizer: "Tokenizer", train_corpus: "TokenizedCorpus", eval_corpus: "TokenizedCorpus",
+                    options: DenoisingConfig, *, seq_len: int, seed: int) -> ObjectiveSetup:
+    """BART recipe: windows of whole sentences of one document; text infilling (30%, Poisson λ=3)
+    plus sentence permutation by default; the decoder reconstructs the original."""
+    collate = DenoisingCollator(mask_id=tokenizer.mask_id, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id,
+                                eos_id=tokenizer.eos_id, config=options, max_length=seq_len)
+    # the collator adds bos and eos around each window
+    return ObjectiveSetup(SentenceWindows(train_corpus, max_tokens=seq_len - 2),
+                          SentenceWindows(eval_corpus, max_tokens=seq_len - 2), collate, accuracy_metrics("token"))
+
+
+OBJECTIVE = Objective(name="denoise", title="denoising", options=DenoisingConfig, build=build_denoising)

@@ -8,12 +8,19 @@ seen it gets a fresh mask (RoBERTa's dynamic masking) and a run is still reprodu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import torch
 
 from lmzoo.errors import UserError
+from lmzoo.objectives.base import Objective, ObjectiveSetup
+from lmzoo.objectives.packing import PackedDataset
+from lmzoo.options import option
+
+if TYPE_CHECKING:
+    from lmzoo.data import TokenizedCorpus
+    from lmzoo.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
 
@@ -22,12 +29,12 @@ IGNORE_INDEX = -100
 class MLMConfig:
     """``mask_prob``: share of (non-special) tokens, or of words with ``whole_word``, chosen for
     prediction. Of those, ``mask_token_prob`` become [MASK], ``random_token_prob`` a random
-    non-special token, and the rest keep their token."""
+    non-special token, and the rest keep their token. The options of objectives mlm and mlm+nsp."""
 
-    mask_prob: float = 0.15
-    mask_token_prob: float = 0.8
-    random_token_prob: float = 0.1
-    whole_word: bool = False
+    mask_prob: float = option(0.15, "share of tokens (of words with --whole-word) chosen for prediction")
+    mask_token_prob: float = option(0.8, "share of chosen tokens set to the mask")
+    random_token_prob: float = option(0.1, "share set to a random token")
+    whole_word: bool = option(False, "mask whole words")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_prob < 1.0:
@@ -83,21 +90,11 @@ def mask_tokens(input_ids: torch.Tensor, *, special_mask: torch.Tensor, mask_id:
     if random_ids.numel() == 0 and config.random_token_prob > 0:
         raise UserError("no non-special token id left for random replacement")
 
-    # Units: every candidate token starts a unit unless whole_word says it continues a word.
     if config.whole_word:
         if word_starts is None:
             raise UserError("whole-word masking needs word_starts")
-        ws = (word_starts.unsqueeze(0) if squeeze else word_starts).to(device=device, dtype=torch.bool)
-        if ws.shape != ids.shape:
-            raise ValueError(f"word_starts has shape {tuple(ws.shape)}, expected {tuple(ids.shape)}")
-        # a special token starts a unit of its own (never chosen), so it also ends the word before
-        # it, and tokens after it that continue a word form the next (candidate) unit
-        starts = ws | special
-        starts[:, 0] = True
-    else:
-        starts = torch.ones_like(special)
-    # unit number of every token, unique over the batch: [batch, seq]
-    unit = torch.cumsum(starts.flatten().long(), 0) - 1
+        word_starts = (word_starts.unsqueeze(0) if squeeze else word_starts).to(device=device, dtype=torch.bool)
+    unit = _unit_numbers(special, word_starts if config.whole_word else None)
 
     gen_device = generator.device
     unit_u = torch.rand(n, generator=generator, device=gen_device).to(device)      # chosen?
@@ -127,6 +124,21 @@ def mask_tokens(input_ids: torch.Tensor, *, special_mask: torch.Tensor, mask_id:
     if squeeze:
         return out[0], labels[0]
     return out, labels
+
+
+def _unit_numbers(special: torch.Tensor, word_starts: torch.Tensor | None) -> torch.Tensor:
+    """The unit number of every token, unique over the batch, flattened: [batch * seq]. Every token
+    is a unit of its own, unless ``word_starts`` (whole words) says it continues the word before it."""
+    if word_starts is None:
+        starts = torch.ones_like(special)
+    else:
+        if word_starts.shape != special.shape:
+            raise ValueError(f"word_starts has shape {tuple(word_starts.shape)}, expected {tuple(special.shape)}")
+        # a special token starts a unit of its own (never chosen), so it also ends the word before
+        # it, and tokens after it that continue a word form the next (candidate) unit
+        starts = word_starts | special
+        starts[:, 0] = True
+    return torch.cumsum(starts.flatten().long(), 0) - 1
 
 
 def _pad(rows: list[Any], value: int, length: int, dtype: torch.dtype) -> torch.Tensor:
@@ -206,3 +218,33 @@ def mlm_metrics(batch: dict[str, torch.Tensor], output: Any) -> dict[str, float]
         raise ValueError(f"{logits.shape[0]} logit rows for {target.shape[0]} labelled positions")
     correct = (logits.argmax(-1) == target).sum().item()
     return {"mlm_correct": float(correct), "mlm_total": float(target.numel())}
+
+
+def accuracy_metrics(name: str) -> Callable[[dict[str, torch.Tensor], Any], dict[str, float]]:
+    """:func:`mlm_metrics` under another name, ``{name}_correct`` / ``{name}_total``: accuracy on
+    the labelled tokens of any objective (the predicted tokens, a decoder's targets)."""
+
+    def metrics(batch: dict[str, torch.Tensor], output: Any) -> dict[str, float]:
+        sums = mlm_metrics(batch, output)
+        return {f"{name}_correct": sums["mlm_correct"], f"{name}_total": sums["mlm_total"]}
+
+    return metrics
+
+
+def masked_lm_collator(tokenizer: "Tokenizer", config: MLMConfig) -> MLMCollator:
+    return MLMCollator(pad_id=tokenizer.pad_id, mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
+                       special_ids=tokenizer.special_ids, config=config)
+
+
+def build_mlm(tokenizer: "Tokenizer", train_corpus: "TokenizedCorpus", eval_corpus: "TokenizedCorpus",
+              options: MLMConfig, *, seq_len: int, seed: int) -> ObjectiveSetup:
+    """RoBERTa recipe: full sentences packed across documents to seq_len, masks drawn afresh each time."""
+
+    def packed(corpus: "TokenizedCorpus") -> PackedDataset:
+        return PackedDataset(corpus, max_length=seq_len, bos_id=tokenizer.cls_id, eos_id=tokenizer.sep_id)
+
+    return ObjectiveSetup(packed(train_corpus), packed(eval_corpus), masked_lm_collator(tokenizer, options),
+                          mlm_metrics)
+
+
+OBJECTIVE = Objective(name="mlm", title="masked LM", options=MLMConfig, build=build_mlm)

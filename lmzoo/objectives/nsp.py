@@ -19,10 +19,12 @@ import numpy as np
 import torch
 
 from lmzoo.errors import UserError
-from lmzoo.objectives.mlm import mlm_metrics
+from lmzoo.objectives.base import Objective, ObjectiveSetup
+from lmzoo.objectives.mlm import MLMConfig, masked_lm_collator, mlm_metrics
 
 if TYPE_CHECKING:
     from lmzoo.data import TokenizedCorpus
+    from lmzoo.tokenizer import Tokenizer
 
 IS_NEXT, NOT_NEXT = 0, 1
 
@@ -162,3 +164,25 @@ def nsp_metrics(batch: dict[str, torch.Tensor], output: Any) -> dict[str, float]
 def mlm_nsp_metrics(batch: dict[str, torch.Tensor], output: Any) -> dict[str, float]:
     """:func:`~lmzoo.objectives.mlm.mlm_metrics` and :func:`nsp_metrics` together (BERT pretraining)."""
     return {**mlm_metrics(batch, output), **nsp_metrics(batch, output)}
+
+
+def build_mlm_nsp(tokenizer: "Tokenizer", train_corpus: "TokenizedCorpus", eval_corpus: "TokenizedCorpus",
+                  options: MLMConfig, *, seq_len: int, seed: int) -> ObjectiveSetup:
+    """BERT recipe: sentence pairs (50% true next, 50% from another document) with MLM on both;
+    the held-out pairs are drawn with ``seed + 1``."""
+    if tokenizer.cls_id is None or tokenizer.sep_id is None:
+        raise UserError("next-sentence prediction needs a tokenizer with [CLS] and [SEP] tokens")
+    for name, corpus in (("training", train_corpus), ("held-out", eval_corpus)):
+        if len(corpus) < 2:
+            raise UserError(f"corpus too small for next-sentence prediction: the {name} split has {len(corpus)} "
+                            "document(s), NSP needs at least 2 (add text or change --eval-fraction)")
+
+    def pairs(corpus: "TokenizedCorpus", seed: int) -> NSPDataset:
+        return NSPDataset(corpus, max_length=seq_len, cls_id=tokenizer.cls_id, sep_id=tokenizer.sep_id, seed=seed)
+
+    return ObjectiveSetup(pairs(train_corpus, seed), pairs(eval_corpus, seed + 1),
+                          masked_lm_collator(tokenizer, options), mlm_nsp_metrics)
+
+
+OBJECTIVE = Objective(name="mlm+nsp", title="masked LM + next-sentence prediction", options=MLMConfig,
+                      build=build_mlm_nsp)

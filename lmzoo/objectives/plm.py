@@ -17,12 +17,21 @@ these P rows.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lmzoo.errors import UserError
+from lmzoo.objectives.base import Objective, ObjectiveSetup
+from lmzoo.objectives.mlm import accuracy_metrics
+from lmzoo.objectives.packing import PackedDataset
+from lmzoo.options import option
+
+if TYPE_CHECKING:
+    from lmzoo.data import TokenizedCorpus
+    from lmzoo.tokenizer import Tokenizer
 
 
 def sample_spans(length: int, K: float, max_span: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -44,6 +53,20 @@ def permutation_mask(predicted: torch.Tensor, rank: torch.Tensor) -> torch.Tenso
     j comes at or after i in the factorization order ``rank`` (B, T)."""
     later = rank[:, None, :] >= rank[:, :, None]  # [b, i, j]: rank_j >= rank_i
     return predicted[:, None, :] & (~predicted[:, :, None] | later)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PLMConfig:
+    """The options of objective plm (XLNet: K = 6, spans up to 5)."""
+
+    k: float = option(6.0, "predict about 1/K of the tokens, K > 1", flag="--plm-k")
+    max_span: int = option(5, "predicted spans of 1..N tokens")
+
+    def __post_init__(self) -> None:
+        if not self.k > 1:
+            raise UserError(f"--plm-k must be > 1 (about 1/K of the tokens are predicted), got {self.k}")
+        if self.max_span < 1:
+            raise UserError(f"--max-span must be >= 1, got {self.max_span}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,3 +128,24 @@ class PLMCollator:
             "target_mapping": target_mapping,
             "labels": labels,
         }
+
+
+def build_plm(tokenizer: "Tokenizer", train_corpus: "TokenizedCorpus", eval_corpus: "TokenizedCorpus",
+              options: PLMConfig, *, seq_len: int, seed: int) -> ObjectiveSetup:
+    """XLNet recipe: packed rows, a random factorization order per row, ~1/K of the tokens
+    predicted as spans; a fixed number of prediction rows keeps shapes static."""
+    if tokenizer.pad_id is None:
+        raise UserError("permutation LM needs a tokenizer with a pad token")
+
+    def packed(corpus: "TokenizedCorpus") -> PackedDataset:
+        return PackedDataset(corpus, max_length=seq_len, bos_id=None, eos_id=tokenizer.eos_id,
+                             sep_between_docs=tokenizer.eos_id is not None)
+
+    # about 1/K of the tokens are predicted, plus up to one span from the last chunk; any excess becomes context
+    num_predict = math.ceil(seq_len / options.k) + options.max_span
+    collate = PLMCollator(pad_id=tokenizer.pad_id, K=options.k, max_span=options.max_span, num_predict=num_predict,
+                          special_ids=tuple(tokenizer.special_ids))
+    return ObjectiveSetup(packed(train_corpus), packed(eval_corpus), collate, accuracy_metrics("plm"))
+
+
+OBJECTIVE = Objective(name="plm", title="permutation LM", options=PLMConfig, build=build_plm)

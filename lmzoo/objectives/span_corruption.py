@@ -13,20 +13,30 @@ length (no padding, no truncation), as T5's ``random_spans_helper`` does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 
 from lmzoo.errors import UserError
+from lmzoo.objectives.base import Objective, ObjectiveSetup
+from lmzoo.objectives.mlm import accuracy_metrics
+from lmzoo.objectives.packing import PackedDataset
+from lmzoo.options import option
+
+if TYPE_CHECKING:
+    from lmzoo.data import TokenizedCorpus
+    from lmzoo.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True, kw_only=True)
 class SpanCorruptionConfig:
-    noise_density: float = 0.15
-    mean_span_length: float = 3.0
+    """The options of objective span (T5's defaults)."""
+
+    noise_density: float = option(0.15, "share of tokens in corrupted spans")
+    mean_span_length: float = option(3.0, "mean corrupted span length")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.noise_density < 1.0:
@@ -164,3 +174,22 @@ class SpanCorruptionCollator:
         for row, (i, _) in enumerate(pairs):
             attention_mask[row, :len(i)] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def build_span_corruption(tokenizer: "Tokenizer", train_corpus: "TokenizedCorpus", eval_corpus: "TokenizedCorpus",
+                          options: SpanCorruptionConfig, *, seq_len: int, seed: int) -> ObjectiveSetup:
+    """T5 recipe: packed raw rows sized so the corrupted inputs fill seq_len exactly, spans →
+    sentinels <extra_id_N>, targets = sentinels followed by their spans."""
+    raw_length, _ = raw_length_for(seq_len, options)
+
+    def packed(corpus: "TokenizedCorpus") -> PackedDataset:
+        return PackedDataset(corpus, max_length=raw_length, bos_id=None, eos_id=None, sep_id=tokenizer.eos_id,
+                             sep_between_docs=tokenizer.eos_id is not None)
+
+    collate = SpanCorruptionCollator(sentinel_ids=sentinel_ids_of(tokenizer), eos_id=tokenizer.eos_id,
+                                     pad_id=tokenizer.pad_id, config=options)
+    return ObjectiveSetup(packed(train_corpus), packed(eval_corpus), collate, accuracy_metrics("token"))
+
+
+OBJECTIVE = Objective(name="span", title="span corruption", options=SpanCorruptionConfig,
+                      build=build_span_corruption, extra_ids=100)
