@@ -55,7 +55,7 @@ def test_read_pairs_formats_and_errors(tmp_path):
     with pytest.raises(UserError, match="empty target"):
         read_pairs(tmp_path / "b.jsonl")
     (tmp_path / "c.txt").write_text("x")
-    with pytest.raises(UserError, match=".jsonl, .tsv or .csv"):
+    with pytest.raises(UserError, match=".csv, .tsv or .jsonl"):
         read_pairs(tmp_path / "c.txt")
 
 

@@ -61,11 +61,11 @@ def attention_mask_for(
             return None, True
         if bias is None:
             return causal_mask(q_len, k_len, dtype, device), False
-    blocked = torch.zeros(1, 1, q_len, k_len, dtype=torch.bool, device=device)
-    if causal:
-        blocked = blocked | causal_blocked(q_len, k_len, device)
+    # as small as the mask can be: [B, 1, 1, K] for padding alone, [B, 1, Q, K] with causality
+    blocked = causal_blocked(q_len, k_len, device)[None, None] if causal else None
     if padded:
-        blocked = blocked | (attention_mask[:, None, None, :] == 0)
+        padding = attention_mask[:, None, None, :] == 0
+        blocked = padding if blocked is None else blocked | padding
     return additive(blocked, dtype, bias), False
 
 

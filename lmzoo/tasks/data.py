@@ -36,7 +36,7 @@ class TaggedSentence:
     tags: list[str] = field(default_factory=list)
 
 
-def _rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+def table_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
     """(line number, row) of a .csv / .tsv (header row) or .jsonl file."""
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
@@ -67,14 +67,14 @@ def _rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
         raise UserError(f"{path}: malformed {suffix[1:].upper()}: {e}") from None
 
 
-def _check_file(path: str | Path) -> Path:
+def existing_file(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data file {path} not found")
     return path
 
 
-def _cell(path: Path, n: int, row: dict[str, Any], column: str) -> Any:
+def table_cell(path: Path, n: int, row: dict[str, Any], column: str) -> Any:
     if column not in row:
         raise UserError(f"{path}:{n}: no column {column!r} (columns: {', '.join(map(str, row))})")
     return row[column]
@@ -88,20 +88,20 @@ def read_text_examples(path: str | Path, *, text_column: str = "text", text_pair
     Labels: a name per row; a JSON list, or names joined by ``label_separator`` in CSV/TSV, for
     multi-label; a number with ``regression``. ``label_column=None`` reads texts only.
     """
-    path = _check_file(path)
+    path = existing_file(path)
     examples = []
-    for n, row in _rows(path):
-        text = _cell(path, n, row, text_column)
+    for n, row in table_rows(path):
+        text = table_cell(path, n, row, text_column)
         if not isinstance(text, str) or not text.strip():
             raise UserError(f"{path}:{n}: empty or non-text {text_column!r}")
         pair = None
         if text_pair_column is not None:
-            pair = _cell(path, n, row, text_pair_column)
+            pair = table_cell(path, n, row, text_pair_column)
             if not isinstance(pair, str) or not pair.strip():
                 raise UserError(f"{path}:{n}: empty or non-text {text_pair_column!r}")
         label = None
         if label_column is not None:
-            label = _parse_label(path, n, _cell(path, n, row, label_column), label_separator, regression)
+            label = _parse_label(path, n, table_cell(path, n, row, label_column), label_separator, regression)
         examples.append(TextExample(text, pair, label))
     if not examples:
         raise UserError(f"{path} holds no examples")
@@ -128,7 +128,7 @@ def read_tagged_sentences(path: str | Path, *, tokens_column: str = "tokens", ta
     """NER sentences: a CoNLL-style file (one ``token<TAB>tag`` / ``token ... tag`` per line, blank or
     whitespace-only lines between sentences, ``-DOCSTART-`` skipped) or JSONL with a list of tokens
     and a list of tags per line. ``tags_column=None`` reads tokens only (one-column CoNLL allowed)."""
-    path = _check_file(path)
+    path = existing_file(path)
     sentences = (_read_jsonl_tagged(path, tokens_column, tags_column) if path.suffix.lower() in (".jsonl", ".json")
                  else _read_conll(path, with_tags=tags_column is not None))
     if not sentences:
@@ -166,13 +166,13 @@ def _read_conll(path: Path, *, with_tags: bool) -> list[TaggedSentence]:
 
 def _read_jsonl_tagged(path: Path, tokens_column: str, tags_column: str | None) -> list[TaggedSentence]:
     sentences = []
-    for n, row in _rows(path):
-        words = _cell(path, n, row, tokens_column)
+    for n, row in table_rows(path):
+        words = table_cell(path, n, row, tokens_column)
         if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
             raise UserError(f"{path}:{n}: {tokens_column!r} must be a non-empty list of non-empty strings")
         tags: list[str] = []
         if tags_column is not None:
-            tags = _cell(path, n, row, tags_column)
+            tags = table_cell(path, n, row, tags_column)
             if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
                 raise UserError(f"{path}:{n}: {tags_column!r} must be a list of tag names")
             if len(tags) != len(words):

@@ -8,9 +8,7 @@ text; the training loop keeps the best model by the chosen metric in ``<out>/bes
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import re
 import sys
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 
 from lmzoo.errors import UserError
+from lmzoo.tasks.data import table_cell, existing_file, table_rows
 from lmzoo.generate import generate
 from lmzoo.io import atomic_write_json
 from lmzoo.options import option
@@ -37,38 +36,17 @@ SENTINEL = re.compile(r"<extra_id_\d+>")  # span-corruption gaps (a tokenizer ma
 
 
 def read_pairs(path: str | Path, *, source_column: str = "source", target_column: str = "target") -> list[tuple[str, str]]:
-    """(source, target) pairs of a .jsonl, .tsv or .csv file (TSV/CSV with a header row)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"pairs file {path} not found")
-    suffix = path.suffix.lower()
-    rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8", newline="") as f:
-        if suffix in (".jsonl", ".json"):
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        raise UserError(f"{path}:{n} is not valid JSON") from None
-                    if not isinstance(row, dict):
-                        raise UserError(f"{path}:{n} is not a JSON object")
-                    rows.append(row)
-        elif suffix in (".tsv", ".csv"):
-            rows = list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
-        else:
-            raise UserError(f"{path}: pairs must be .jsonl, .tsv or .csv, not {suffix or 'no extension'}")
-    if not rows:
-        raise UserError(f"{path} holds no pairs")
+    """(source, target) pairs of a .jsonl, .tsv or .csv file (TSV/CSV with a header row); errors name
+    the line."""
+    path = existing_file(path)
     pairs = []
-    for n, row in enumerate(rows, 1):
-        for column in (source_column, target_column):
-            if column not in row:
-                raise UserError(f"{path}: row {n} has no column {column!r} (columns: {', '.join(map(str, row))})")
-        source, target = str(row[source_column] or "").strip(), str(row[target_column] or "").strip()
+    for n, row in table_rows(path):
+        source, target = (str(table_cell(path, n, row, column) or "").strip() for column in (source_column, target_column))
         if not source or not target:
-            raise UserError(f"{path}: row {n} has an empty {'source' if not source else 'target'}")
+            raise UserError(f"{path}:{n}: empty {'source' if not source else 'target'}")
         pairs.append((source, target))
+    if not pairs:
+        raise UserError(f"{path} holds no pairs")
     return pairs
 
 
