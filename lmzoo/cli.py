@@ -199,11 +199,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def run_seq2seq_finetune(args: argparse.Namespace) -> None:
+    from lmzoo.options import options_from_args
     from lmzoo.tasks.seq2seq import Seq2SeqOptions, finetune_seq2seq
 
-    options = Seq2SeqOptions(source_column=args.source_column, target_column=args.target_column, prefix=args.prefix,
-                             max_source_length=args.max_source_length, max_target_length=args.max_target_length,
-                             label_smoothing=args.label_smoothing, num_beams=args.num_beams, metric=args.metric)
+    options = options_from_args(Seq2SeqOptions, args, metric=args.metric, patience=args.patience)
     result, best = finetune_seq2seq(model=args.model, train_path=args.train, eval_path=args.eval, out=args.out,
                                     train_config=train_config_from_args(args), options=options, resume=args.resume,
                                     overwrite=args.overwrite, progress=not args.no_progress)
@@ -472,45 +471,39 @@ def _task_data_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens per example, special tokens included (default 128, or the model's limit)")
 
 
-SEQ2SEQ_METRICS = ("bleu", "chrf", "rougeL")
-
-
 def _finetune_arguments(p: argparse.ArgumentParser) -> None:
     """One verb for every task; a flag a task does not read is ignored by it."""
+    from lmzoo.nn.loss import PROBLEM_TYPES
+    from lmzoo.options import add_options
+    from lmzoo.tasks.seq2seq import Seq2SeqOptions
+
     p.add_argument("--task", required=True, choices=["classify", "pair", "ner", "seq2seq"],
                    help="classify: text → label; pair: (text, text_pair) → label; ner: token<TAB>tag; "
                         "seq2seq: source → target")
     p.add_argument("--model", required=True, help="a model folder (with its tokenizer); seq2seq: T5 / BART")
     p.add_argument("--train", required=True, help="labelled file (.csv .tsv .jsonl; ner: CoNLL token<TAB>tag); "
                    "seq2seq: pairs file, .jsonl, .tsv or .csv with a header")
-    p.add_argument("--eval", help="held-out file: scored at each checkpoint, the best model kept")
+    p.add_argument("--eval", help="held-out file: scored every --eval-every steps and at the end, the best "
+                   "model kept")
     p.add_argument("--out", required=True, help="run folder (the best model goes to OUT/best)")
-    p.add_argument("--metric", help="picks the best checkpoint: seq2seq bleu (default) | chrf | rougeL; "
+    p.add_argument("--metric", help="picks the best model: seq2seq bleu (default) | chrf | rougeL; "
                    "classify/pair macro_f1 (default) | accuracy | micro_f1 | mse | pearson ...; "
                    "ner f1 (default) | precision | recall")
-    g = p.add_argument_group("seq2seq")
-    g.add_argument("--source-column", default="source")
-    g.add_argument("--target-column", default="target")
-    g.add_argument("--prefix", default="", help='prepended to every source, e.g. "summarize: "')
-    g.add_argument("--max-source-length", type=int, default=512)
-    g.add_argument("--max-target-length", type=int, default=128)
-    g.add_argument("--label-smoothing", type=float, default=0.0)
-    g.add_argument("--num-beams", type=int, default=1, help="beams when generating for evaluation")
+    add_options(p, Seq2SeqOptions, "seq2seq")
     _train_arguments(p)
     _task_data_arguments(p)
+    p.add_argument("--patience", type=int, default=0, help="stop after N evaluations without improvement (0: never)")
     g = p.add_argument_group("classify / pair / ner")
-    g.add_argument("--problem-type", choices=["single_label_classification", "multi_label_classification",
-                                              "regression"], help="default: multi-label when labels are lists")
-    g.add_argument("--patience", type=int, default=0, help="stop after N evaluations without improvement (0: never)")
+    g.add_argument("--problem-type", choices=list(PROBLEM_TYPES), help="default: multi-label when labels are lists")
 
 
 @verb("finetune", "fine-tune a model on a task: classify, pair, ner (best checkpoint kept) or seq2seq",
       _finetune_arguments)
 def cmd_finetune(args: argparse.Namespace) -> None:
     if args.task == "seq2seq":
-        args.metric = args.metric or SEQ2SEQ_METRICS[0]
-        if args.metric not in SEQ2SEQ_METRICS:
-            raise UserError(f"--metric for seq2seq must be one of {', '.join(SEQ2SEQ_METRICS)}, got {args.metric!r}")
+        from lmzoo.tasks.seq2seq import METRICS
+
+        args.metric = args.metric or METRICS[0]  # Seq2SeqOptions names the choices in its error
         return run_seq2seq_finetune(args)
     from lmzoo.tasks.classification import TaskOptions, finetune
     from lmzoo.train.distributed import is_main_process

@@ -66,7 +66,7 @@ def add_options(parser: argparse.ArgumentParser | Any, cls: type, title: str | N
             kwargs.update(type=kind, default=f.default)
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
-            if f.default is not None and kwargs["help"] is not None:
+            if f.default not in (None, ""):
                 kwargs["help"] += f" (default {f.default})" if kwargs["help"] else f"default {f.default}"
         group.add_argument(flag_name(f), **kwargs)
 

@@ -13,7 +13,7 @@ from lmzoo.cli import main
 from lmzoo.errors import UserError
 from lmzoo.models.bart import BartForConditionalGeneration
 from lmzoo.presets import preset_config
-from lmzoo.tasks.seq2seq import Seq2SeqCollator, Seq2SeqDataset, read_pairs, text_metrics
+from lmzoo.tasks.seq2seq import Seq2SeqCollator, Seq2SeqDataset, Seq2SeqOptions, read_pairs, text_metrics
 from lmzoo.tokenizer import train_tokenizer
 
 WORDS = "apple river stone cloud tiger lemon window garden silver rocket".split()
@@ -147,3 +147,20 @@ def test_reconstruct_fills_sentinels_the_tokenizer_knows_and_writes_other_texts_
     out = seq2seq.reconstruct_texts(model, tok, ["cloud <extra_id_0> garden <extra_id_1>", "cloud <mask> garden"])
     assert out == ["cloud apple river garden stone", "tiger lemon"]
     assert len(prompts) == 2
+
+
+def test_finetune_flags_build_the_seq2seq_options():
+    """The seq2seq flags come from Seq2SeqOptions' fields; --metric and --patience are the verb's own."""
+    from lmzoo.cli import build_parser
+    from lmzoo.options import options_from_args
+
+    args = build_parser("finetune").parse_args(
+        ["finetune", "--task", "seq2seq", "--model", "m", "--train", "t.jsonl", "--out", "o", "--prefix", "tr: ",
+         "--label-smoothing", "0.1", "--num-beams", "3", "--max-target-length", "40", "--patience", "2",
+         "--metric", "chrf"])
+    options = options_from_args(Seq2SeqOptions, args, metric=args.metric, patience=args.patience)
+    assert options == Seq2SeqOptions(prefix="tr: ", label_smoothing=0.1, num_beams=3, max_target_length=40,
+                                     patience=2, metric="chrf")
+    defaults = build_parser("finetune").parse_args(["finetune", "--task", "seq2seq", "--model", "m", "--train",
+                                                     "t.jsonl", "--out", "o"])
+    assert options_from_args(Seq2SeqOptions, defaults, metric="bleu", patience=0) == Seq2SeqOptions()

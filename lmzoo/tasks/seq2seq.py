@@ -188,8 +188,9 @@ class Seq2SeqOptions:
     max_target_length: int = option(128, "tokens per target (longer: cut); also the generation limit")
     label_smoothing: float = option(0.0, "share of the target probability spread over the vocabulary")
     num_beams: int = option(1, "beams when generating for evaluation")
-    metric: str = option("bleu", "picks the best model", choices=list(METRICS))
-    patience: int = option(0, "stop after N evaluations without improvement (0: never)")
+    # --metric and --patience are the finetune verb's, shared with the classification tasks
+    metric: str = option("bleu", "picks the best model", choices=list(METRICS), cli=False)
+    patience: int = option(0, "stop after N evaluations without improvement (0: never)", cli=False)
     max_eval_examples: int = option(200, "eval pairs scored by generation", cli=False)
 
     def __post_init__(self) -> None:
