@@ -113,18 +113,31 @@ def document_rotation(tokens: np.ndarray, rng: np.random.Generator) -> tuple[np.
 
 
 def add_noise(tokens: np.ndarray, config: DenoisingConfig, *, mask_id: int, rng: np.random.Generator,
-              sentence_ids: np.ndarray | None = None) -> np.ndarray:
-    """All enabled noise functions, in fairseq's order, over the content tokens (no bos/eos)."""
+              sentence_ids: np.ndarray | None = None, trace: list[dict[str, Any]] | None = None) -> np.ndarray:
+    """All enabled noise functions, in fairseq's order, over the content tokens (no bos/eos).
+
+    ``trace`` (``lmzoo explain``): each applied noise appends ``{"noise", "tokens"}`` (the tokens
+    after it) plus what it drew: ``order`` of the sentences, infilled ``spans`` as (start, length)
+    in its input, the rotation ``offset``."""
+
+    def step(noise: str, result: np.ndarray, **drawn: Any) -> np.ndarray:
+        if trace is not None:
+            trace.append({"noise": noise, "tokens": result.tolist(), **drawn})
+        return result
+
     if config.permute_sentences and sentence_ids is not None and len(tokens):
-        tokens, _ = sentence_permutation(tokens, sentence_ids, rng)
+        tokens, order = sentence_permutation(tokens, sentence_ids, rng)
+        tokens = step("sentence_permutation", tokens, order=order.tolist())
     if config.mask_rate:
-        tokens = token_masking(tokens, config.mask_rate, mask_id, rng)
+        tokens = step("token_masking", token_masking(tokens, config.mask_rate, mask_id, rng))
     if config.delete_rate:
-        tokens = token_deletion(tokens, config.delete_rate, rng)
+        tokens = step("token_deletion", token_deletion(tokens, config.delete_rate, rng))
     if config.infill_rate:
-        tokens, _ = text_infilling(tokens, config.infill_rate, config.poisson_lambda, mask_id, rng)
+        tokens, spans = text_infilling(tokens, config.infill_rate, config.poisson_lambda, mask_id, rng)
+        tokens = step("text_infilling", tokens, spans=[list(s) for s in spans])
     if config.rotate:
-        tokens, _ = document_rotation(tokens, rng)
+        tokens, offset = document_rotation(tokens, rng)
+        tokens = step("document_rotation", tokens, offset=offset)
     return tokens
 
 
@@ -144,14 +157,16 @@ class DenoisingCollator:
         head = [] if self.bos_id is None else [self.bos_id]
         return np.concatenate([np.array(head, np.int64), tokens.astype(np.int64), np.array([self.eos_id], np.int64)])
 
-    def __call__(self, examples: list[dict[str, Any]], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: list[dict[str, Any]], generator: torch.Generator | None = None, *,
+                 trace: list[dict[str, Any]] | None = None) -> dict[str, torch.Tensor]:
+        """``trace``: see :func:`add_noise` (the steps of every example, in order)."""
         seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
         rng = np.random.default_rng(seed)
         sources, targets = [], []
         for ex in examples:
             tokens = np.asarray(ex["input_ids"], dtype=np.int64)
             sentence_ids = ex.get("sentence_ids")
-            noised = add_noise(tokens, self.config, mask_id=self.mask_id, rng=rng,
+            noised = add_noise(tokens, self.config, mask_id=self.mask_id, rng=rng, trace=trace,
                                sentence_ids=None if sentence_ids is None else np.asarray(sentence_ids))
             sources.append(self.wrap(noised)[: self.max_length])
             targets.append(self.wrap(tokens)[: self.max_length])
