@@ -30,6 +30,7 @@ from lmzoo.nn.dropout import Dropout, attention
 from lmzoo.nn.embedding import Embeddings
 from lmzoo.nn.ffn import FeedForward
 from lmzoo.nn.norm import make_norm
+from lmzoo.nn.stack import run_layer
 from lmzoo.nn.heads import decode_logits
 from lmzoo.nn.loss import masked_lm_loss, sequence_classification_loss
 from lmzoo.outputs import ModelOutput
@@ -321,6 +322,7 @@ class XLNetModel(XLNetPreTrainedModel):
         self.embed = Embeddings(config)  # token embedding + dropout (positions are relative)
         self.mask_emb = nn.Parameter(torch.empty(1, 1, config.d_model))
         self.layers = nn.ModuleList(XLNetLayer(config) for _ in range(config.n_layers))
+        self.activation_checkpointing = False  # see lmzoo.nn.stack.run_layer
         self.dropout = Dropout(config.dropout)
         if init:
             self.init_weights()
@@ -367,8 +369,8 @@ class XLNetModel(XLNetPreTrainedModel):
         for i, layer in enumerate(self.layers):
             inputs.append(h)
             last = i == len(self.layers) - 1
-            h, g = layer(h, g, None if mems is None else mems[i], table, content, query,
-                         need_h=need_h or not last)
+            h, g = run_layer(layer, self.activation_checkpointing, h, g, None if mems is None else mems[i], table,
+                             content, query, need_h=need_h or not last)
         return h, g, inputs
 
     def forward(

@@ -9,9 +9,10 @@ positions and final norms stay with the families. XLNet's two-stream layers are 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from lmzoo.config import ModelConfig
@@ -20,17 +21,37 @@ from lmzoo.nn.block import Block
 from lmzoo.nn.masks import attention_mask_for
 
 
+def run_layer(layer: Callable[..., Any], checkpointed: bool, *args: Any, **kwargs: Any) -> Any:
+    """``layer(*args, **kwargs)``; with ``checkpointed`` while autograd records, its activations are
+    not kept but recomputed in the backward pass (``torch.utils.checkpoint``, non-reentrant, which
+    works under DDP and FSDP2). The RNG state is replayed, so dropout draws the same masks: loss and
+    gradients equal the plain run's."""
+    if checkpointed and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False, **kwargs)
+    return layer(*args, **kwargs)
+
+
+def set_activation_checkpointing(model: nn.Module, enabled: bool = True) -> int:
+    """Checkpoint every layer of ``model``'s stacks (each module with an ``activation_checkpointing``
+    switch); returns how many stacks were switched."""
+    stacks = [m for m in model.modules() if hasattr(m, "activation_checkpointing")]
+    for stack in stacks:
+        stack.activation_checkpointing = enabled
+    return len(stacks)
+
+
 class Stack(nn.ModuleList):
     """``n_layers`` Blocks (a ModuleList, so state-dict keys stay ``layers.{i}...``).
 
     ``causal``: a decoder (each token sees earlier ones); ``cross_attention``: each block also
-    attends to the encoder's states.
+    attends to the encoder's states; ``activation_checkpointing``: see :func:`run_layer`.
     """
 
     def __init__(self, config: ModelConfig, n_layers: int, *, causal: bool = False,
                  cross_attention: bool = False) -> None:
         super().__init__(Block(config, cross_attention=cross_attention) for _ in range(n_layers))
         self.causal = causal
+        self.activation_checkpointing = False
 
     def forward(
         self,
@@ -58,7 +79,7 @@ class Stack(nn.ModuleList):
         else:
             is_causal = False
         for i, layer in enumerate(self):
-            x = layer(x, mask=mask, is_causal=is_causal, cache=caches[i] if caches else None,
-                      encoder_states=encoder_states, encoder_mask=encoder_mask,
-                      cross_cache=cross_caches[i] if cross_caches else None)
+            x = run_layer(layer, self.activation_checkpointing and not caches, x, mask=mask, is_causal=is_causal,
+                          cache=caches[i] if caches else None, encoder_states=encoder_states,
+                          encoder_mask=encoder_mask, cross_cache=cross_caches[i] if cross_caches else None)
         return x
