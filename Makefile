@@ -34,8 +34,10 @@ demo: .venv/.installed
 test: .venv/.installed-test
 	$(PY) -m pytest -q
 
+# the speed suite (benchmarks/suite.py); --quick suits a 2-core machine: `make bench BENCH_ARGS=` runs it in full
+BENCH_ARGS ?= --quick
 bench: .venv/.installed-test
-	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/suite.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv build *.egg-info
