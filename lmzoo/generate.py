@@ -143,16 +143,38 @@ def process_scores(scores: torch.Tensor, config: GenerationConfig, seen: torch.T
 # --- streaming ----------------------------------------------------------------------------------
 
 
+PROMPT_CONTEXT = 8  # prompt tokens decoded with the new ones: enough for a space or a split UTF-8 character
+
+
+def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> str:
+    """The text ``new_ids`` add after ``prompt_ids``: decode (the prompt's tail + new) and keep what
+    follows the tail's own text. Decoding the new tokens alone loses the space before the first of
+    them with Unigram / Metaspace ("▁enter" alone decodes to "enter": "Enter king" + "enter" would
+    glue into "Enter kingenter"), and byte-level BPE may finish a character the prompt began."""
+    tail = [int(i) for i in prompt_ids[-PROMPT_CONTEXT:]] if len(prompt_ids) else []
+    new = [int(i) for i in new_ids]
+    if not tail:
+        return tokenizer.decode(new)
+    head, full = tokenizer.decode(tail), tokenizer.decode(tail + new)
+    if full.startswith(head):
+        return full[len(head):]
+    return tokenizer.decode(new)  # the new tokens rewrote the prompt's text (rare): show them alone
+
+
 class TextStreamer:
     """Prints the text of row 0 as tokens arrive (call it with each step's new tokens [N]).
 
     Decodes everything so far and prints the new part, holding back a trailing incomplete
-    UTF-8 character, so byte-level BPE pieces come out as whole characters.
+    UTF-8 character, so byte-level BPE pieces come out as whole characters. With ``prompt_ids``
+    (a decoder-only model's prompt, printed by the caller) the text is what follows the prompt,
+    its leading space included (:func:`continuation_text`).
     """
 
-    def __init__(self, tokenizer: Any, file: TextIO | None = None, skip_ids: Sequence[int] = ()) -> None:
+    def __init__(self, tokenizer: Any, file: TextIO | None = None, skip_ids: Sequence[int] = (),
+                 prompt_ids: Sequence[int] = ()) -> None:
         self.tokenizer, self.file = tokenizer, file
         self.skip = set(skip_ids)
+        self.prompt_ids = [int(i) for i in prompt_ids]
         self.ids: list[int] = []
         self.printed = 0
 
@@ -161,7 +183,7 @@ class TextStreamer:
         if token in self.skip:
             return
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
+        text = self.text
         if text.endswith("\ufffd"):
             return
         file = self.file or sys.stdout  # looked up now: stdout may have been replaced since
@@ -171,7 +193,7 @@ class TextStreamer:
 
     @property
     def text(self) -> str:
-        return self.tokenizer.decode(self.ids)
+        return continuation_text(self.tokenizer, self.prompt_ids, self.ids)
 
 
 # --- helpers ------------------------------------------------------------------------------------

@@ -25,9 +25,14 @@ def load_model_and_tokenizer(folder: str | Path) -> tuple[PreTrainedModel, Token
 
 @dataclass
 class MaskPrediction:
+    """One candidate for a blank. ``token``: its text to show (decoded and stripped; a token that
+    is only whitespace is shown quoted, e.g. ``'\\n'``, never as a raw byte-level symbol such as
+    ``Ċ``); ``text``: the decoded text exactly (transformers' ``token_str``)."""
+
     token: str
     token_id: int
     probability: float
+    text: str = ""
 
 
 def fill_mask(model: PreTrainedModel, tokenizer: Tokenizer, text: str, *, top_k: int = 5) -> list[list[MaskPrediction]]:
@@ -82,8 +87,11 @@ def _top_predictions(logits: torch.Tensor, tokenizer: Tokenizer, top_k: int) -> 
         probs = row.float().softmax(-1)
         probs[[i for i in tokenizer.special_ids if i < probs.numel()]] = 0.0  # never propose [CLS], [PAD], ...
         top = probs.topk(min(top_k, probs.numel()))
-        results.append([MaskPrediction(tokenizer.decode([i]).strip() or tokenizer.id_to_token(i), i, p)
-                        for p, i in zip(top.values.tolist(), top.indices.tolist())])
+        row_predictions = []
+        for p, i in zip(top.values.tolist(), top.indices.tolist()):
+            text = tokenizer.decode([i])
+            row_predictions.append(MaskPrediction(text.strip() or repr(text), i, p, text))
+        results.append(row_predictions)
     return results
 
 

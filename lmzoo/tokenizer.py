@@ -34,6 +34,10 @@ DEFAULT_SPECIALS = {
 }
 TOKENIZER_CLASS = {"wordpiece": "BertTokenizerFast", "bpe": "RobertaTokenizerFast", "unigram": "T5TokenizerFast"}
 PLAIN_BPE_CLASS = "GPT2TokenizerFast"  # byte-level BPE that adds no special tokens
+# Reads tokenizer.json as it is (normalizer, pre-tokenizer, post-processor, decoder); the classes above
+# rebuild their own normalizer instead, so they are declared only where theirs is the one we saved.
+GENERIC_CLASS = "PreTrainedTokenizerFast"
+BYTE_ALPHABET = 256  # byte-level BPE starts from every byte, whatever the corpus
 TEMPLATE_KEY = "lmzoo_template"  # tokenizer_config.json key holding the template (HF ignores it)
 
 
@@ -308,9 +312,8 @@ class Tokenizer:
         smap = {f"{role}_token": tok for role, tok in self.special_tokens.items()}
         if self.additional_special_tokens:
             smap["additional_special_tokens"] = list(self.additional_special_tokens)
-        plain_bpe = self.kind == "bpe" and self.template == "plain"
         config = {
-            "tokenizer_class": PLAIN_BPE_CLASS if plain_bpe else TOKENIZER_CLASS[self.kind],
+            "tokenizer_class": self._hf_class(),
             TEMPLATE_KEY: self.template,
             "model_max_length": self.model_max_length,
             "do_lower_case": self.lowercase,
@@ -328,6 +331,22 @@ class Tokenizer:
             with tempfile.TemporaryDirectory() as tmp:
                 for name in self.backend.model.save(tmp):
                     atomic_write_bytes(folder / Path(name).name, Path(name).read_bytes())
+
+    def _hf_class(self) -> str:
+        """The transformers class ``AutoTokenizer`` should build for this tokenizer: the kind's own
+        (BertTokenizerFast, RobertaTokenizerFast / GPT2TokenizerFast, T5TokenizerFast) when the
+        pipeline it rebuilds is ours, else PreTrainedTokenizerFast, which reads tokenizer.json as is.
+        transformers' byte-level BPE and T5 classes build no normalizer (so never lowercase) and
+        BertTokenizerFast builds BERT's from ``do_lower_case``: what must stay true is that the
+        folder encodes and decodes in transformers exactly as here (tests/test_interop.py)."""
+        ours = json.loads(self.backend.to_str())
+        lowercase = self.lowercase and self.kind == "wordpiece"  # only BERT's class can lowercase
+        rebuilt = json.loads(_PIPELINES[self.kind](_EMPTY_MODELS[self.kind](), lowercase).to_str())
+        if any(ours.get(part) != rebuilt[part] for part in ("normalizer", "pre_tokenizer", "decoder")):
+            return GENERIC_CLASS
+        if self.kind == "bpe" and self.template == "plain":
+            return PLAIN_BPE_CLASS
+        return TOKENIZER_CLASS[self.kind]
 
     def _attach_post_processor(self) -> None:
         """Make ``backend.encode(..., add_special_tokens=True)`` (and so HF) match build_inputs."""
@@ -423,6 +442,52 @@ def _unigram_pipeline(model: models.Model, lowercase: bool) -> tokenizers.Tokeni
     return tok
 
 
+def _trainer(kind: str, vocab_size: int, min_frequency: int, specials: list[str]) -> trainers.Trainer:
+    """The ``tokenizers`` trainer of ``kind`` (``vocab_size`` without T5 sentinels, added afterwards)."""
+    if kind == "wordpiece":
+        return trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                         continuing_subword_prefix="##", show_progress=False)
+    if kind == "bpe":
+        return trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    return trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>",
+                                   show_progress=False)
+
+
+def _check_alphabet_fits(backend: tokenizers.Tokenizer, kind: str, vocab_size: int, n_special: int,
+                         documents: Iterable[str]) -> None:
+    """Refuse (one line naming the minimum) a ``vocab_size`` below what the trainer keeps whatever
+    it is told: every character of the corpus (WordPiece also each as a ``##`` continuation; Unigram
+    one more piece on top) plus the special tokens. Returns when the alphabet is not the reason."""
+    chars: set[str] = set()
+    for doc in documents:
+        text = backend.normalizer.normalize_str(doc) if backend.normalizer is not None else doc
+        for word, _ in backend.pre_tokenizer.pre_tokenize_str(text):
+            chars.update(word)
+    alphabet = f"{len(chars)} characters"
+    if kind == "wordpiece":  # trained too small, the vocabulary is just specials + characters + ##continuations
+        minimum = backend.get_vocab_size(with_added_tokens=True)
+        alphabet += f" and {minimum - n_special - len(chars)} ##continuations"
+    elif kind == "unigram":
+        minimum = len(chars) + n_special + 1  # measured: below this the trainer grows past vocab_size
+        alphabet += " and one more piece"
+    else:
+        minimum, alphabet = BYTE_ALPHABET + n_special, f"{BYTE_ALPHABET} bytes"
+    if vocab_size < minimum:
+        _refuse_vocab_size(vocab_size, kind, minimum, alphabet, n_special)
+
+
+def _refuse_vocab_size(vocab_size: int, kind: str, minimum: int, alphabet: str, n_special: int) -> None:
+    raise UserError(f"vocab_size={vocab_size} is too small for this {kind} tokenizer: it needs at least {minimum} "
+                    f"(its alphabet of {alphabet}, plus {n_special} special tokens)")
+
+
+_PIPELINES = {"wordpiece": _wordpiece_pipeline, "bpe": _bpe_pipeline, "unigram": _unigram_pipeline}
+_EMPTY_MODELS = {"wordpiece": lambda: models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"),
+                 "bpe": models.BPE,
+                 "unigram": models.Unigram}
+
+
 def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_dir: str | None = None,
                     lowercase: bool = False, min_frequency: int = 2, special_tokens: list[str] | None = None,
                     extra_ids: int = 0, document_split: str = "blank_line", template: str | None = None) -> Tokenizer:
@@ -457,6 +522,8 @@ def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_d
     n_special = len(specials) + extra_ids
     if vocab_size <= n_special:
         raise UserError(f"vocab_size={vocab_size} is too small for the {n_special} special tokens of {kind!r}")
+    if kind == "bpe" and vocab_size < BYTE_ALPHABET + n_special:
+        _refuse_vocab_size(vocab_size, kind, BYTE_ALPHABET + n_special, f"{BYTE_ALPHABET} bytes", n_special)
     if not files:
         raise UserError("no training files given")
 
@@ -466,25 +533,20 @@ def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_d
         raise UserError(f"empty corpus: no text in {files!r}")
     documents = itertools.chain([first], documents)
 
-    if kind == "wordpiece":
-        backend = _wordpiece_pipeline(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"), lowercase)
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                            special_tokens=specials, continuing_subword_prefix="##",
-                                            show_progress=False)
-    elif kind == "bpe":
-        backend = _bpe_pipeline(models.BPE(), lowercase)
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    else:
-        backend = _unigram_pipeline(models.Unigram(), lowercase)
-        trainer = trainers.UnigramTrainer(vocab_size=vocab_size - extra_ids, special_tokens=specials,
-                                          unk_token="<unk>", show_progress=False)
+    backend = _PIPELINES[kind](_EMPTY_MODELS[kind](), lowercase)
+    trainer = _trainer(kind, vocab_size - extra_ids, min_frequency, specials)
     try:
         backend.train_from_iterator(documents, trainer=trainer)
-    except UserError:
+        failed = None
+    except UserError:  # from reading the corpus (a binary file, bad UTF-8): already one line
         raise
     except Exception as e:  # the Rust trainers raise plain Exceptions, e.g. vocab too small for the alphabet
-        raise UserError(f"training the {kind} tokenizer failed: {e}") from None
+        failed = str(e)
+    if failed is not None or backend.get_vocab_size(with_added_tokens=True) > vocab_size - extra_ids:
+        # the trainer keeps the whole alphabet, whatever vocab_size says: refuse rather than grow
+        _check_alphabet_fits(backend, kind, vocab_size, n_special, iter_documents(files, document_split=document_split))
+        if failed is not None:
+            raise UserError(f"training the {kind} tokenizer failed: {failed}")
 
     extra = [f"<extra_id_{i}>" for i in range(extra_ids)]
     if extra:

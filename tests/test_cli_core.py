@@ -61,7 +61,7 @@ def test_roberta_mlm_whole_word_and_refuses_to_overwrite(tmp_path, capsys):
     corpus = learnable_corpus(tmp_path / "numbers.txt")
     out = tmp_path / "roberta"
     args = ["pretrain", "--preset", "roberta-tiny", "--objective", "mlm", "--whole-word", "--data", corpus,
-            "--out", out, "--eval-fraction", 0.2, *TINY[:1], 20, *TINY[2:]]
+            "--out", out, "--eval-fraction", 0.2, *TINY[:1], 20, *TINY[2:-1], 261]
     code, _, stderr = run(capsys, *args)
     assert code == 0, stderr
     assert json.loads((out / "config.json").read_text())["architectures"] == ["RobertaForMaskedLM"]
@@ -206,7 +206,7 @@ def test_seq2seq_pretraining_objectives_learn(tmp_path, capsys, preset, objectiv
     out = tmp_path / preset
     code, stdout, stderr = run(capsys, "pretrain", "--preset", preset, "--objective", objective, "--data", corpus,
                                "--out", out, "--eval-fraction", 0.2, "--max-steps", 100, "--batch-size", 16,
-                               "--seq-len", 32, "--vocab-size", 200, "--lr", 2e-3, "--no-progress")
+                               "--seq-len", 32, "--vocab-size", 261, "--lr", 2e-3, "--no-progress")
     assert code == 0, stderr
     accuracy = float(stdout.split("token_accuracy")[1].split(";")[0])
     assert accuracy > threshold, stdout  # of the target tokens, on held-out documents
@@ -220,7 +220,7 @@ def test_gpt_clm_pretrain_then_generate(tmp_path, capsys):
     out = tmp_path / "gpt"
     code, stdout, stderr = run(capsys, "pretrain", "--preset", "gpt-tiny", "--data", corpus, "--out", out,
                                "--eval-fraction", 0.2, "--max-steps", 150, "--batch-size", 16, "--seq-len", 32,
-                               "--vocab-size", 200, "--lr", 2e-3, "--no-progress")
+                               "--vocab-size", 261, "--lr", 2e-3, "--no-progress")
     assert code == 0, stderr
     assert json.loads((out / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
     accuracy = float(stdout.split("clm_accuracy")[1].split(",")[0].split(";")[0])

@@ -193,7 +193,7 @@ def test_cache_is_reused_and_invalidated(tmp_path, bpe, monkeypatch):
         f.write("\nA brand new document.\n")
     grown = TokenizedCorpus.build(str(tmp_path / "src"), bpe, cache)
     assert calls and len(grown) == len(first) + 1
-    wp = train_tokenizer([str(tmp_path / "src")], kind="wordpiece", vocab_size=60, min_frequency=1)
+    wp = train_tokenizer([str(tmp_path / "src")], kind="wordpiece", vocab_size=68, min_frequency=1)
     calls.clear()
     rebuilt = TokenizedCorpus.build(str(tmp_path / "src"), wp, cache)
     assert calls and rebuilt.tokens.max() < wp.vocab_size and rebuilt.n_tokens != grown.n_tokens

@@ -129,7 +129,7 @@ def test_finetune_under_torchrun_keeps_a_loadable_best_model(tmp_path, fsdp):
                                                                              n_heads=2, d_ff=64, max_positions=64))),
     ):
         folders[name] = tmp_path / name
-        tok = train_tokenizer([str(corpus)], kind=kind, vocab_size=200, out_dir=str(folders[name]))
+        tok = train_tokenizer([str(corpus)], kind=kind, vocab_size=261, out_dir=str(folders[name]))
         torch.manual_seed(0)
         build(tok.vocab_size).save_pretrained(folders[name])
 

@@ -193,7 +193,7 @@ def family_tokenizers(corpus, tmp_path_factory):
         folder = tmp_path_factory.mktemp(family)
         preset = preset_of(family)
         tok = prepare_tokenizer(preset=preset, unit=resolve_objective(preset), data=[str(corpus)], out=folder,
-                                tokenizer_path=None, vocab_size=200, lowercase=False)
+                                tokenizer_path=None, vocab_size=261, lowercase=False)
         out[family] = (tok, folder)
     return out
 

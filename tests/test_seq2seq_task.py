@@ -125,7 +125,8 @@ def test_lengths_fit_learned_positions(capsys):
 
 def test_reconstruct_fills_sentinels_the_tokenizer_knows_and_writes_other_texts_whole(tmp_path, monkeypatch):
     """Decided by the text and the tokenizer, not the family: a text with known <extra_id_N> sentinels
-    gets its spans put back in place; a text with <mask> gets the model's whole output."""
+    gets its spans put back in place; so does a text with <mask>, which a tokenizer with sentinels and
+    no mask token (T5) reads as <extra_id_0> (BART, whose <mask> text is written whole: test_interop.py)."""
     import lmzoo.tasks.seq2seq as seq2seq
     from lmzoo.models.t5 import T5ForConditionalGeneration
 
@@ -145,8 +146,8 @@ def test_reconstruct_fills_sentinels_the_tokenizer_knows_and_writes_other_texts_
 
     monkeypatch.setattr(seq2seq, "generate", fake_generate)
     out = seq2seq.reconstruct_texts(model, tok, ["cloud <extra_id_0> garden <extra_id_1>", "cloud <mask> garden"])
-    assert out == ["cloud apple river garden stone", "tiger lemon"]
-    assert len(prompts) == 2
+    assert out == ["cloud apple river garden stone", "cloud apple river garden"]
+    assert len(prompts) == 2 and "<mask>" not in prompts[1]
 
 
 def test_finetune_flags_build_the_seq2seq_options():

@@ -240,3 +240,37 @@ def test_special_token_strings_are_text_when_split(trained):
     bpe = trained["bpe"][0]
     assert bpe.decode(bpe.encode(text, split_special_tokens=True)) == text  # exact as text
     assert bpe.decode(bpe.encode(text)) != text  # specials recognised, then dropped by decode
+
+
+@pytest.mark.parametrize("kind,extra_ids,lowercase", [("bpe", 0, False), ("wordpiece", 0, True),
+                                                      ("unigram", 3, False), ("unigram", 0, True)])
+def test_vocab_size_below_the_alphabet_is_refused_naming_the_minimum(kind, extra_ids, lowercase, tmp_path):
+    """The trainers keep the whole alphabet whatever vocab_size says (byte-level BPE: 256 bytes + 5
+    specials = 261 for --vocab-size 10): refuse in one line naming the minimum, which then trains
+    to exactly that size."""
+    import re
+
+    (tmp_path / "c.txt").write_text("\n\n".join(SENTENCES + PAIRS + [CODE]) * 5)
+    files = [str(tmp_path / "c.txt")]
+    with pytest.raises(UserError) as refused:
+        train_tokenizer(files, kind=kind, vocab_size=20, extra_ids=extra_ids, lowercase=lowercase)
+    message = str(refused.value)
+    assert len(message.splitlines()) == 1 and "too small" in message and "special tokens" in message
+    minimum = int(re.search(r"at least (\d+)", message).group(1))
+    if kind == "bpe":
+        assert minimum == 261
+    assert train_tokenizer(files, kind=kind, vocab_size=minimum, extra_ids=extra_ids,
+                           lowercase=lowercase).vocab_size == minimum
+    with pytest.raises(UserError, match=f"at least {minimum}"):
+        train_tokenizer(files, kind=kind, vocab_size=minimum - 1, extra_ids=extra_ids, lowercase=lowercase)
+
+
+def test_lowercasing_folders_declare_a_class_that_keeps_the_normalizer(corpus, tmp_path):
+    """transformers' byte-level BPE and T5 classes rebuild a pipeline without a normalizer: a folder
+    that lowercases declares PreTrainedTokenizerFast, which reads tokenizer.json as it is."""
+    for kind in ("bpe", "unigram"):
+        tok = train_tokenizer([str(corpus)], kind=kind, vocab_size=400, lowercase=True, out_dir=str(tmp_path / kind))
+        config = json.loads((tmp_path / kind / "tokenizer_config.json").read_text())
+        assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+        hf = transformers.AutoTokenizer.from_pretrained(tmp_path / kind)
+        assert hf("Good KING")["input_ids"] == tok.build_inputs(tok.encode("good king"))[0]

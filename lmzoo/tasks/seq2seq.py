@@ -9,6 +9,7 @@ text; the training loop keeps the best model by the chosen metric in ``<out>/bes
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import sys
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 IGNORE_INDEX = -100
 METRICS = ("bleu", "chrf", "rougeL")
 SENTINEL = re.compile(r"<extra_id_\d+>")  # span-corruption gaps (a tokenizer may or may not know them)
+MASK_GAP = re.compile(r"<mask>|\[MASK\]")  # text-infilling gaps, in either common spelling
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -124,7 +126,9 @@ def reconstruct_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_n
                       num_beams: int = 1) -> list[str]:
     """Fill the gaps of each text. A text whose gaps are sentinels the tokenizer knows (``<extra_id_N>``,
     span corruption) gets an answer ``<extra_id_N> span ...`` and the spans are put back in place of
-    their sentinels; any other text (``<mask>`` gaps, text infilling) the model writes out whole."""
+    their sentinels; any other text (``<mask>`` gaps, text infilling) the model writes out whole.
+    Gaps are first written the way the tokenizer's model fills them (:func:`gaps_for_model`)."""
+    texts = [gaps_for_model(tokenizer, text) for text in texts]
     spans = [i for i, text in enumerate(texts) if has_sentinels(tokenizer, text)]
     whole = [i for i in range(len(texts)) if i not in spans]
     out = [""] * len(texts)
@@ -134,6 +138,39 @@ def reconstruct_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_n
     for i in spans:
         out[i] = _fill_sentinels(model, tokenizer, texts[i], max_new_tokens=max_new_tokens, num_beams=num_beams)
     return out
+
+
+def gaps_for_model(tokenizer: Any, text: str) -> str:
+    """``text`` with its gaps in the form the tokenizer has: ``<mask>`` / ``[MASK]`` become its mask
+    token, or, when it has none but has sentinels (T5), ``<extra_id_0>``, ``<extra_id_1>``, ... in
+    order (numbers the text does not use already). A UserError naming the gap token to write when
+    the text has no gap, or gaps the tokenizer cannot have (``<extra_id_0>`` for a BART ``<mask>``
+    model, more sentinels than it knows). Decided by the tokenizer's tokens, never the family."""
+    mask = tokenizer.id_to_token(tokenizer.mask_id) if tokenizer.mask_id is not None else None
+    known = list(itertools.takewhile(lambda k: tokenizer.token_to_id(f"<extra_id_{k}>") is not None,
+                                     itertools.count()))  # T5 numbers its sentinels from 0 without holes
+    gap = mask or ("<extra_id_0>" if known else None)
+    if gap is None:
+        raise UserError("this model's tokenizer has neither a mask token nor <extra_id_N> sentinels: it was not "
+                        "pretrained to fill gaps (reconstruct needs a BART or T5 denoising / span model)")
+    masks, sentinels = MASK_GAP.findall(text), SENTINEL.findall(text)
+    if not masks and not sentinels:
+        raise UserError(f'the text has no gap to fill: write "{gap}" where text is missing')
+    unknown = [t for t in sentinels if tokenizer.token_to_id(t) is None]
+    if unknown:
+        offer = f"write {mask}" if mask else f"its sentinels are <extra_id_0> to <extra_id_{known[-1]}>"
+        raise UserError(f"this model's tokenizer has no {unknown[0]} gap token: {offer}")
+    if mask is not None:
+        return MASK_GAP.sub(mask, text)
+    free = iter([k for k in known if f"<extra_id_{k}>" not in sentinels])
+
+    def next_sentinel(_: re.Match) -> str:
+        k = next(free, None)
+        if k is None:
+            raise UserError(f"the text has more gaps than this model's {len(known)} sentinels <extra_id_N>")
+        return f"<extra_id_{k}>"
+
+    return MASK_GAP.sub(next_sentinel, text)
 
 
 def has_sentinels(tokenizer: Any, text: str) -> bool:
