@@ -1,8 +1,10 @@
-"""Local text in, token ids out: files, folders and globs of .txt/.md/.jsonl (optionally .gz),
-documents and sentences, a stable held-out split, and a memmapped token cache (nanoGPT style).
+"""Local text in, token ids out: files, folders and globs of .txt/.md/.jsonl (optionally .gz), columnar
+.parquet / .csv files and ``datasets.Dataset.save_to_disk`` folders, documents and sentences, a stable
+held-out split, and a memmapped token cache (nanoGPT style).
 
-Everything streams: a corpus larger than memory is read one line / one document at a time and
-its tokens are appended to files on disk, never gathered in a Python list.
+Everything streams: a corpus larger than memory is read one line / one document (columnar files: one
+record batch) at a time and its tokens are appended to files on disk, never gathered in a Python list.
+Parquet and ``save_to_disk`` folders are read with ``pyarrow`` (the optional extra ``lmzoo[data]``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import io
 import json
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -22,9 +25,12 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 
 from lmzoo.errors import UserError
-from lmzoo.io import atomic_write_json
+from lmzoo.io import atomic_write_json, file_mode
 
-TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".py")  # .py: source code is a corpus too (code GPT)
+TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".py", ".csv")  # .py: source code is a corpus too (code GPT)
+COLUMNAR_SUFFIXES = (".parquet",)
+DATASET_FILES = ("state.json", "dataset_info.json")  # what datasets.Dataset.save_to_disk writes beside its .arrow files
+ARROW_BATCH_ROWS = 1024
 DOCUMENT_SPLITS = ("blank_line", "file")
 
 
@@ -33,12 +39,29 @@ DOCUMENT_SPLITS = ("blank_line", "file")
 
 def _is_text_file(path: Path) -> bool:
     name = path.name.lower()
-    return any(name.endswith(s) or name.endswith(s + ".gz") for s in TEXT_SUFFIXES)
+    return any(name.endswith(s) or name.endswith(s + ".gz") for s in TEXT_SUFFIXES) or name.endswith(
+        COLUMNAR_SUFFIXES)
+
+
+def _dataset_files(folder: Path) -> list[Path] | None:
+    """The .arrow files of a ``save_to_disk`` folder in their order (None: not such a folder)."""
+    if not all((folder / name).is_file() for name in DATASET_FILES):
+        if (folder / "dataset_dict.json").is_file():
+            splits = json.loads((folder / "dataset_dict.json").read_text()).get("splits", [])
+            raise UserError(f"{folder} holds a DatasetDict: name one split's folder, e.g. {folder / splits[0]}"
+                            if splits else f"{folder} holds an empty DatasetDict")
+        return None
+    try:
+        files = [folder / f["filename"] for f in json.loads((folder / "state.json").read_text())["_data_files"]]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{folder / 'state.json'}: not a datasets save_to_disk state file") from None
+    return files
 
 
 def resolve_paths(spec: str | os.PathLike | list) -> list[Path]:
-    """The files named by ``spec``: a file, a folder (searched recursively for .txt/.md/.jsonl/.py
-    and their .gz), a glob pattern, or a list of those. Sorted, without duplicates."""
+    """The files named by ``spec``: a file, a folder (searched recursively for .txt/.md/.jsonl/.py/.csv
+    and their .gz, and .parquet), a ``save_to_disk`` folder (its .arrow files), a glob pattern, or a
+    list of those. Sorted, without duplicates."""
     specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
     if not specs:
         raise UserError("no input files given")
@@ -47,6 +70,8 @@ def resolve_paths(spec: str | os.PathLike | list) -> list[Path]:
         p = Path(s).expanduser()
         if p.is_file():
             hits = [p]
+        elif p.is_dir() and (arrow := _dataset_files(p)) is not None:
+            hits = arrow
         elif p.is_dir():
             hits = [q for q in p.rglob("*") if q.is_file() and _is_text_file(q)]
         else:
@@ -54,7 +79,8 @@ def resolve_paths(spec: str | os.PathLike | list) -> list[Path]:
             hits = [q for q in hits if q.is_file()]
         if not hits:
             raise UserError(f"no text files found for {str(s)!r} (expected a file, a folder of "
-                            f".txt/.md/.jsonl/.py[.gz] files, or a glob)")
+                            f".txt/.md/.jsonl/.py/.csv[.gz] or .parquet files, a datasets save_to_disk "
+                            f"folder, or a glob)")
         found.update(q.resolve() for q in hits)
     return sorted(found)
 
@@ -90,8 +116,66 @@ def clean_markdown_line(line: str) -> str:
     return _MD_ESCAPE.sub(r"\1", line)
 
 
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.ipc
+        import pyarrow.parquet
+    except ImportError:
+        raise UserError("reading .parquet files and datasets folders needs pyarrow: pip install 'lmzoo[data]'") \
+            from None
+    return pyarrow
+
+
+def _column_documents(path: Path, text_field: str) -> Iterator[str]:
+    """The non-empty strings of column ``text_field``, one record batch at a time (.parquet or a
+    datasets .arrow stream file)."""
+    pa = _pyarrow()
+    try:
+        if path.name.lower().endswith(".parquet"):
+            table = pa.parquet.ParquetFile(path)
+            columns = table.schema_arrow.names
+            batches = lambda: table.iter_batches(batch_size=ARROW_BATCH_ROWS, columns=[text_field])  # noqa: E731
+        else:
+            reader = pa.ipc.open_stream(pa.memory_map(str(path)))
+            columns = reader.schema.names
+            batches = lambda: reader  # noqa: E731
+        if text_field not in columns:
+            raise UserError(f"{path}: no column {text_field!r} (columns: {', '.join(columns)}); "
+                            "name the text column with --text-column")
+        for batch in batches():
+            column = batch.column(batch.schema.get_field_index(text_field))
+            if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+                raise UserError(f"{path}: column {text_field!r} holds {column.type}, not text")
+            yield from (text for text in column.to_pylist() if text and text.strip())
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: cannot read ({e})") from None
+
+
+def _csv_documents(path: Path, text_field: str) -> Iterator[str]:
+    """Column ``text_field`` of a CSV file with a header row, row by row."""
+    import csv
+
+    rows = csv.DictReader(line + "\n" for line in _open_lines(path))  # quoted fields may span lines
+    if rows.fieldnames is None or text_field not in rows.fieldnames:
+        raise UserError(f"{path}: no column {text_field!r} in the header ({', '.join(rows.fieldnames or [])}); "
+                        "name the text column with --text-column")
+    try:
+        for row in rows:
+            if row[text_field] and row[text_field].strip():
+                yield row[text_field]
+    except csv.Error as e:
+        raise UserError(f"{path}:{rows.line_num}: bad CSV ({e})") from None
+
+
 def _file_documents(path: Path, document_split: str, text_field: str) -> Iterator[str]:
     name = path.name.lower().removesuffix(".gz")
+    if name.endswith((".parquet", ".arrow")):
+        yield from _column_documents(path, text_field)
+        return
+    if name.endswith(".csv"):
+        yield from _csv_documents(path, text_field)
+        return
     if name.endswith(".jsonl"):
         for number, line in enumerate(_open_lines(path), 1):
             if not line.strip():
@@ -127,7 +211,8 @@ def iter_documents(spec: str | os.PathLike | list, *, document_split: str = "bla
 
     ``document_split="blank_line"``: documents are separated by one or more blank lines;
     ``"file"``: one document per file (leading blank lines and trailing whitespace dropped).
-    ``.jsonl`` files always give one document per line, the string in ``text_field``.
+    ``.jsonl`` files always give one document per line, the string in ``text_field``; so do the
+    rows of .csv (with a header), .parquet and datasets folders, from their column ``text_field``.
     ``.md`` files get :func:`clean_markdown_line` on every line.
     """
     if document_split not in DOCUMENT_SPLITS:
@@ -225,12 +310,16 @@ class CorpusTokenizer(Protocol):
 
 
 class _CacheWriter:
-    """Appends encoded sentences to the ``*.bin.tmp`` files of a cache, counting what it wrote.
-    Sentences that encode to nothing are dropped, and documents left empty with them."""
+    """Appends encoded sentences to uniquely named ``.NAME.bin.*.tmp`` files of a cache (two builders
+    never share one), counting what it wrote. Sentences that encode to nothing are dropped, and
+    documents left empty with them."""
 
     def __init__(self, cache: Path) -> None:
-        self.tmp = {name: cache / f"{name}.bin.tmp" for name in _ARRAYS}
-        self.files = {name: open(p, "wb") for name, p in self.tmp.items()}
+        self.tmp, self.files = {}, {}
+        for name in _ARRAYS:
+            fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{name}.bin.", suffix=".tmp")
+            os.fchmod(fd, file_mode())  # mkstemp's 0600 -> the umask's mode, like any other file
+            self.tmp[name], self.files[name] = Path(tmp), os.fdopen(fd, "wb")
         self.n_tokens = self.n_sentences = self.n_documents = 0
         self.files["sentence_offsets"].write(np.zeros(1, np.int64).tobytes())
         self.files["document_offsets"].write(np.zeros(1, np.int64).tobytes())

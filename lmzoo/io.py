@@ -1,14 +1,55 @@
-"""Atomic file writes: a crash never leaves a half-written file or checkpoint behind."""
+"""Atomic file writes: a crash never leaves a half-written file or checkpoint behind.
+
+Temporary names are unique (``tempfile``) and dot-prefixed with a ``.tmp`` suffix, so two writers
+never share one and a run can tell its own leftovers (see ``lmzoo.train.loop``). ``tempfile``
+creates files 0600 and folders 0700; what is published gets the modes ``open`` / ``mkdir`` would
+give under the process umask, like any other file.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask, read once (setting it back at once: ``os.umask`` is the only portable way)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode of a new file under the umask (0644 under the usual 022)."""
+    return 0o666 & ~_umask()
+
+
+def folder_mode() -> int:
+    """The mode of a new folder under the umask (0755 under the usual 022)."""
+    return 0o777 & ~_umask()
+
+
+def temp_folder(parent: str | os.PathLike, name: str) -> Path:
+    """A new, uniquely named ``.NAME.*.tmp`` folder in ``parent``, with the umask's folder mode."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.", suffix=".tmp"))
+    os.chmod(tmp, folder_mode())
+    return tmp
+
+
+def remove_folder(path: str | os.PathLike) -> None:
+    """Delete a folder so that it never stays half deleted under its name: renamed away to a unique
+    temporary name first (one atomic step), then removed."""
+    path = Path(path)
+    away = temp_folder(path.parent, f"{path.name}.deleted")
+    os.replace(path, away)  # a folder may replace an empty folder
+    shutil.rmtree(away, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -18,6 +59,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), file_mode())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -44,12 +86,11 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = temp_folder(path.parent, path.name)
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            old = temp_folder(path.parent, f"{path.name}.old")
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

@@ -112,7 +112,9 @@ def cfg(**kw) -> TrainConfig:
 @pytest.mark.parametrize("bad", [
     dict(max_steps=-1), dict(max_steps=0), dict(lr=0.0), dict(schedule="step"), dict(precision="fp16"),
     dict(grad_accum=0), dict(min_lr_ratio=1.5), dict(clip_norm=0.0), dict(keep_checkpoints=0),
-    dict(save_every=-2), dict(betas=(0.9, 1.0)),
+    dict(save_every=-2), dict(betas=(0.9, 1.0)), dict(lr=math.inf), dict(lr=math.nan), dict(clip_norm=math.nan),
+    dict(clip_norm=math.inf), dict(weight_decay=math.inf), dict(eps=math.nan), dict(min_lr_ratio=math.nan),
+    dict(betas=(math.nan, 0.9)), dict(lr="1e-3"),
 ])
 def test_config_rejects_invalid_values(bad):
     with pytest.raises(UserError):

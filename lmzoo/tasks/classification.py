@@ -361,7 +361,6 @@ def finetune(*, model: str | Path, train_path: str | Path, eval_path: str | Path
              progress: bool = True) -> FinetuneResult:
     """Fine-tune a model folder on a labelled file through the one training loop (see module doc)."""
     from lmzoo.tokenizer import Tokenizer
-    from lmzoo.train.distributed import is_main_process
     from lmzoo.train.loop import train
 
     out = Path(out)
@@ -377,9 +376,9 @@ def finetune(*, model: str | Path, train_path: str | Path, eval_path: str | Path
     select = task_selection(tokenizer, eval_examples, options, metric) if eval_examples else None
     result = train(net, train_data, make_collator(tokenizer, net, options), out_dir=out, config=train_config,
                    eval_data=eval_data, metrics_fn=loop_metrics, select=select, resume=resume,
-                   overwrite=overwrite, progress=progress)
-    if is_main_process():
-        save_task_files(out, tokenizer, options)
+                   overwrite=overwrite, progress=progress,
+                   run_signature={"task": options.task, "max_length": options.max_length},
+                   finalize=lambda folder: save_task_files(folder, tokenizer, options))
     return FinetuneResult(step=result.step, train_loss=result.train_loss, best=result.best,
                           stopped_early=result.stopped_early, out_dir=out)
 

@@ -276,7 +276,6 @@ def finetune_seq2seq(*, model: str, train_path: str, eval_path: str | None, out:
                      progress: bool = True) -> tuple[Any, dict[str, float]]:
     """Fine-tune a T5/BART folder on pairs; returns (train result, generation metrics of the best model
     with its "step"; empty without eval pairs)."""
-    from lmzoo.train.distributed import is_main_process
     from lmzoo.train.loop import train
 
     out = Path(out)
@@ -288,9 +287,9 @@ def finetune_seq2seq(*, model: str, train_path: str, eval_path: str | None, out:
     collate = Seq2SeqCollator(net.config.pad_token_id, label_smoothing=options.label_smoothing)
     select = seq2seq_selection(tokenizer, eval_pairs, options) if eval_pairs else None
     result = train(net, train_data, collate, out_dir=out, config=train_config, eval_data=eval_data, select=select,
-                   resume=resume, overwrite=overwrite, progress=progress)
-    if is_main_process():
-        tokenizer.save(out)
+                   resume=resume, overwrite=overwrite, progress=progress, finalize=tokenizer.save,
+                   run_signature={"max_source_length": options.max_source_length,
+                                  "max_target_length": options.max_target_length})
     return result, result.best
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,43 @@ def barrier(info: DistInfo) -> None:
 
 def all_reduce_sum(info: DistInfo, values: list[float]) -> list[float]:
     """Sum a few floats over ranks (float64 so token counts stay exact)."""
+    return _all_reduce(info, values, dist.ReduceOp.SUM)
+
+
+def all_reduce_min(info: DistInfo, values: list[float]) -> list[float]:
+    """The smallest of each of a few floats over ranks."""
+    return _all_reduce(info, values, dist.ReduceOp.MIN)
+
+
+def all_reduce_max(info: DistInfo, values: list[float]) -> list[float]:
+    """The largest of each of a few floats over ranks."""
+    return _all_reduce(info, values, dist.ReduceOp.MAX)
+
+
+def _all_reduce(info: DistInfo, values: list[float], op) -> list[float]:
     if not info.distributed:
         return list(values)
     device = info.device if info.device.type == "cuda" else torch.device("cpu")
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def main_decides(info: DistInfo, decide: Callable[[], T]) -> T:
+    """``decide()`` on rank 0 alone (it may read files and print), its value on every rank; a
+    UserError it raises is raised on every rank with the same message."""
+    from lmzoo.errors import UserError
+
+    value, error = None, None
+    if info.is_main:
+        try:
+            value = decide()
+        except UserError as e:
+            error = str(e)
+    value, error = broadcast_object(info, (value, error))
+    if error is not None:
+        raise UserError(error)
+    return value
 
 
 def all_gather_object(info: DistInfo, obj: object) -> list[object]:

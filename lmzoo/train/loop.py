@@ -8,7 +8,17 @@ Determinism is by construction, so a resumed run replays the uninterrupted one e
 - the data position is a pure function of the global step (epoch permutation seeded by
   (seed, epoch), rank shard ``indices[rank::world]``, drop-last micro-batches);
 - the collator's generator is seeded by (seed, step, micro-step, rank);
-- the torch / numpy / python RNG states (dropout) are saved in every checkpoint, per rank.
+- the torch / numpy / python RNG states (dropout) are saved in every checkpoint, per rank, and so
+  is the logging window (its loss sum, tokens and steps), so the first log line after a resume
+  averages the same steps as the uninterrupted run.
+
+Reliability (what must stay true):
+- one writer per run folder (:mod:`lmzoo.train.lock`), taken before anything is written;
+- SIGTERM / SIGINT finish the optimizer step, save a checkpoint and raise :class:`RunInterrupted`
+  (exit 143 / 130); under torchrun the ranks agree on the step through an all-reduce;
+- a resume skips damaged checkpoints (saying which file is bad) and refuses options that contradict
+  the checkpoint's signature; stale temporary folders of killed runs are removed at start;
+- a non-finite loss stops the run before it is saved: the last checkpoint stays the last good one.
 
 metrics_fn convention: ``metrics_fn(batch, output) -> {name: sum}``; the sums are added over eval
 batches; a pair ``X_correct`` / ``X_total`` is reported as ``X_accuracy = correct / total``; any
@@ -21,16 +31,20 @@ import base64
 import contextlib
 import copy
 import dataclasses
+import errno
 import hashlib
 import io
 import json
 import math
 import os
 import random
+import pickle
 import shutil
+import signal
 import sys
-import tempfile
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -41,25 +55,40 @@ import torch
 from torch import nn
 
 from lmzoo.errors import UserError
-from lmzoo.io import atomic_directory, atomic_write_bytes, atomic_write_json, atomic_write_text
+from lmzoo.io import (
+    atomic_directory,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    file_mode,
+    remove_folder,
+    temp_folder,
+)
 from lmzoo.train.distributed import (
     DistInfo,
     all_gather_object,
+    all_reduce_max,
+    all_reduce_min,
     all_reduce_sum,
     barrier,
     broadcast_object,
+    is_main_process,
+    main_decides,
     reshard,
     set_grad_sync,
     setup_distributed,
     teardown_distributed,
     wrap_model,
 )
+from lmzoo.train.lock import run_folder
 
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
 # Files a run writes into out_dir (and --overwrite removes).
 RUN_FILES = ("metrics.jsonl", "loss_curve.png", "config.json", "model.safetensors")
 EVAL_SEED = 1234
+# TrainConfig fields a resume must keep (they fix the data order); a run adds its own (preset ...)
+RESUME_FIXED = ("batch_size", "grad_accum", "seed")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +128,12 @@ class TrainConfig:
         for name in ("warmup_steps", "eval_every", "save_every", "seed"):
             value = getattr(self, name)
             check(isinstance(value, int) and value >= 0, f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("lr", "weight_decay", "eps", "min_lr_ratio", *(("clip_norm",) if self.clip_norm is not None else ())):
+            value = getattr(self, name)
+            check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                  f"{name} must be a finite number, got {value!r}")
+        check(len(self.betas) == 2 and all(isinstance(b, (int, float)) and math.isfinite(b) for b in self.betas),
+              f"betas must be two finite numbers, got {self.betas}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two values in [0, 1), got {self.betas}")
@@ -271,12 +306,70 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 def _checkpoints(out_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary folders start with '.' and are skipped)."""
+    """Checkpoint folders ``step-N``, oldest first (temporary folders start with '.' and are skipped).
+    A listed one may still be damaged: see :func:`_checkpoint_problem`."""
     folder = out_dir / "checkpoints"
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "trainer_state.json").exists()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def remove_stale_temps(*folders: Path) -> None:
+    """Remove the temporary files and folders (``.NAME.*.tmp``, see :mod:`lmzoo.io`) that a run killed
+    mid-write left in ``folders``. Call it only while holding the run folder's lock: then none of
+    them belongs to a live writer."""
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.name.startswith(".") and p.name.endswith(".tmp"):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+
+
+def no_checkpoint_message(out_dir: Path) -> str:
+    """What a resume of ``out_dir`` without any checkpoint says: why, and how to start over."""
+    if not out_dir.is_dir():
+        return f"nothing to resume: {out_dir} does not exist"
+    return (f"nothing to resume: {out_dir} holds no checkpoint yet (the run stopped before its first one); "
+            "start over with --overwrite")
+
+
+def _reason(error: BaseException) -> str:
+    """One short line for why a file did not read."""
+    if isinstance(error, pickle.UnpicklingError):
+        return "refused: it holds pickled objects that are not plain tensors"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
+
+
+def _checkpoint_problem(path: Path) -> tuple[str | None, dict[str, Any]]:
+    """(``"FILE: why it does not read"`` or None, the trainer state) of a checkpoint folder. Every
+    file a resume reads is opened: the trainer state parsed, the weights' header checked against
+    the file size, the optimizer state unpickled with ``weights_only`` (never arbitrary objects)."""
+    state_file = path / "trainer_state.json"
+    try:
+        state = json.loads(state_file.read_text())
+        if not (isinstance(state, dict) and isinstance(state["step"], int) and state["rng"]):
+            raise ValueError("not a trainer state (step, rng)")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{state_file}: {_reason(e)}", {}
+    weights, optimizer = _weights_file(path), path / "optimizer.pt"
+    try:
+        with safetensors.safe_open(str(weights), "pt") as f:
+            f.keys()
+    except Exception as e:  # noqa: BLE001 -- any failure to read is a damaged file; the line says which
+        return f"{weights}: {_reason(e)}", state
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about the pickle protocol before refusing
+            torch.load(optimizer, weights_only=True, map_location="cpu", mmap=True)
+    except Exception as e:  # noqa: BLE001
+        return f"{optimizer}: {_reason(e)}", state
+    return None, state
 
 
 def _holds_run(out_dir: Path) -> bool:
@@ -284,8 +377,9 @@ def _holds_run(out_dir: Path) -> bool:
 
 
 def _remove_run(out_dir: Path) -> None:
-    shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-    shutil.rmtree(out_dir / "best", ignore_errors=True)  # the Selection's best model of the old run
+    for name in ("checkpoints", "best"):  # best: the Selection's best model of the old run
+        if (out_dir / name).is_dir():
+            remove_folder(out_dir / name)
     for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
             (out_dir / name).unlink()
@@ -333,28 +427,44 @@ def write_loss_curve(metrics_path: Path, png_path: Path) -> None:
     atomic_write_bytes(png_path, buf.getvalue())
 
 
+def _save_model_file(model: nn.Module, path: Path) -> None:
+    """``safetensors.torch.save_model`` (it drops tied duplicates), with the umask's file mode: the
+    safetensors writer creates its files 0600."""
+    try:
+        safetensors.torch.save_model(model, str(path))
+    except safetensors.SafetensorError as e:
+        # its Rust writer reports a full disk as text alone ("os error 28"): give it back its errno
+        if "os error 28" in str(e):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from e
+        raise
+    os.chmod(path, file_mode())
+
+
 def _save_weights(model: nn.Module, folder: Path) -> None:
     """HF folder via save_pretrained when the model has it, plus the loop's exact copy for resume."""
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(folder)
-        safetensors.torch.save_model(model, str(folder / "trainer_model.safetensors"))
+        _save_model_file(model, folder / "trainer_model.safetensors")
     else:
-        safetensors.torch.save_model(model, str(folder / "model.safetensors"))
+        _save_model_file(model, folder / "model.safetensors")
 
 
 def _weights_file(folder: Path) -> Path:
-    exact = folder / "trainer_model.safetensors"
-    return exact if exact.exists() else folder / "model.safetensors"
+    """The loop's exact copy of a checkpoint's weights: with an HF folder (config.json, written by
+    save_pretrained) it is trainer_model.safetensors, never the HF file, whose keys may differ."""
+    if (folder / "config.json").exists():
+        return folder / "trainer_model.safetensors"
+    return folder / "model.safetensors"
 
 
 def _save_final_model(model: nn.Module, out_dir: Path) -> None:
     """config.json + model.safetensors into out_dir: written in a temp folder, then renamed file by file."""
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".final.", suffix=".tmp"))
+    tmp = temp_folder(out_dir, "final")
     try:
         if hasattr(model, "save_pretrained"):
             model.save_pretrained(tmp)
         else:
-            safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+            _save_model_file(model, tmp / "model.safetensors")
         for f in sorted(tmp.iterdir()):
             os.replace(f, out_dir / f.name)
     finally:
@@ -468,6 +578,8 @@ def train(
     overwrite: bool = False,
     on_checkpoint: Callable[[int, Path], None] | None = None,
     progress: bool = True,
+    run_signature: Mapping[str, Any] | None = None,
+    finalize: Callable[[Path], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_data`` for ``config.max_steps`` optimizer steps.
 
@@ -478,41 +590,180 @@ def train(
     stopping). ``on_checkpoint(step, path)`` runs on every rank after each checkpoint is in place
     (an exception there stops the run, like a kill). Under torchrun the run is data-parallel (DDP,
     or FSDP2 with ``config.fsdp``); rank 0 writes files.
+
+    ``out_dir`` is locked for the run (a second writer gets a UserError). ``run_signature``: what
+    else a resume must keep (JSON values, e.g. ``{"preset": ..., "seq_len": ...}``), saved with the
+    checkpoints next to :data:`RESUME_FIXED`; a resume that contradicts it names the option. SIGTERM
+    or SIGINT saves a checkpoint at the end of the current step and raises :class:`RunInterrupted`.
+    ``finalize(out_dir)`` runs on rank 0 after the final model is written, still under the lock: the
+    caller's own files (a tokenizer, task options) are written by the one writer too.
     """
     from lmzoo.quantize import refuse_if_quantized
 
     refuse_if_quantized(model, "train")
     out_dir = Path(out_dir)
-    if resume and overwrite:
-        raise UserError("pass either --resume or --overwrite, not both")
+    check_out_dir(out_dir, resume=resume, overwrite=overwrite)
+    signature = {**{k: getattr(config, k) for k in RESUME_FIXED}, **(run_signature or {})}
+    fresh = not out_dir.exists()
     info = setup_distributed()
     try:
-        # Refuse before anything is written, on every rank (same file system), then let rank 0 clean up.
-        checkpoint = _checkpoint_to_resume(out_dir, resume=resume, overwrite=overwrite)
-        sampler = _Sampler(len(train_data), config.batch_size, config.seed, info.rank, info.world_size)
-        barrier(info)
-        if info.is_main:
-            if overwrite:
-                _remove_run(out_dir)
-            out_dir.mkdir(parents=True, exist_ok=True)
-        barrier(info)
-        run = _Run(model, train_data, collate, out_dir=out_dir, config=config, info=info, sampler=sampler,
-                   eval_data=eval_data, metrics_fn=metrics_fn, select=select, on_checkpoint=on_checkpoint,
-                   checkpoint=checkpoint)
-        return run.fit(progress=progress)
+        with run_folder(out_dir, info):
+            # Refuse before anything is written (rank 0 reads, every rank gets its answer), then clean up.
+            checkpoint = main_decides(info, lambda: _checkpoint_to_resume(
+                out_dir, resume=resume, overwrite=overwrite, config=config, signature=signature))
+            sampler = _Sampler(len(train_data), config.batch_size, config.seed, info.rank, info.world_size)
+            if info.is_main:
+                remove_stale_temps(out_dir, out_dir / "checkpoints")
+                if overwrite:
+                    _remove_run(out_dir)
+            barrier(info)
+            run = _Run(model, train_data, collate, out_dir=out_dir, config=config, info=info, sampler=sampler,
+                       eval_data=eval_data, metrics_fn=metrics_fn, select=select, on_checkpoint=on_checkpoint,
+                       checkpoint=checkpoint, signature=signature)
+            with _StopSignals() as stop, full_disk_is_a_user_error(out_dir):
+                result = run.fit(progress=progress, stop=stop)
+            if finalize is not None and info.is_main:
+                finalize(out_dir)
+            barrier(info)
+            return result
+    except UserError:
+        if fresh and info.is_main:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # only if empty: a refused fresh run leaves no folder behind
+        raise
     finally:
         teardown_distributed(info)
 
 
-def _checkpoint_to_resume(out_dir: Path, *, resume: bool, overwrite: bool) -> Path | None:
+@contextlib.contextmanager
+def full_disk_is_a_user_error(out_dir: Path):
+    """A full disk (or quota) while the run writes becomes one line naming the file and the newest
+    complete checkpoint: every write is atomic, so that checkpoint is intact."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        found = _checkpoints(out_dir)
+        then = (f"the last checkpoint {found[-1]} is intact: free space, then run again with --resume" if found
+                else "free space, then run again")
+        raise UserError(f"no space left on the device writing {e.filename or out_dir}; {then}") from None
+
+
+def check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """The mistakes about a run folder that need no lock: both flags, a file, a resume of nothing."""
+    if resume and overwrite:
+        raise UserError("pass either --resume or --overwrite, not both")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} is a file; the output of a run is a folder")
+    if resume and not out_dir.is_dir():
+        raise UserError(no_checkpoint_message(out_dir))
+
+
+def require_checkpoint(out_dir: Path) -> None:
+    """A UserError saying there is nothing to resume when ``out_dir`` holds no checkpoint folder
+    (asked while holding the lock, before a resume reads the rest of the run)."""
+    if not _checkpoints(out_dir):
+        raise UserError(no_checkpoint_message(out_dir))
+
+
+def _checkpoint_to_resume(out_dir: Path, *, resume: bool, overwrite: bool, config: TrainConfig,
+                          signature: Mapping[str, Any]) -> Path | None:
+    """The newest intact checkpoint to resume from (None for a fresh run). Damaged newer ones are
+    named, one line each, and removed (the resumed run writes those steps again)."""
     if _holds_run(out_dir) and not (resume or overwrite):
         raise UserError(f"{out_dir} already holds a run; pass --resume or --overwrite")
     if not resume:
         return None
-    found = _checkpoints(out_dir)
-    if not found:
-        raise UserError(f"nothing to resume: {out_dir / 'checkpoints'} holds no checkpoint")
-    return found[-1]
+    require_checkpoint(out_dir)
+    found, damaged = _checkpoints(out_dir), []
+    for path in reversed(found):
+        problem, state = _checkpoint_problem(path)
+        if problem is None:
+            break
+        print(f"warning: checkpoint {path.name} is damaged: {problem}", file=sys.stderr)
+        damaged.append(path)
+    else:
+        raise UserError(f"no intact checkpoint in {out_dir / 'checkpoints'} (each is named above); "
+                        "start over with --overwrite")
+    _check_resume_options(path, state, signature)
+    _schedule_note(state, config)
+    if damaged:
+        print(f"resuming from {path} (step {state['step']}), the newest intact checkpoint", file=sys.stderr)
+        for bad in damaged:
+            remove_folder(bad)
+    return path
+
+
+def _check_resume_options(path: Path, state: Mapping[str, Any], signature: Mapping[str, Any]) -> None:
+    """A UserError naming the first option that differs from the checkpoint's signature (checkpoints
+    written before signatures existed are compared on their saved config)."""
+    saved_config = state.get("config") or {}
+    saved = {**{k: saved_config.get(k) for k in RESUME_FIXED}, **(state.get("signature") or {})}
+    for key, value in signature.items():
+        value = json.loads(json.dumps(value))  # as the checkpoint holds it (tuples become lists)
+        if saved.get(key) is not None and saved[key] != value:
+            raise UserError(f"--{key.replace('_', '-')} {value} contradicts the checkpoint {path} "
+                            f"({saved[key]}); resume with the same value or start over with --overwrite")
+
+
+def _schedule_note(state: Mapping[str, Any], config: TrainConfig) -> None:
+    """One note when a resume's ``max_steps`` re-stretches the lr schedule (allowed: see _scheduler)."""
+    old_steps = (state.get("config") or {}).get("max_steps")
+    if old_steps is not None and old_steps != config.max_steps and config.schedule != "constant":
+        print(f"note: --max-steps {config.max_steps} (the checkpoint's run had {old_steps}): the lr schedule "
+              f"continues on the curve re-stretched to {config.max_steps} steps", file=sys.stderr)
+
+
+def check_resume_signature(out_dir: Path, config: TrainConfig, signature: Mapping[str, Any]) -> None:
+    """Before a caller prepares a resume (tokenizer, corpus): a UserError naming an option that
+    contradicts the newest readable checkpoint state. Silent otherwise; :func:`train` reports
+    damaged checkpoints and the schedule note."""
+    for path in reversed(_checkpoints(out_dir)):
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads((path / "trainer_state.json").read_text())
+            if isinstance(state, dict):
+                _check_resume_options(path, state, {**{k: getattr(config, k) for k in RESUME_FIXED}, **signature})
+                return
+
+
+class RunInterrupted(SystemExit):
+    """A run stopped by SIGTERM / SIGINT; its exit status is 128 + the signal number (143 / 130)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT while training: the first asks the loop to stop at the end of the current
+    step (it saves a checkpoint, then raises :class:`RunInterrupted`); a second stops at once (the
+    checkpoint being written, if any, is discarded by its atomic folder). The previous handlers are
+    back when the block ends. Outside the main thread (no handler can be set there) it does nothing."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+            return
+        if is_main_process():
+            print(f"{signal.Signals(signum).name} again: stopped at once, without a new checkpoint", file=sys.stderr)
+        raise RunInterrupted(signum)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, step: int
@@ -529,16 +780,18 @@ class _Run:
     """One run in progress: the model (bare, wrapped for the forward, and its full weights), the
     optimizer, the data order and the trainer state. :meth:`fit` drives step → log → evaluate → save.
 
-    A checkpoint carries, besides weights, optimizer and per-rank RNG states, the trainer state
-    ``step``, ``train_loss`` and the selection's ``best`` scores and ``stale`` count (evaluations
-    since the best), so a resumed run keeps and stops exactly as the uninterrupted one.
+    A checkpoint carries, besides weights, optimizer and per-rank RNG states and logging windows, the
+    trainer state ``step``, ``train_loss``, the selection's ``best`` scores and ``stale`` count
+    (evaluations since the best) and the run's ``signature``, so a resumed run logs, keeps and stops
+    exactly as the uninterrupted one.
     """
 
     def __init__(self, model: nn.Module, train_data, collate: Callable, *, out_dir: Path, config: TrainConfig,
                  info: DistInfo, sampler: _Sampler, eval_data, metrics_fn: Callable | None,
                  select: Selection | None, on_checkpoint: Callable[[int, Path], None] | None,
-                 checkpoint: Path | None) -> None:
+                 checkpoint: Path | None, signature: Mapping[str, Any]) -> None:
         self.config, self.info, self.out_dir, self.sampler = config, info, out_dir, sampler
+        self.signature = dict(signature)
         self.train_data, self.collate, self.eval_data, self.metrics_fn = train_data, collate, eval_data, metrics_fn
         self.select, self.on_checkpoint = select, on_checkpoint
         self.device, self.metrics_path, self.bar = info.device, out_dir / "metrics.jsonl", None
@@ -549,6 +802,9 @@ class _Run:
         # the steps since the last log line; the loss is summed on the device, so a step never waits for it
         self.window_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         self.window_tokens, self.window_steps, self.window_start = 0, 0, 0.0
+        # the first step (1-based) after which the window's loss was not finite, -1 while none: kept on
+        # the device and read only where the loop syncs anyway (log, evaluation, checkpoint)
+        self.bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
 
         self.raw = model.to(self.device)
         rngs = self._restore(checkpoint) if checkpoint is not None else None
@@ -571,6 +827,11 @@ class _Run:
         if state.get("train_loss") is not None:
             self.train_loss = float(state["train_loss"])
         self.best, self.stale = dict(state.get("best") or {}), int(state.get("stale", 0))
+        windows = state.get("window") or []
+        if len(windows) == self.info.world_size:  # another world size cannot replay the same window
+            window = windows[self.info.rank]
+            self.window_loss.fill_(float(window["loss_sum"]))
+            self.window_tokens, self.window_steps = int(window["tokens"]), int(window["steps"])
         # a run that had stopped early stays stopped, unless resumed with more patience
         self.stopped_early = self.select is not None and 0 < self.select.patience <= self.stale
         if self.info.is_main:  # drop metrics logged after the checkpoint (the resumed run re-logs them)
@@ -578,7 +839,7 @@ class _Run:
             atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         return state["rng"]
 
-    def fit(self, *, progress: bool) -> TrainResult:
+    def fit(self, *, progress: bool, stop: "_StopSignals") -> TrainResult:
         config = self.config
         if progress and self.info.is_main:
             from tqdm.auto import tqdm
@@ -598,6 +859,9 @@ class _Run:
                     self._log()
             if config.save_every and step % config.save_every == 0:
                 self._save_checkpoint()
+            signum = self._agreed_signal(stop)
+            if signum and step < config.max_steps:
+                self._stop(signum)
         if self.bar is not None:
             self.bar.close()
         if self.last_save != self.step:
@@ -609,6 +873,26 @@ class _Run:
         barrier(self.info)
         return TrainResult(step=self.step, train_loss=self.train_loss, eval_metrics=self.eval_metrics,
                            out_dir=self.out_dir, best=self.best, stopped_early=self.stopped_early)
+
+    def _agreed_signal(self, stop: "_StopSignals") -> int:
+        """The stop signal every rank acts on at this step boundary (0: none). Under torchrun the ranks
+        may receive it at different steps: an all-reduce makes them all stop after the same one."""
+        signum = stop.signum or 0
+        if self.info.world_size > 1:
+            signum = int(all_reduce_max(self.info, [float(signum)])[0])
+        return signum
+
+    def _stop(self, signum: int) -> None:
+        """Save the step just finished (unless saved already), say where and how to go on, and exit."""
+        if self.last_save != self.step:
+            self._save_checkpoint()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        path = self._checkpoint_path(self.step)
+        self._say(f"{signal.Signals(signum).name}: stopped after step {self.step}; checkpoint {path}; "
+                  "continue with the same command and --resume")
+        raise RunInterrupted(signum)
 
     def _train_step(self) -> None:
         """One optimizer step over ``grad_accum`` micro-batches. The hot path: no host-device sync here."""
@@ -628,6 +912,8 @@ class _Run:
                     loss = self.fwd(**batch).loss / config.grad_accum
                 loss.backward()
             self.window_loss += loss.detach().double()
+        # a non-finite sum stays non-finite until the window is logged, which checks it
+        self.bad_step.masked_fill_((self.bad_step < 0) & ~torch.isfinite(self.window_loss), step + 1)
         if config.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.raw.parameters(), config.clip_norm)
         self.lr = self.optimizer.param_groups[0]["lr"]
@@ -641,6 +927,7 @@ class _Run:
 
     def _log(self) -> None:
         """The window's mean loss over all ranks, the lr and the throughput as one metrics record."""
+        self._check_finite()
         loss_sum, tokens = all_reduce_sum(self.info, [float(self.window_loss), float(self.window_tokens)])
         elapsed = max(time.perf_counter() - self.window_start, 1e-9)
         self.train_loss = loss_sum / self.info.world_size / self.window_steps
@@ -655,6 +942,7 @@ class _Run:
 
     def _evaluate(self) -> None:
         """Eval loss on every rank, then the selection's scores: one metrics record per evaluation."""
+        self._check_finite()  # a diverged model is neither scored nor kept as the best
         record: dict[str, Any] = {"step": self.step}
         if self.eval_data is not None:
             self.eval_metrics = evaluate(self.fwd, self.eval_data, self.collate, batch_size=self.config.batch_size,
@@ -702,10 +990,27 @@ class _Run:
                 self._say(f"early stop at step {step}: no {select.metric} improvement in {select.patience} evaluations")
         return scores
 
+    def _check_finite(self) -> None:
+        """A UserError naming the first step whose loss was not finite, on every rank, before the
+        diverged weights are logged, scored or saved: the last checkpoint stays the last good one."""
+        bad = int(self.bad_step)
+        if self.info.world_size > 1:  # the first bad step of any rank; every rank raises
+            smallest = all_reduce_min(self.info, [float(bad) if bad >= 0 else math.inf])[0]
+            bad = -1 if math.isinf(smallest) else int(smallest)
+        if bad >= 0:
+            last = self._checkpoint_path(self.last_save) if self.last_save > 0 else "none yet"
+            raise UserError(f"the loss became non-finite at step {bad}; stopped without saving: the last good "
+                            f"checkpoint is {last} (lower --lr or set --clip-norm, then --resume)")
+
+    def _checkpoint_path(self, step: int) -> Path:
+        return self.out_dir / "checkpoints" / f"step-{step:08d}"
+
     def _save_checkpoint(self) -> None:
         config, info, step = self.config, self.info, self.step
-        path = self.out_dir / "checkpoints" / f"step-{step:08d}"
-        rngs = all_gather_object(info, _rng_state(self.device))
+        self._check_finite()
+        path = self._checkpoint_path(step)
+        window = {"loss_sum": float(self.window_loss), "tokens": self.window_tokens, "steps": self.window_steps}
+        per_rank = all_gather_object(info, (_rng_state(self.device), window))
         opt_state = self.weights.optimizer_state(self.optimizer)
         full = self.weights.unsharded()
         if info.is_main:
@@ -720,12 +1025,14 @@ class _Run:
                     "train_loss": None if math.isnan(self.train_loss) else self.train_loss,
                     "world_size": info.world_size,
                     "config": dataclasses.asdict(config),
-                    "rng": rngs,
+                    "signature": self.signature,
+                    "rng": [rng for rng, _ in per_rank],
+                    "window": [w for _, w in per_rank],  # the open logging window of each rank
                     "best": self.best,
                     "stale": self.stale,
                 })
             for old in _checkpoints(self.out_dir)[: -config.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_folder(old)  # renamed away first: a half-deleted folder is never listed
         barrier(info)
         self.last_save = step
         if self.on_checkpoint is not None:
