@@ -30,7 +30,8 @@ from lmzoo.nn.cache import DecoderState
 from lmzoo.nn.embedding import Embeddings
 from lmzoo.nn.heads import decode_logits
 from lmzoo.nn.loss import lm_loss
-from lmzoo.nn.masks import document_mask, document_positions
+from lmzoo.nn.masks import document_mask, document_positions, right_padded
+from lmzoo.nn.segments import DocumentSegments
 from lmzoo.nn.norm import make_norm
 from lmzoo.nn.stack import Stack
 from lmzoo.outputs import ModelOutput
@@ -202,7 +203,8 @@ class GPT2Model(GPT2PreTrainedModel):
         elif document_ids is not None:
             if position_ids is None:
                 position_ids = document_positions(document_ids)
-            mask = document_mask(document_ids, self.embed.tokens.weight.dtype, attention_mask)
+            mask = DocumentSegments(document_ids) if right_padded(attention_mask) else \
+                document_mask(document_ids, self.embed.tokens.weight.dtype, attention_mask)
         x = self.embed(input_ids, position_ids)  # (B, T, D)
         x = self.layers(x, attention_mask=attention_mask, mask=mask, past=past, caches=caches)
         return ModelOutput(last_hidden_state=self.norm(x))

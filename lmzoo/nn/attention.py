@@ -13,6 +13,7 @@ from torch import nn
 from lmzoo.config import ModelConfig
 from lmzoo.nn.dropout import attention
 from lmzoo.nn.linear import Linear
+from lmzoo.nn.segments import DocumentSegments
 
 
 class LayerKVCache(Protocol):
@@ -61,7 +62,8 @@ class Attention(nn.Module):
         cache: LayerKVCache | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
-        """``kv_input``: encoder states for cross-attention (None = self-attention).
+        """``kv_input``: encoder states for cross-attention (None = self-attention). ``mask``: additive
+        (see ``lmzoo.nn.masks``), or the ``DocumentSegments`` of packed rows.
 
         ``is_causal`` uses SDPA's built-in causal mask and is only valid with ``mask=None``
         and no cache offset; otherwise put the causal part into ``mask``.
@@ -79,6 +81,10 @@ class Attention(nn.Module):
             if cache is not None:
                 k, v = cache.update(k, v)
         q = self.split_heads(q)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        if isinstance(mask, DocumentSegments):  # packed documents, each attended alone (see lmzoo.nn.segments)
+            y = mask.attend(q, k, v, dropout_p=dropout_p, scale=self.scale)
+            return self.o(y.transpose(1, 2).reshape(batch, length, self.n_heads * self.d_head))
         # cross-attention of beams / samples sharing one input's encoder keys/values (their rows are
         # consecutive, ``group`` per input): the queries of a group attend together
         group = batch // k.shape[0] if kv_input is not None else 1
@@ -89,7 +95,7 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=None if mask is None else mask.to(q.dtype),
-            dropout_p=self.attention_dropout if self.training else 0.0,
+            dropout_p=dropout_p,
             is_causal=is_causal and mask is None,
             scale=self.scale,
         )

@@ -90,3 +90,9 @@ def document_mask(document_ids: torch.Tensor, dtype: torch.dtype,
     if attention_mask is not None:
         allowed &= attention_mask[:, None, :].bool() | torch.eye(length, dtype=torch.bool, device=document_ids.device)
     return additive(~allowed, dtype)[:, None]
+
+
+def right_padded(attention_mask: torch.Tensor | None) -> bool:
+    """Whether padding (0s of ``attention_mask`` [B, T]) only ends rows: causal attention then never
+    lets a real token see it, whatever the document ids say."""
+    return attention_mask is None or bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
