@@ -482,6 +482,18 @@ def _refuse_vocab_size(vocab_size: int, kind: str, minimum: int, alphabet: str, 
                     f"(its alphabet of {alphabet}, plus {n_special} special tokens)")
 
 
+def _renumber_wordpiece(backend: tokenizers.Tokenizer, n_special: int) -> None:
+    """WordPiece encodes by longest match over its vocabulary, whatever the ids; the trainer numbers
+    pieces in hash-map order, different on each run. Renumbered in a fixed order (the special tokens
+    keep theirs, then by kind, length and spelling), the same pieces always get the same ids.
+    (The trainer may still pick other pieces when merge counts tie on a large corpus: README.)"""
+    vocab = backend.get_vocab(with_added_tokens=False)
+    ordered = sorted(vocab, key=vocab.get)
+    pieces = sorted(ordered[n_special:], key=lambda t: (t.startswith("##"), len(t), t))
+    backend.model = models.WordPiece({t: i for i, t in enumerate(ordered[:n_special] + pieces)},
+                                     unk_token="[UNK]", continuing_subword_prefix="##")
+
+
 _PIPELINES = {"wordpiece": _wordpiece_pipeline, "bpe": _bpe_pipeline, "unigram": _unigram_pipeline}
 _EMPTY_MODELS = {"wordpiece": lambda: models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"),
                  "bpe": models.BPE,
@@ -548,6 +560,8 @@ def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_d
         if failed is not None:
             raise UserError(f"training the {kind} tokenizer failed: {failed}")
 
+    if kind == "wordpiece":
+        _renumber_wordpiece(backend, len(specials))
     extra = [f"<extra_id_{i}>" for i in range(extra_ids)]
     if extra:
         # T5 order: <extra_id_0> is the last id, <extra_id_{n-1}> the first after the pieces
