@@ -168,8 +168,11 @@ class DenoisingCollator:
             sentence_ids = ex.get("sentence_ids")
             noised = add_noise(tokens, self.config, mask_id=self.mask_id, rng=rng, trace=trace,
                                sentence_ids=None if sentence_ids is None else np.asarray(sentence_ids))
-            sources.append(self.wrap(noised)[: self.max_length])
-            targets.append(self.wrap(tokens)[: self.max_length])
+            # cut the content, not the wrapped row, so a row always ends with eos (zero-length infill
+            # spans can make the noised window longer than the original)
+            room = None if self.max_length is None else self.max_length - 1 - (self.bos_id is not None)
+            sources.append(self.wrap(noised[:room]))
+            targets.append(self.wrap(tokens[:room]))
         n_in = max(len(s) for s in sources)
         n_out = max(len(t) for t in targets)
         input_ids = torch.full((len(sources), n_in), self.pad_id, dtype=torch.long)

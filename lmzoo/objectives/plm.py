@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 def sample_spans(length: int, K: float, max_span: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """(length,) bool: spans of 1..max_span tokens, one per chunk of span * K tokens, so that about
-    1/K of the tokens are chosen; a chosen span never ends its chunk, so spans never merge."""
+    1/K of the tokens are chosen; a chosen span never ends its chunk, so spans never merge. A row
+    shorter than its first chunk still gets one chosen token (else it would teach nothing)."""
     chosen = torch.zeros(length, dtype=torch.bool)
     cur = 0
     while cur < length:
@@ -45,6 +46,8 @@ def sample_spans(length: int, K: float, max_span: int, generator: torch.Generato
         start = cur + int(torch.randint(0, chunk - span, (1,), generator=generator))
         chosen[start : start + span] = True  # clipped at the end of the sequence
         cur += chunk
+    if length and not chosen.any():  # a row shorter than its first chunk: predict one token anyway
+        chosen[int(torch.randint(0, length, (1,), generator=generator))] = True
     return chosen
 
 
