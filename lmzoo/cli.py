@@ -46,6 +46,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--fsdp", action="store_true", help="shard with FSDP2 under torchrun (default DDP)")
+    g.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each layer's activations in the backward pass (less memory, ~30%% more compute)")
+    g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUT/tensorboard")
+    g.add_argument("--peak-flops", type=float, help="FLOP/s of one device for MFU (default: a cached matmul probe)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -56,10 +60,11 @@ def train_config_from_args(args: argparse.Namespace):
 
     return TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, schedule=args.schedule,
-                       clip_norm=args.clip_norm if args.clip_norm > 0 else None, precision=args.precision,
+                       clip_norm=None if args.clip_norm <= 0 else args.clip_norm, precision=args.precision,
                        eval_every=args.eval_every, eval_batches=args.eval_batches, log_every=args.log_every,
                        save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, seed=args.seed,
-                       compile=args.compile, fsdp=args.fsdp)
+                       compile=args.compile, fsdp=args.fsdp, activation_checkpointing=args.activation_checkpointing,
+                       tensorboard=args.tensorboard, peak_flops=args.peak_flops)
 
 
 def _data_spec(data: list[str] | None):
@@ -95,9 +100,19 @@ def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
     from lmzoo.objectives import OBJECTIVES
     from lmzoo.presets import PRESETS
 
-    p.add_argument("--preset", required=True, choices=list(PRESETS), help="model size and family")
+    m = p.add_argument_group("model (one of --preset, --config, --model)")
+    m.add_argument("--preset", choices=list(PRESETS), help="a named model size and family (random init)")
+    m.add_argument("--config", help="an HF config.json or lmzoo config file: a custom size (random init)")
+    m.add_argument("--model", help="an lmzoo or HF model folder: continue pretraining it, with its tokenizer")
+    m.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="model config fields set on top, typed (e.g. --set n_layers=4 dropout=0.0)")
+    p.add_argument("--run-config", help="replay OUT/run_config.json of an earlier run; flags given here override it")
     p.add_argument("--objective", help=f"one of {', '.join(OBJECTIVES)} (default: the family's own)")
-    p.add_argument("--data", nargs="+", help="files, folders or globs; default: the bundled Shakespeare plays")
+    p.add_argument("--data", nargs="+", help="files, folders (also datasets save_to_disk folders) or globs of "
+                   ".txt .md .jsonl .csv .parquet; default: the bundled Shakespeare plays")
+    p.add_argument("--data-weights", nargs="+", type=float,
+                   help="one weight per --data entry: examples are drawn from each source in proportion")
+    p.add_argument("--text-column", default="text", help="the text column of .jsonl .csv .parquet and datasets")
     p.add_argument("--out", required=True, help="run folder: model, tokenizer, metrics, checkpoints")
     p.add_argument("--tokenizer", help="an HF tokenizer folder (default: train one on --data)")
     p.add_argument("--vocab-size", type=int, default=8000, help="for a tokenizer trained here")
@@ -138,17 +153,32 @@ def objective_options_from_args(args: argparse.Namespace, unit: "Objective") -> 
     return options_from_args(unit.options, args)
 
 
-@verb("pretrain", "pretrain a preset with its objective on local text", _pretrain_arguments)
+@verb("pretrain", "pretrain (or continue pretraining) a model with its objective on local text", _pretrain_arguments)
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from lmzoo.pretrain import pretrain, resolve_objective
+    from lmzoo.pretrain import objective_for, pretrain
+    from lmzoo.run_config import ModelSource, base_config, parse_overrides, replay_args
     from lmzoo.train.distributed import is_main_process
 
-    unit = resolve_objective(args.preset, args.objective)
-    result = pretrain(preset=args.preset, objective=unit.name, data=_data_spec(args.data), out=args.out,
+    if args.run_config:  # options left at their defaults take the recorded run's values
+        defaults = argparse.ArgumentParser(add_help=False)
+        _pretrain_arguments(defaults)
+        replay_args(args, vars(defaults.parse_args(["--out", args.out])), args.run_config)
+    overrides = parse_overrides(args.set)
+    source = ModelSource(preset=args.preset, config=args.config, model=args.model, overrides=tuple(overrides.items()))
+    unit = objective_for(base_config(source).family, args.objective)
+    recorded = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in (
+        "verb", "out", "resume", "overwrite", "run_config", "no_progress")} | {"objective": unit.name}
+    for key in ("data", "tokenizer", "model", "config"):  # the replay may run from another folder
+        value = recorded[key]
+        recorded[key] = [os.path.abspath(v) for v in value] if isinstance(value, list) else (
+            os.path.abspath(value) if value else value)
+    result = pretrain(preset=args.preset, model=args.model, config=args.config, model_overrides=overrides,
+                      objective=unit.name, data=_data_spec(args.data), out=args.out,
                       train_config=train_config_from_args(args), options=objective_options_from_args(args, unit),
                       seq_len=args.seq_len, tokenizer_path=args.tokenizer, vocab_size=args.vocab_size,
                       lowercase=args.lowercase, eval_fraction=args.eval_fraction, document_split=args.document_split,
-                      resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+                      text_field=args.text_column, data_weights=args.data_weights, resume=args.resume,
+                      overwrite=args.overwrite, progress=not args.no_progress, run_args=recorded)
     if not is_main_process():
         return
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.eval_metrics.items())
@@ -198,6 +228,41 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.out, only=args.only)
 
 
+def _explain_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text", help="the text to explain ('-' reads stdin); blank lines separate documents")
+    p.add_argument("--objective", required=True, help="mlm, mlm+nsp, clm, span, denoise or plm")
+    p.add_argument("--tokenizer", help="a tokenizer folder (default: the objective's kind, trained once on the "
+                                       "bundled plays and cached)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the objective's random choices")
+    p.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    p.add_argument("--png", help="also draw the attention / permutation masks into this PNG file")
+    p.add_argument("--no-color", action="store_true", help="no colours (they are off anyway when not a terminal)")
+    _objective_arguments(p)
+
+
+@verb("explain", "show what a pretraining objective does to a text: masks, pairs, targets, spans, noise, orders",
+      _explain_arguments)
+def cmd_explain(args: argparse.Namespace) -> None:
+    import json
+    import sys
+
+    from lmzoo.explain import explain, render, write_png
+    from lmzoo.objectives import get_objective
+    from lmzoo.tokenizer import Tokenizer
+
+    unit = get_objective(args.objective)
+    options = objective_options_from_args(args, unit)
+    text = sys.stdin.read() if args.text == "-" else args.text
+    tokenizer = Tokenizer.load(args.tokenizer) if args.tokenizer else None
+    explanation = explain(unit.name, text, tokenizer=tokenizer, seed=args.seed, options=options)
+    if args.png:
+        write_png(explanation, args.png)
+    if args.json:
+        print(json.dumps(explanation, ensure_ascii=False))
+    else:
+        sys.stdout.write(render(explanation, color=not args.no_color and sys.stdout.isatty()))
+
+
 def run_seq2seq_finetune(args: argparse.Namespace) -> None:
     from lmzoo.options import options_from_args
     from lmzoo.tasks.seq2seq import Seq2SeqOptions, finetune_seq2seq
@@ -218,15 +283,25 @@ def _text2text_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-beams", type=int, default=1)
 
 
-@verb("text2text", "generate an output text for each input text with a T5 / BART model", _text2text_arguments)
+def _text2text_prefix_arguments(p: argparse.ArgumentParser) -> None:
+    _text2text_arguments(p)
+    p.add_argument("--prefix", help="prepended to every input (default: the prefix the folder was fine-tuned "
+                                    "with, saved in its lmzoo_seq2seq.json)")
+
+
+@verb("text2text", "generate an output text for each input text with a T5 / BART model",
+      _text2text_prefix_arguments)
 def cmd_text2text(args: argparse.Namespace) -> None:
-    from lmzoo.tasks.seq2seq import generate_texts, load_seq2seq_model
+    from lmzoo.tasks.seq2seq import generate_texts, load_seq2seq_model, saved_prefix
 
     if args.max_new_tokens < 1 or args.num_beams < 1:
         raise UserError("--max-new-tokens and --num-beams must be >= 1")
+    if not all(text.strip() for text in args.text):
+        raise UserError("an input text is empty")
     model, tokenizer = load_seq2seq_model(args.model)
+    prefix = saved_prefix(args.model) if args.prefix is None else args.prefix
     for output in generate_texts(model, tokenizer, args.text, max_new_tokens=args.max_new_tokens,
-                                 num_beams=args.num_beams):
+                                 num_beams=args.num_beams, prefix=prefix):
         print(output)
 
 
@@ -236,9 +311,6 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     from lmzoo.tasks.seq2seq import load_seq2seq_model, reconstruct_texts
 
     model, tokenizer = load_seq2seq_model(args.model)
-    for text in args.text:
-        if "<mask>" not in text and "<extra_id_" not in text:
-            raise UserError('the text has no gap to fill: write "<mask>" (BART) or "<extra_id_0>" (T5)')
     for output in reconstruct_texts(model, tokenizer, args.text, max_new_tokens=args.max_new_tokens,
                                     num_beams=args.num_beams):
         print(output)
@@ -321,7 +393,7 @@ def _generate_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     import torch
 
-    from lmzoo.generate import TextStreamer, generate, truncate_at_stop
+    from lmzoo.generate import TextStreamer, continuation_text, generate, truncate_at_stop
 
     if args.num_beams < 1 or args.num_return_sequences < 1:
         raise UserError("--num-beams and --num-return-sequences must be >= 1")
@@ -329,8 +401,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
     model, tokenizer = _load_lm(args.model, args.bf16, args.quantize)
     ids, max_new = _encode_prompt(model, tokenizer, args.prompt, args.max_new_tokens)
     stream = args.num_beams == 1 and args.num_return_sequences == 1 and not args.stop
-    streamer = TextStreamer(tokenizer) if stream else None
-    if stream and not model.config.is_encoder_decoder:
+    # a decoder-only model continues the prompt: its new text is what follows the prompt's tokens
+    # (a Unigram piece "▁enter" alone decodes to "enter", glued to the prompt)
+    prompt_ids = [] if model.config.is_encoder_decoder else ids
+    streamer = TextStreamer(tokenizer, prompt_ids=prompt_ids) if stream else None
+    if stream and prompt_ids:
         print(args.prompt, end="", flush=True)
     out = generate(model, torch.tensor([ids]), max_new_tokens=max_new, num_beams=args.num_beams,
                    num_return_sequences=args.num_return_sequences, length_penalty=args.length_penalty,
@@ -342,7 +417,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     for n, row in enumerate(out.tolist()):
         if n:
             print("---")
-        print(prefix + truncate_at_stop(tokenizer.decode(row), args.stop))
+        print(prefix + truncate_at_stop(continuation_text(tokenizer, prompt_ids, row), args.stop))
 
 
 def _chat_arguments(p: argparse.ArgumentParser) -> None:
@@ -486,7 +561,7 @@ def _finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval", help="held-out file: scored every --eval-every steps and at the end, the best "
                    "model kept")
     p.add_argument("--out", required=True, help="run folder (the best model goes to OUT/best)")
-    p.add_argument("--metric", help="picks the best model: seq2seq bleu (default) | chrf | rougeL; "
+    p.add_argument("--metric", help="picks the best model: seq2seq chrf (default) | bleu | rougeL; "
                    "classify/pair macro_f1 (default) | accuracy | micro_f1 | mse | pearson ...; "
                    "ner f1 (default) | precision | recall")
     add_options(p, Seq2SeqOptions, "seq2seq")
@@ -546,6 +621,49 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"report in {args.out}")
 
 
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
+    from lmzoo.data import DOCUMENT_SPLITS
+
+    p.add_argument("model", help="a model folder with its tokenizer (from pretrain, finetune, or Hugging Face)")
+    p.add_argument("--data", nargs="+", required=True,
+                   help="files, folders or globs, read and split into documents as pretrain reads them")
+    p.add_argument("--document-split", default="blank_line", choices=list(DOCUMENT_SPLITS),
+                   help="documents separated by blank lines (default) or one per file, as pretrain")
+    p.add_argument("--context", type=int,
+                   help="tokens per window / row (default: the model's max positions; give the pretraining "
+                        "--seq-len to stay on trained positions)")
+    p.add_argument("--batch-size", type=int, default=16, help="windows / rows per forward pass (default 16)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="masks and noise of masked_accuracy, plm_loss and the seq2seq objective (default 0)")
+    p.add_argument("--json", help="also write the scores to this JSON file (atomically)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+@verb("eval", "intrinsic scores of a pretrained model on local text: (pseudo-)perplexity, bits per byte, "
+      "its objective's loss", _eval_arguments)
+def cmd_eval(args: argparse.Namespace) -> None:
+    import time
+    from pathlib import Path
+
+    from lmzoo.io import atomic_write_json
+    from lmzoo.scoring import evaluate_model, format_table
+
+    if args.json and Path(args.json).is_dir():
+        raise UserError(f"--json {args.json} is a folder; give a file name")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    started = time.perf_counter()
+    scores = evaluate_model(args.model, args.data, context=args.context, batch_size=args.batch_size,
+                            seed=args.seed, document_split=args.document_split, progress=not args.no_progress)
+    print(format_table(scores))
+    if args.json:
+        try:
+            atomic_write_json(args.json, scores)
+        except OSError as e:
+            raise UserError(f"cannot write {args.json}: {e.strerror or e}") from None
+    print(f"scored in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+
+
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a fine-tuned classifier / NER folder (e.g. OUT/best)")
     p.add_argument("--input", default="-", help=".csv .tsv .jsonl file (ner: also CoNLL: .conll or tabs), else "
@@ -563,6 +681,20 @@ def cmd_predict(args: argparse.Namespace) -> None:
     predict_file(args.model, args.input, args.output, batch_size=args.batch_size, text_column=args.text_column,
                  text_pair_column=args.text_pair_column, label_column=args.label_column,
                  label_separator=args.label_separator, max_length=args.max_length)
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    from lmzoo.serve import add_arguments
+
+    add_arguments(p)
+
+
+@verb("serve", "serve models over HTTP: JSON endpoints, an OpenAI-compatible API and a playground page",
+      _serve_arguments)
+def cmd_serve(args: argparse.Namespace) -> int:
+    from lmzoo.serve import run
+
+    return run(args)
 
 
 class _Parser(argparse.ArgumentParser):

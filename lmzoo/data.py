@@ -531,3 +531,76 @@ class TokenizedCorpus:
         evaluation = TokenizedCorpus(self.tokens, self.word_starts, self.sentence_offsets,
                                      self.document_offsets, self.doc_ids[heldout])
         return train, evaluation
+
+
+# ---------------------------------------------------------------- mixtures of sources
+
+
+def check_weights(weights: Any, n_sources: int) -> list[float]:
+    """``weights`` (one per source, any positive scale) normalised to sum 1; a UserError otherwise."""
+    weights = list(weights)
+    if len(weights) != n_sources:
+        raise UserError(f"--data-weights gives {len(weights)} weight(s) for {n_sources} --data source(s); "
+                        "give one per source")
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and np.isfinite(w) and w > 0
+               for w in weights):
+        raise UserError(f"--data-weights must be positive finite numbers, got {' '.join(map(str, weights))}")
+    total = float(sum(weights))
+    return [float(w) / total for w in weights]
+
+
+class MixtureDataset:
+    """Examples of several map-style datasets, each source drawn with its weight.
+
+    The mixture holds ``length`` positions (default: as many as the sources hold together). Which
+    source position ``i`` reads is drawn once, independently per position, with probability
+    ``weights[s]`` from a generator seeded by ``seed``; the ``j``-th position of source ``s`` reads its
+    example ``perm(s, c)[j mod n_s]``, where ``c = j // n_s`` and ``perm(s, c)`` is a permutation
+    seeded by (seed, s, c): a source drawn more often than it holds examples repeats them, each time
+    in a new order, and one drawn less often leaves some out. Everything is a function of (seed,
+    weights, source sizes), so the same run sees the same mixture and a resumed run continues it;
+    the training loop's epoch permutation then orders the positions.
+    """
+
+    def __init__(self, sources: list[Any], weights: list[float], seed: int, length: int | None = None) -> None:
+        self.sources, self.weights, self.seed = list(sources), list(weights), int(seed)
+        sizes = [len(s) for s in self.sources]
+        if any(n == 0 for n in sizes):
+            raise UserError(f"a --data source gives no examples (sizes {sizes}); add text or drop it")
+        self.length = sum(sizes) if length is None else int(length)
+        rng = np.random.default_rng([self.seed, 0x6D6978])  # "mix"
+        self.source_of = rng.choice(len(sizes), size=self.length, p=np.asarray(weights)).astype(np.int32)
+        # j: how many earlier positions read the same source
+        self.draw = np.zeros(self.length, dtype=np.int64)
+        for s in range(len(sizes)):
+            at = np.flatnonzero(self.source_of == s)
+            self.draw[at] = np.arange(len(at))
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _perm(self, source: int, cycle: int) -> np.ndarray:
+        key = (source, cycle)
+        if key not in self._perms:
+            rng = np.random.default_rng([self.seed, source, cycle])
+            self._perms[key] = rng.permutation(len(self.sources[source]))
+        return self._perms[key]
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """(source, example index in that source) of mixture position ``i``."""
+        if not -self.length <= i < self.length:
+            raise IndexError(f"example {i} out of range for {self.length} examples")
+        s = int(self.source_of[i])
+        cycle, within = divmod(int(self.draw[i]), len(self.sources[s]))
+        return s, int(self._perm(s, cycle)[within])
+
+    def __getitem__(self, i: int) -> Any:
+        s, j = self.locate(i)
+        return self.sources[s][j]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Passed on to the sources that draw anew each epoch (NSP pairs)."""
+        for source in self.sources:
+            if hasattr(source, "set_epoch"):
+                source.set_epoch(epoch)

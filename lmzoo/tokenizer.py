@@ -502,7 +502,8 @@ _EMPTY_MODELS = {"wordpiece": lambda: models.WordPiece(unk_token="[UNK]", contin
 
 def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_dir: str | None = None,
                     lowercase: bool = False, min_frequency: int = 2, special_tokens: list[str] | None = None,
-                    extra_ids: int = 0, document_split: str = "blank_line", template: str | None = None) -> Tokenizer:
+                    extra_ids: int = 0, document_split: str = "blank_line", template: str | None = None,
+                    text_field: str = "text") -> Tokenizer:
     """Train a tokenizer on the documents of ``files`` (anything :func:`lmzoo.data.iter_documents`
     reads: files, folders, globs; .txt/.md/.jsonl, gzipped or not).
 
@@ -512,7 +513,8 @@ def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_d
     ``special_tokens`` are extra special tokens added after the kind's own (e.g. "<|endoftext|>").
     ``vocab_size`` counts every token, sentinels included. ``template``: its special-token layout
     (a key of ``TEMPLATES``, e.g. a family spec's); default "cls_sep" for wordpiece, "cls_sep_sep"
-    for bpe, "eos" for unigram. With ``out_dir`` the tokenizer is also saved there as an HF
+    for bpe, "eos" for unigram. ``text_field``: the column of .jsonl / .csv / .parquet / datasets
+    sources that holds the text. With ``out_dir`` the tokenizer is also saved there as an HF
     tokenizer folder.
     """
     from lmzoo.data import iter_documents
@@ -539,7 +541,7 @@ def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_d
     if not files:
         raise UserError("no training files given")
 
-    documents = iter_documents(files, document_split=document_split)
+    documents = iter_documents(files, document_split=document_split, text_field=text_field)
     first = next(documents, None)  # resolves the paths and fails early on a missing or empty corpus
     if first is None:
         raise UserError(f"empty corpus: no text in {files!r}")
@@ -556,7 +558,8 @@ def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_d
         failed = str(e)
     if failed is not None or backend.get_vocab_size(with_added_tokens=True) > vocab_size - extra_ids:
         # the trainer keeps the whole alphabet, whatever vocab_size says: refuse rather than grow
-        _check_alphabet_fits(backend, kind, vocab_size, n_special, iter_documents(files, document_split=document_split))
+        documents = iter_documents(files, document_split=document_split, text_field=text_field)
+        _check_alphabet_fits(backend, kind, vocab_size, n_special, documents)
         if failed is not None:
             raise UserError(f"training the {kind} tokenizer failed: {failed}")
 

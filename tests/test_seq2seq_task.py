@@ -103,10 +103,37 @@ def test_finetune_learns_and_keeps_best(bart_folder, tmp_path, capsys):
                  "--max-target-length", "16", "--no-progress", "--log-every", "50"])
     assert code == 0, capsys.readouterr().err
     best = json.loads((out / "best" / "seq2seq_metrics.json").read_text())
-    assert best["bleu"] > 60 and best["rougeL"] > 80, best
+    assert best["bleu"] > 60 and best["rougeL"] > 80 and best["chrf"] > 80, best
+    assert "eval_chrf" in (out / "metrics.jsonl").read_text()  # chrF picks the best model by default
+    for folder in (out, out / "best"):  # the source prefix travels with the model
+        assert json.loads((folder / "lmzoo_seq2seq.json").read_text()) == {"prefix": ""}
     capsys.readouterr()
     assert main(["text2text", str(out / "best"), "apple river stone cloud"]) == 0
     assert capsys.readouterr().out.strip() == "cloud stone river apple"
+
+
+def test_text2text_applies_the_saved_prefix(bart_folder, tmp_path, capsys, monkeypatch):
+    """A folder's saved prefix is prepended to what the encoder reads at text2text (as --prefix would);
+    a broken file is one line."""
+    import lmzoo.tasks.seq2seq as seq2seq
+    from lmzoo.pipelines import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(bart_folder)
+    folder = tmp_path / "tuned"
+    model.save_pretrained(folder)
+    seq2seq.save_task_files(folder, tokenizer, seq2seq.Seq2SeqOptions(prefix="stone stone "))
+    read, real = [], seq2seq.generate
+    monkeypatch.setattr(seq2seq, "generate", lambda model, ids, **kw: read.extend(ids.tolist()) or real(model, ids, **kw))
+    for argv in ([], ["--prefix", "stone stone "], ["--prefix", ""]):
+        read.clear()
+        assert main(["text2text", str(folder), "apple river", "cloud", "--max-new-tokens", "4", *argv]) == 0
+        sources = [tokenizer.decode(row) for row in read]
+        prefix = "" if argv[-1:] == [""] else "stone stone "
+        assert sources == [prefix + "apple river", prefix + "cloud"], sources
+    (folder / "lmzoo_seq2seq.json").write_text("{not json")
+    assert main(["text2text", str(folder), "apple river"]) == 2
+    assert "not a valid lmzoo_seq2seq.json" in capsys.readouterr().err
+    assert main(["text2text", str(folder), "  "]) == 2
 
 
 def test_lengths_fit_learned_positions(capsys):
@@ -164,4 +191,4 @@ def test_finetune_flags_build_the_seq2seq_options():
                                      patience=2, metric="chrf")
     defaults = build_parser("finetune").parse_args(["finetune", "--task", "seq2seq", "--model", "m", "--train",
                                                      "t.jsonl", "--out", "o"])
-    assert options_from_args(Seq2SeqOptions, defaults, metric="bleu", patience=0) == Seq2SeqOptions()
+    assert options_from_args(Seq2SeqOptions, defaults, metric="chrf", patience=0) == Seq2SeqOptions()

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from lmzoo.train.loop import Selection
 
 IGNORE_INDEX = -100
-METRICS = ("bleu", "chrf", "rougeL")
+# chrF first, the default: defined for short outputs, where corpus BLEU is 0 until 4-grams match
+METRICS = ("chrf", "bleu", "rougeL")
+TASK_FILE = "lmzoo_seq2seq.json"  # what a fine-tuned folder needs at text2text: the source prefix
 SENTINEL = re.compile(r"<extra_id_\d+>")  # span-corruption gaps (a tokenizer may or may not know them)
 MASK_GAP = re.compile(r"<mask>|\[MASK\]")  # text-infilling gaps, in either common spelling
 
@@ -226,7 +228,7 @@ class Seq2SeqOptions:
     label_smoothing: float = option(0.0, "share of the target probability spread over the vocabulary")
     num_beams: int = option(1, "beams when generating for evaluation")
     # --metric and --patience are the finetune verb's, shared with the classification tasks
-    metric: str = option("bleu", "picks the best model", choices=list(METRICS), cli=False)
+    metric: str = option("chrf", "picks the best model", choices=list(METRICS), cli=False)
     patience: int = option(0, "stop after N evaluations without improvement (0: never)", cli=False)
     max_eval_examples: int = option(200, "eval pairs scored by generation", cli=False)
 
@@ -287,7 +289,8 @@ def finetune_seq2seq(*, model: str, train_path: str, eval_path: str | None, out:
     collate = Seq2SeqCollator(net.config.pad_token_id, label_smoothing=options.label_smoothing)
     select = seq2seq_selection(tokenizer, eval_pairs, options) if eval_pairs else None
     result = train(net, train_data, collate, out_dir=out, config=train_config, eval_data=eval_data, select=select,
-                   resume=resume, overwrite=overwrite, progress=progress, finalize=tokenizer.save,
+                   resume=resume, overwrite=overwrite, progress=progress,
+                   finalize=lambda folder: save_task_files(folder, tokenizer, options),
                    run_signature={"max_source_length": options.max_source_length,
                                   "max_target_length": options.max_target_length})
     return result, result.best
@@ -308,10 +311,33 @@ def seq2seq_selection(tokenizer: Any, pairs: Sequence[tuple[str, str]], options:
 
     def save_best(model: Any, folder: Path, metrics: dict[str, Any]) -> None:
         model.save_pretrained(folder)
-        tokenizer.save(folder)
+        save_task_files(folder, tokenizer, options)
         atomic_write_json(folder / "seq2seq_metrics.json", metrics)
 
     return Selection(score=score_model, metric=options.metric, patience=options.patience, save_best=save_best)
+
+
+def save_task_files(folder: Path, tokenizer: Any, options: Seq2SeqOptions) -> None:
+    """The tokenizer and the source ``prefix`` (``lmzoo_seq2seq.json``) next to a model, so
+    ``text2text`` applies the prefix the model was fine-tuned with."""
+    tokenizer.save(folder)
+    atomic_write_json(Path(folder) / TASK_FILE, {"prefix": options.prefix})
+
+
+def saved_prefix(folder: str | Path) -> str:
+    """The source prefix a folder was fine-tuned with ("" for a pretrained or foreign folder)."""
+    import json
+
+    path = Path(folder) / TASK_FILE
+    if not path.is_file():
+        return ""
+    try:
+        prefix = json.loads(path.read_text(encoding="utf-8")).get("prefix", "")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        raise UserError(f"{path}: not a valid lmzoo_seq2seq.json (delete it or fine-tune again)") from None
+    if not isinstance(prefix, str):
+        raise UserError(f"{path}: prefix must be a string, got {prefix!r}")
+    return prefix
 
 
 def _read(path: str | Path, options: Seq2SeqOptions) -> list[tuple[str, str]]:

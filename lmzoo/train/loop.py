@@ -64,6 +64,7 @@ from lmzoo.io import (
     remove_folder,
     temp_folder,
 )
+from lmzoo.nn.stack import set_activation_checkpointing
 from lmzoo.train.distributed import (
     DistInfo,
     all_gather_object,
@@ -81,13 +82,15 @@ from lmzoo.train.distributed import (
     wrap_model,
 )
 from lmzoo.train.lock import run_folder
+from lmzoo.train.throughput import max_rss_mb, peak_flops
 
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
 # Files a run writes into out_dir (and --overwrite removes).
 RUN_FILES = ("metrics.jsonl", "loss_curve.png", "config.json", "model.safetensors")
 EVAL_SEED = 1234
-# TrainConfig fields a resume must keep (they fix the data order); a run adds its own (preset ...)
+# TrainConfig fields a resume must keep (they fix the data order); a run adds its own (preset ...).
+# batch_size is compared as the global batch (x processes): another number of processes may resume.
 RESUME_FIXED = ("batch_size", "grad_accum", "seed")
 
 
@@ -116,6 +119,9 @@ class TrainConfig:
     seed: int = 0
     compile: bool = False
     fsdp: bool = False
+    activation_checkpointing: bool = False  # recompute each layer's activations in the backward pass
+    tensorboard: bool = False  # also write TensorBoard events into out_dir/tensorboard
+    peak_flops: float | None = None  # FLOP/s of one device for MFU (None: the cached matmul probe)
 
     def __post_init__(self) -> None:
         def check(ok: bool, message: str) -> None:
@@ -142,6 +148,9 @@ class TrainConfig:
         check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         check(self.clip_norm is None or self.clip_norm > 0, f"clip_norm must be > 0 or None, got {self.clip_norm}")
         check(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        check(self.peak_flops is None or (isinstance(self.peak_flops, (int, float)) and not isinstance(
+            self.peak_flops, bool) and math.isfinite(self.peak_flops) and self.peak_flops > 0),
+              f"peak_flops must be a positive number of FLOP/s, got {self.peak_flops!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -377,7 +386,7 @@ def _holds_run(out_dir: Path) -> bool:
 
 
 def _remove_run(out_dir: Path) -> None:
-    for name in ("checkpoints", "best"):  # best: the Selection's best model of the old run
+    for name in ("checkpoints", "best", "tensorboard"):  # best: the Selection's best model of the old run
         if (out_dir / name).is_dir():
             remove_folder(out_dir / name)
     for name in RUN_FILES:
@@ -580,6 +589,7 @@ def train(
     progress: bool = True,
     run_signature: Mapping[str, Any] | None = None,
     finalize: Callable[[Path], None] | None = None,
+    flops_fn: Callable[[Mapping[str, Any]], float] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_data`` for ``config.max_steps`` optimizer steps.
 
@@ -597,10 +607,13 @@ def train(
     or SIGINT saves a checkpoint at the end of the current step and raises :class:`RunInterrupted`.
     ``finalize(out_dir)`` runs on rank 0 after the final model is written, still under the lock: the
     caller's own files (a tokenizer, task options) are written by the one writer too.
+    ``flops_fn(batch)``: the model FLOPs (forward + backward) of one collated micro-batch; with it every
+    log record has ``mfu`` (see :mod:`lmzoo.train.throughput`).
     """
     from lmzoo.quantize import refuse_if_quantized
 
     refuse_if_quantized(model, "train")
+    check_extras(config)
     out_dir = Path(out_dir)
     check_out_dir(out_dir, resume=resume, overwrite=overwrite)
     signature = {**{k: getattr(config, k) for k in RESUME_FIXED}, **(run_signature or {})}
@@ -610,7 +623,8 @@ def train(
         with run_folder(out_dir, info):
             # Refuse before anything is written (rank 0 reads, every rank gets its answer), then clean up.
             checkpoint = main_decides(info, lambda: _checkpoint_to_resume(
-                out_dir, resume=resume, overwrite=overwrite, config=config, signature=signature))
+                out_dir, resume=resume, overwrite=overwrite, config=config, signature=signature,
+                world_size=info.world_size))
             sampler = _Sampler(len(train_data), config.batch_size, config.seed, info.rank, info.world_size)
             if info.is_main:
                 remove_stale_temps(out_dir, out_dir / "checkpoints")
@@ -619,8 +633,8 @@ def train(
             barrier(info)
             run = _Run(model, train_data, collate, out_dir=out_dir, config=config, info=info, sampler=sampler,
                        eval_data=eval_data, metrics_fn=metrics_fn, select=select, on_checkpoint=on_checkpoint,
-                       checkpoint=checkpoint, signature=signature)
-            with _StopSignals() as stop, full_disk_is_a_user_error(out_dir):
+                       checkpoint=checkpoint, signature=signature, flops_fn=flops_fn)
+            with _StopSignals() as stop, full_disk_is_a_user_error(out_dir), contextlib.closing(run):
                 result = run.fit(progress=progress, stop=stop)
             if finalize is not None and info.is_main:
                 finalize(out_dir)
@@ -633,6 +647,15 @@ def train(
         raise
     finally:
         teardown_distributed(info)
+
+
+def check_extras(config: TrainConfig) -> None:
+    """The optional packages the config asks for, checked before anything is written."""
+    if config.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise UserError("--tensorboard needs the tensorboard package: pip install 'lmzoo[tensorboard]'") from None
 
 
 @contextlib.contextmanager
@@ -668,7 +691,7 @@ def require_checkpoint(out_dir: Path) -> None:
 
 
 def _checkpoint_to_resume(out_dir: Path, *, resume: bool, overwrite: bool, config: TrainConfig,
-                          signature: Mapping[str, Any]) -> Path | None:
+                          signature: Mapping[str, Any], world_size: int = 1) -> Path | None:
     """The newest intact checkpoint to resume from (None for a fresh run). Damaged newer ones are
     named, one line each, and removed (the resumed run writes those steps again)."""
     if _holds_run(out_dir) and not (resume or overwrite):
@@ -686,7 +709,7 @@ def _checkpoint_to_resume(out_dir: Path, *, resume: bool, overwrite: bool, confi
     else:
         raise UserError(f"no intact checkpoint in {out_dir / 'checkpoints'} (each is named above); "
                         "start over with --overwrite")
-    _check_resume_options(path, state, signature)
+    _check_resume_options(path, state, signature, world_size)
     _schedule_note(state, config)
     if damaged:
         print(f"resuming from {path} (step {state['step']}), the newest intact checkpoint", file=sys.stderr)
@@ -695,13 +718,23 @@ def _checkpoint_to_resume(out_dir: Path, *, resume: bool, overwrite: bool, confi
     return path
 
 
-def _check_resume_options(path: Path, state: Mapping[str, Any], signature: Mapping[str, Any]) -> None:
+def _check_resume_options(path: Path, state: Mapping[str, Any], signature: Mapping[str, Any],
+                          world_size: int = 1) -> None:
     """A UserError naming the first option that differs from the checkpoint's signature (checkpoints
-    written before signatures existed are compared on their saved config)."""
+    written before signatures existed are compared on their saved config). The batch size counts as
+    the global batch: a run saved by 2 processes of 4 examples resumes as 1 process of 8."""
     saved_config = state.get("config") or {}
     saved = {**{k: saved_config.get(k) for k in RESUME_FIXED}, **(state.get("signature") or {})}
+    saved_world = int(state.get("world_size") or 1)
     for key, value in signature.items():
         value = json.loads(json.dumps(value))  # as the checkpoint holds it (tuples become lists)
+        if key == "batch_size" and saved.get(key) is not None and saved_world != world_size:
+            if saved[key] * saved_world != value * world_size:
+                raise UserError(
+                    f"--batch-size {value} contradicts the checkpoint {path} ({saved[key]} per process x "
+                    f"{saved_world} processes = a global batch of {saved[key] * saved_world}; here "
+                    f"{value * world_size}): resume with --batch-size {saved[key] * saved_world // world_size}")
+            continue
         if saved.get(key) is not None and saved[key] != value:
             raise UserError(f"--{key.replace('_', '-')} {value} contradicts the checkpoint {path} "
                             f"({saved[key]}); resume with the same value or start over with --overwrite")
@@ -715,7 +748,8 @@ def _schedule_note(state: Mapping[str, Any], config: TrainConfig) -> None:
               f"continues on the curve re-stretched to {config.max_steps} steps", file=sys.stderr)
 
 
-def check_resume_signature(out_dir: Path, config: TrainConfig, signature: Mapping[str, Any]) -> None:
+def check_resume_signature(out_dir: Path, config: TrainConfig, signature: Mapping[str, Any],
+                           world_size: int = 1) -> None:
     """Before a caller prepares a resume (tokenizer, corpus): a UserError naming an option that
     contradicts the newest readable checkpoint state. Silent otherwise; :func:`train` reports
     damaged checkpoints and the schedule note."""
@@ -723,7 +757,8 @@ def check_resume_signature(out_dir: Path, config: TrainConfig, signature: Mappin
         with contextlib.suppress(OSError, ValueError):
             state = json.loads((path / "trainer_state.json").read_text())
             if isinstance(state, dict):
-                _check_resume_options(path, state, {**{k: getattr(config, k) for k in RESUME_FIXED}, **signature})
+                _check_resume_options(path, state, {**{k: getattr(config, k) for k in RESUME_FIXED}, **signature},
+                                      world_size)
                 return
 
 
@@ -789,7 +824,8 @@ class _Run:
     def __init__(self, model: nn.Module, train_data, collate: Callable, *, out_dir: Path, config: TrainConfig,
                  info: DistInfo, sampler: _Sampler, eval_data, metrics_fn: Callable | None,
                  select: Selection | None, on_checkpoint: Callable[[int, Path], None] | None,
-                 checkpoint: Path | None, signature: Mapping[str, Any]) -> None:
+                 checkpoint: Path | None, signature: Mapping[str, Any],
+                 flops_fn: Callable[[Mapping[str, Any]], float] | None = None) -> None:
         self.config, self.info, self.out_dir, self.sampler = config, info, out_dir, sampler
         self.signature = dict(signature)
         self.train_data, self.collate, self.eval_data, self.metrics_fn = train_data, collate, eval_data, metrics_fn
@@ -802,11 +838,17 @@ class _Run:
         # the steps since the last log line; the loss is summed on the device, so a step never waits for it
         self.window_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         self.window_tokens, self.window_steps, self.window_start = 0, 0, 0.0
+        # model FLOPs of the window, and its training seconds before a resume (the clock restarts)
+        self.flops_fn, self.window_flops, self.window_seconds = flops_fn, 0.0, 0.0
+        self.tensorboard = None
         # the first step (1-based) after which the window's loss was not finite, -1 while none: kept on
         # the device and read only where the loop syncs anyway (log, evaluation, checkpoint)
         self.bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
 
         self.raw = model.to(self.device)
+        if config.activation_checkpointing and set_activation_checkpointing(self.raw) == 0:
+            raise UserError("--activation-checkpointing: this model has no layer stack to checkpoint")
+        self.peak = None if flops_fn is None else config.peak_flops or peak_flops(self.device, config.precision)
         rngs = self._restore(checkpoint) if checkpoint is not None else None
         self.weights = _Weights(self.raw, info, config.fsdp)
         fwd = torch.compile(self.raw) if config.compile else self.raw
@@ -828,10 +870,8 @@ class _Run:
             self.train_loss = float(state["train_loss"])
         self.best, self.stale = dict(state.get("best") or {}), int(state.get("stale", 0))
         windows = state.get("window") or []
-        if len(windows) == self.info.world_size:  # another world size cannot replay the same window
-            window = windows[self.info.rank]
-            self.window_loss.fill_(float(window["loss_sum"]))
-            self.window_tokens, self.window_steps = int(window["tokens"]), int(window["steps"])
+        if windows:
+            self._restore_window(windows)
         # a run that had stopped early stays stopped, unless resumed with more patience
         self.stopped_early = self.select is not None and 0 < self.select.patience <= self.stale
         if self.info.is_main:  # drop metrics logged after the checkpoint (the resumed run re-logs them)
@@ -839,26 +879,49 @@ class _Run:
             atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
         return state["rng"]
 
+    def _restore_window(self, windows: list[dict[str, Any]]) -> None:
+        """The open logging window of each rank; saved by another number of processes, rank 0 takes
+        the sums of all (scaled so the logged mean over ranks is the same) and the others none."""
+        if len(windows) == self.info.world_size:
+            window, scale = windows[self.info.rank], 1.0
+        elif self.info.is_main:
+            window = {k: sum(w.get(k, 0) for w in windows) for k in ("loss_sum", "tokens", "flops")}
+            window.update(steps=windows[0]["steps"], seconds=max(w.get("seconds", 0.0) for w in windows))
+            scale = self.info.world_size / len(windows)
+        else:
+            window, scale = {"loss_sum": 0.0, "tokens": 0, "steps": windows[0]["steps"]}, 1.0
+        self.window_loss.fill_(float(window["loss_sum"]) * scale)
+        self.window_tokens, self.window_steps = int(window["tokens"]), int(window["steps"])
+        self.window_flops, self.window_seconds = float(window.get("flops", 0.0)), float(window.get("seconds", 0.0))
+
     def fit(self, *, progress: bool, stop: "_StopSignals") -> TrainResult:
         config = self.config
         if progress and self.info.is_main:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=config.max_steps, initial=self.step, desc="train", dynamic_ncols=True)
+        if config.tensorboard and self.info.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # a resumed run logs the steps after its checkpoint again: older events from there on go
+            self.tensorboard = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.step + 1)
         evaluates = self.eval_data is not None or self.select is not None
         self.fwd.train()
-        self.window_start = time.perf_counter()  # the throughput counts training, not the setup
+        # the throughput counts training, not the setup (nor evaluations and checkpoints: _paused)
+        self.window_start = time.perf_counter() - self.window_seconds
         while self.step < config.max_steps and not self.stopped_early:
             self._train_step()
             step = self.step
             if step % config.log_every == 0 or step == config.max_steps:
                 self._log()
             if evaluates and (step == config.max_steps or (config.eval_every and step % config.eval_every == 0)):
-                self._evaluate()
+                with self._paused():
+                    self._evaluate()
                 if self.stopped_early and self.window_steps:  # the last, partial window is logged as at the end
                     self._log()
             if config.save_every and step % config.save_every == 0:
-                self._save_checkpoint()
+                with self._paused():
+                    self._save_checkpoint()
             signum = self._agreed_signal(stop)
             if signum and step < config.max_steps:
                 self._stop(signum)
@@ -873,6 +936,29 @@ class _Run:
         barrier(self.info)
         return TrainResult(step=self.step, train_loss=self.train_loss, eval_metrics=self.eval_metrics,
                            out_dir=self.out_dir, best=self.best, stopped_early=self.stopped_early)
+
+    @contextlib.contextmanager
+    def _paused(self):
+        """Time spent in the block does not count towards the logging window's throughput."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.window_start += time.perf_counter() - start
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard writer (also when the run stops on an error)."""
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
+    def _scalars(self, prefix: str, values: Mapping[str, Any]) -> None:
+        """The record's numbers as TensorBoard scalars ``prefix/name`` at this step (with --tensorboard)."""
+        if self.tensorboard is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and name != "step":
+                    self.tensorboard.add_scalar(f"{prefix}/{name}", value, self.step)
+            self.tensorboard.flush()
 
     def _agreed_signal(self, stop: "_StopSignals") -> int:
         """The stop signal every rank acts on at this step boundary (0: none). Under torchrun the ranks
@@ -905,6 +991,8 @@ class _Run:
             examples = [self.train_data[i] for i in idx]
             batch = self.collate(examples, _generator(config.seed, "collate", step, micro, self.info.rank))
             self.window_tokens += _count_tokens(batch)
+            if self.flops_fn is not None:
+                self.window_flops += self.flops_fn(batch)
             batch = _to_device(batch, self.device)
             # Gradients are all-reduced across ranks only on the last micro-step.
             with set_grad_sync(self.fwd, micro == config.grad_accum - 1):
@@ -926,19 +1014,34 @@ class _Run:
             self.bar.update(1)
 
     def _log(self) -> None:
-        """The window's mean loss over all ranks, the lr and the throughput as one metrics record."""
+        """The window's mean loss over all ranks, the lr, the throughput (tokens / s, seconds per step,
+        MFU) and the peak memory as one metrics record."""
         self._check_finite()
-        loss_sum, tokens = all_reduce_sum(self.info, [float(self.window_loss), float(self.window_tokens)])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the window's kernels belong to its time
         elapsed = max(time.perf_counter() - self.window_start, 1e-9)
+        loss_sum, tokens, flops = all_reduce_sum(
+            self.info, [float(self.window_loss), float(self.window_tokens), self.window_flops])
+        memory = {"max_rss_mb": max_rss_mb()}
+        if self.device.type == "cuda":
+            memory["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        memory = dict(zip(memory, all_reduce_max(self.info, list(memory.values()))))
         self.train_loss = loss_sum / self.info.world_size / self.window_steps
-        record = {"step": self.step, "loss": self.train_loss, "lr": self.lr, "tokens_per_s": tokens / elapsed}
+        record = {"step": self.step, "loss": self.train_loss, "lr": self.lr, "tokens_per_s": tokens / elapsed,
+                  "step_time_s": elapsed / self.window_steps}
+        if self.peak is not None:
+            record["mfu"] = flops / elapsed / (self.peak * self.info.world_size)
+        record.update(memory)
         if self.info.is_main:
             _append_metrics(self.metrics_path, record)
+            self._scalars("train", record)
             if self.bar is not None:
+                mfu = {"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}
                 self.bar.set_postfix(loss=f"{self.train_loss:.4f}", lr=f"{self.lr:.2e}",
-                                     tok_s=f"{tokens / elapsed:.0f}")
+                                     tok_s=f"{tokens / elapsed:.0f}", **mfu)
         self.window_loss.zero_()
         self.window_tokens, self.window_steps, self.window_start = 0, 0, time.perf_counter()
+        self.window_flops, self.window_seconds = 0.0, 0.0
 
     def _evaluate(self) -> None:
         """Eval loss on every rank, then the selection's scores: one metrics record per evaluation."""
@@ -957,6 +1060,7 @@ class _Run:
             record.update({f"eval_{k}": v for k, v in self._keep_best().items()})
         if self.info.is_main:
             _append_metrics(self.metrics_path, record)
+            self._scalars("eval", {k.removeprefix("eval_"): v for k, v in record.items()})
 
     def _keep_best(self) -> dict[str, Any]:
         """Rank 0 scores the full model and every rank receives the scalar scores, so every rank takes
@@ -1009,7 +1113,8 @@ class _Run:
         config, info, step = self.config, self.info, self.step
         self._check_finite()
         path = self._checkpoint_path(step)
-        window = {"loss_sum": float(self.window_loss), "tokens": self.window_tokens, "steps": self.window_steps}
+        window = {"loss_sum": float(self.window_loss), "tokens": self.window_tokens, "steps": self.window_steps,
+                  "flops": self.window_flops, "seconds": time.perf_counter() - self.window_start}
         per_rank = all_gather_object(info, (_rng_state(self.device), window))
         opt_state = self.weights.optimizer_state(self.optimizer)
         full = self.weights.unsharded()
