@@ -316,42 +316,6 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
         print(output)
 
 
-def _load_lm(folder: str, bf16: bool = False, quantize: str | None = None):
-    """(model, tokenizer) of a folder whose model can generate (an LM head + the generation protocol)."""
-    import torch
-
-    from lmzoo.pipelines import load_model_and_tokenizer
-    from lmzoo.quantize import quantize_int8
-
-    model, tokenizer = load_model_and_tokenizer(folder)
-    if not hasattr(model, "prepare_generation"):
-        raise UserError(f"{folder} holds a {model.hf_architecture}, which cannot generate text: "
-                        "it needs an LM head (e.g. GPT2LMHeadModel)")
-    if quantize == "int8":
-        return quantize_int8(model), tokenizer
-    return (model.to(torch.bfloat16) if bf16 else model), tokenizer
-
-
-def _encode_prompt(model, tokenizer, text: str, max_new_tokens: int) -> tuple[list[int], int]:
-    """Prompt ids, and max_new_tokens cut to what the context has room for (decoder-only)."""
-    if max_new_tokens <= 0:
-        raise UserError(f"--max-new-tokens must be > 0, got {max_new_tokens}")
-    ids = tokenizer.encode(text) if text else []
-    if not ids:
-        raise UserError("empty prompt: give some text to continue")
-    context = model.config.max_positions
-    if model.config.is_encoder_decoder:
-        if len(ids) > context:
-            raise UserError(f"prompt of {len(ids)} tokens is longer than the model's context of {context}")
-        return ids, max_new_tokens
-    if len(ids) >= context:
-        raise UserError(f"prompt of {len(ids)} tokens is longer than the model's context of {context} "
-                        "(it needs room for at least one new token)")
-    if len(ids) + max_new_tokens > context:
-        print(f"note: generating {context - len(ids)} tokens, all the context has room for", file=sys.stderr)
-    return ids, min(max_new_tokens, context - len(ids))
-
-
 def _sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     p.add_argument("--temperature", type=float, help="sample with this temperature (default: greedy)")
@@ -363,19 +327,6 @@ def _sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int) -> None
     p.add_argument("--quantize", choices=["int8"],
                    help="int8 weight-only quantization (bf16 activations): fastest decoding, slightly different "
                         "outputs")
-
-
-def _sampling_options(args: argparse.Namespace) -> dict:
-    sample = any(v is not None for v in (args.temperature, args.top_k, args.top_p))
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.top_k is not None and args.top_k < 0:
-        raise UserError(f"--top-k must be >= 0, got {args.top_k}")
-    if args.temperature is not None and args.temperature <= 0:
-        raise UserError(f"--temperature must be > 0, got {args.temperature}")
-    return dict(do_sample=sample, temperature=args.temperature or 1.0, top_k=args.top_k or 0,
-                top_p=1.0 if args.top_p is None else args.top_p, repetition_penalty=args.repetition_penalty,
-                seed=args.seed if args.seed is not None else (0 if sample else None))
 
 
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
@@ -394,12 +345,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
     import torch
 
     from lmzoo.generate import TextStreamer, continuation_text, generate, truncate_at_stop
+    from lmzoo.inference import encode_prompt, load_lm, sampling_options
 
     if args.num_beams < 1 or args.num_return_sequences < 1:
         raise UserError("--num-beams and --num-return-sequences must be >= 1")
-    options = _sampling_options(args)
-    model, tokenizer = _load_lm(args.model, args.bf16, args.quantize)
-    ids, max_new = _encode_prompt(model, tokenizer, args.prompt, args.max_new_tokens)
+    options = sampling_options(args)
+    model, tokenizer = load_lm(args.model, args.bf16, args.quantize)
+    ids, max_new = encode_prompt(model, tokenizer, args.prompt, args.max_new_tokens)
     stream = args.num_beams == 1 and args.num_return_sequences == 1 and not args.stop
     # a decoder-only model continues the prompt: its new text is what follows the prompt's tokens
     # (a Unigram piece "▁enter" alone decodes to "enter", glued to the prompt)
@@ -432,12 +384,13 @@ def cmd_chat(args: argparse.Namespace) -> None:
     import torch
 
     from lmzoo.generate import generate, truncate_at_stop
+    from lmzoo.inference import load_lm, sampling_options
     from lmzoo.objectives.clm import TURN_END, chat_turn
 
-    options = _sampling_options(args)
+    options = sampling_options(args)
     if args.max_new_tokens <= 0:
         raise UserError(f"--max-new-tokens must be > 0, got {args.max_new_tokens}")
-    model, tokenizer = _load_lm(args.model, args.bf16, args.quantize)
+    model, tokenizer = load_lm(args.model, args.bf16, args.quantize)
     if model.config.is_encoder_decoder:
         raise UserError("chat needs a decoder-only causal LM (e.g. GPT2LMHeadModel)")
     budget = model.config.max_positions - args.max_new_tokens
@@ -476,38 +429,15 @@ def _complete_arguments(p: argparse.ArgumentParser) -> None:
     _sampling_arguments(p, 128)
 
 
-def _prefix_ids(model, tokenizer, prefix: str, max_new_tokens: int, context: int | None) -> list[int]:
-    """A code prefix's ids (special-token strings are code, not tokens), cut from the left so that it
-    and ``max_new_tokens`` fit in ``context`` positions: completing needs the end of a long file."""
-    if model.config.is_encoder_decoder:
-        raise UserError("complete needs a decoder-only causal LM (e.g. GPT2LMHeadModel)")
-    limit = model.config.max_positions
-    context = limit if context is None else context
-    if not 0 < context <= limit:
-        raise UserError(f"--context must be in 1..{limit} (the model's positions), got {context}")
-    if max_new_tokens <= 0:
-        raise UserError(f"--max-new-tokens must be > 0, got {max_new_tokens}")
-    if max_new_tokens >= context:
-        raise UserError(f"--max-new-tokens {max_new_tokens} leaves no room for the prefix in a context of {context}")
-    ids = tokenizer.encode(prefix, split_special_tokens=True) if prefix.strip() else []
-    if not ids:
-        raise UserError("empty prefix: give some code to complete")
-    room = context - max_new_tokens
-    if len(ids) > room:
-        print(f"note: completing from the last {room} of the prefix's {len(ids)} tokens (context {context})",
-              file=sys.stderr)
-        ids = ids[-room:]
-    return ids
-
-
 @verb("complete", "complete code from a prefix (file or stdin), stopping at the end of the line / block",
       _complete_arguments)
 def cmd_complete(args: argparse.Namespace) -> None:
     import torch
 
     from lmzoo.generate import code_block_end, generate, heal_trailing_whitespace
+    from lmzoo.inference import load_lm, prefix_ids, sampling_options
 
-    options = _sampling_options(args)
+    options = sampling_options(args)
     if args.file:
         try:
             prefix = open(args.file, encoding="utf-8").read()
@@ -515,9 +445,9 @@ def cmd_complete(args: argparse.Namespace) -> None:
             raise UserError(f"cannot read {args.file}: {e}") from None
     else:
         prefix = sys.stdin.read()
-    model, tokenizer = _load_lm(args.model, args.bf16, args.quantize)
+    model, tokenizer = load_lm(args.model, args.bf16, args.quantize)
     prompt, tail, allowed = heal_trailing_whitespace(prefix, tokenizer)
-    ids = _prefix_ids(model, tokenizer, prompt, args.max_new_tokens, args.context)
+    ids = prefix_ids(model, tokenizer, prompt, args.max_new_tokens, args.context)
     cut = code_block_end(prefix, args.until)
 
     def completion(text: str) -> str | None:

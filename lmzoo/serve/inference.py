@@ -36,9 +36,9 @@ def sampling_options(temperature: float | None, top_k: int | None, top_p: float 
     """``generate`` options exactly as the CLI's sampling flags make them (greedy unless one is given)."""
     from types import SimpleNamespace
 
-    from lmzoo.cli import _sampling_options
+    from lmzoo.inference import sampling_options
 
-    return _sampling_options(SimpleNamespace(temperature=temperature, top_k=top_k, top_p=top_p,
+    return sampling_options(SimpleNamespace(temperature=temperature, top_k=top_k, top_p=top_p,
                                              repetition_penalty=repetition_penalty, seed=seed))
 
 
@@ -138,9 +138,9 @@ class Generation:
 def encode_prompt(m: ServedModel, text: str, max_new_tokens: int) -> list[int]:
     """The generate verb's prompt ids; a prompt that leaves no room for ``max_new_tokens`` in the
     context is refused (a server does not silently shorten an answer)."""
-    from lmzoo.cli import _encode_prompt
+    from lmzoo.inference import encode_prompt
 
-    ids, _ = _encode_prompt(m.model, m.tokenizer, text, 1)
+    ids, _ = encode_prompt(m.model, m.tokenizer, text, 1)
     room = m.context if m.model.config.is_encoder_decoder else m.context - len(ids)
     if max_new_tokens > room:
         raise UserError(f"prompt of {len(ids)} tokens + max_tokens {max_new_tokens} exceed the model's context of "
@@ -179,12 +179,12 @@ def prepare_complete(m: ServedModel, prefix: str, until: str, context: int | Non
                      options: dict[str, Any]) -> Generation:
     """The complete verb: token healing of the prefix's trailing whitespace, its end kept within the
     context, stopping at the end of the line / block being written."""
-    from lmzoo.cli import _prefix_ids
+    from lmzoo.inference import prefix_ids
     from lmzoo.generate import code_block_end, heal_trailing_whitespace
 
     require(m, "complete")
     prompt, tail, allowed = heal_trailing_whitespace(prefix, m.tokenizer)
-    ids = _prefix_ids(m.model, m.tokenizer, prompt, max_new_tokens, context)
+    ids = prefix_ids(m.model, m.tokenizer, prompt, max_new_tokens, context)
     cut = code_block_end(prefix, until)
 
     def completion(text: str) -> str | None:

@@ -129,7 +129,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
 def load_model(name: str, folder: str, quantize: str | None = None) -> ServedModel:
     """Load one folder with the CLI's own loaders: a fine-tuned head through ``load_task_model``, a
     generating model through the generate verb's loader (which quantizes), any other with the pipelines'."""
-    from lmzoo.cli import _load_lm
+    from lmzoo.inference import load_lm
     from lmzoo.hf import read_config
     from lmzoo.models import ARCHITECTURES, family_spec
     from lmzoo.pipelines import load_model_and_tokenizer
@@ -142,11 +142,11 @@ def load_model(name: str, folder: str, quantize: str | None = None) -> ServedMod
     if cls is not None and cls.head_kind:
         model, tokenizer, task = load_task_model(folder)
     elif cls is not None and hasattr(cls, "prepare_generation"):
-        model, tokenizer = _load_lm(folder, quantize=quantize)
+        model, tokenizer = load_lm(folder, quantize=quantize)
     else:
         model, tokenizer = load_model_and_tokenizer(folder)
     if quantize == "int8":
-        model = quantize_int8(model)  # a no-op for a model _load_lm quantized already
+        model = quantize_int8(model)  # a no-op for a model load_lm quantized already
     model.eval()
     objectives = list(family_spec(model.config.family).objectives)
     return ServedModel(name, folder, model, tokenizer, tools_of(model, tokenizer), objectives, task)
