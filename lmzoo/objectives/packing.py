@@ -23,13 +23,15 @@ class PackedDataset:
     ``sep_id``, default ``eos_id``, only when ``sep_between_docs``).
 
     Every row has exactly ``max_length`` tokens except possibly the last, which ends with the
-    corpus. ``bos_id`` / ``eos_id`` may be None to leave that token out (GPT rows are the plain
-    stream). Items: ``{"input_ids": int64 [L], "word_starts": bool [L]}``; special tokens count
-    as word starts. No randomness: dynamic masking happens in the collator.
+    corpus (a last row of fewer than ``min_last_row`` content tokens is left out). ``bos_id`` /
+    ``eos_id`` may be None to leave that token out (GPT rows are the plain stream). Items:
+    ``{"input_ids": int64 [L], "word_starts": bool [L]}``; special tokens count as word starts. No
+    randomness: dynamic masking happens in the collator.
     """
 
     def __init__(self, corpus: "TokenizedCorpus", *, max_length: int, bos_id: int | None,
-                 eos_id: int | None, sep_between_docs: bool = True, sep_id: int | None = None) -> None:
+                 eos_id: int | None, sep_between_docs: bool = True, sep_id: int | None = None,
+                 min_last_row: int = 1) -> None:
         self.corpus = corpus
         self.max_length = int(max_length)
         self.bos_id, self.eos_id = bos_id, eos_id
@@ -56,6 +58,9 @@ class PackedDataset:
         self.doc_stream_start = np.concatenate([[0], np.cumsum(self.doc_length + gap)[:-1]]).astype(np.int64)
         self.stream_length = int(self.doc_stream_start[-1] + self.doc_length[-1])
         self.n_rows = -(-self.stream_length // self.content_length)
+        last = self.stream_length - (self.n_rows - 1) * self.content_length
+        if self.n_rows > 1 and last < min_last_row:  # a last row too short for the objective is left out
+            self.n_rows -= 1
 
     def __len__(self) -> int:
         return self.n_rows

@@ -184,7 +184,7 @@ def build_span_corruption(tokenizer: "Tokenizer", train_corpus: "TokenizedCorpus
 
     def packed(corpus: "TokenizedCorpus") -> PackedDataset:
         return PackedDataset(corpus, max_length=raw_length, bos_id=None, eos_id=None, sep_id=tokenizer.eos_id,
-                             sep_between_docs=tokenizer.eos_id is not None)
+                             sep_between_docs=tokenizer.eos_id is not None, min_last_row=2)  # spans need 2
 
     collate = SpanCorruptionCollator(sentinel_ids=sentinel_ids_of(tokenizer), eos_id=tokenizer.eos_id,
                                      pad_id=tokenizer.pad_id, config=options)
