@@ -17,7 +17,7 @@ from lmzoo.cli import main
 from lmzoo.models.bert import BertForPreTraining
 from lmzoo.models.roberta import RobertaForMaskedLM
 from lmzoo.presets import preset_config
-from lmzoo.tokenizer import train_tokenizer
+from lmzoo.tokenizer import Tokenizer, train_tokenizer
 
 GOOD = "great lovely superb fine splendid".split()
 BAD = "awful dreadful poor horrid dismal".split()
@@ -83,7 +83,14 @@ def corpus(folder: Path) -> Path:
 def bert_folder(tmp_path_factory) -> Path:
     """A tiny random BERT pretraining model with a WordPiece tokenizer (a stand-in for a checkpoint)."""
     folder = tmp_path_factory.mktemp("bert")
-    tok = train_tokenizer([str(corpus(folder))], kind="wordpiece", vocab_size=120, out_dir=str(folder))
+    # a fixed WordPiece vocabulary (as a BERT checkpoint's vocab.txt): training one gives other pieces on
+    # other runs (the trainer breaks ties in hash order), and this random-init body's learning depends on them
+    words = sorted(set(GOOD + BAD + FILLER + CITIES + NAMES + SURNAMES + "red green blue yes no".split()))
+    letters = sorted(set("".join(words)))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters), *words]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = Tokenizer.load(folder)
+    tok.save(folder)
     torch.manual_seed(0)
     BertForPreTraining(preset_config("bert-tiny", vocab_size=tok.vocab_size, d_model=64, n_heads=2, d_ff=128,
                                      max_positions=64)).save_pretrained(folder)
