@@ -560,8 +560,8 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--document-split", default="blank_line", choices=list(DOCUMENT_SPLITS),
                    help="documents separated by blank lines (default) or one per file, as pretrain")
     p.add_argument("--context", type=int,
-                   help="tokens per window / row (default: the model's max positions; give the pretraining "
-                        "--seq-len to stay on trained positions)")
+                   help="tokens per window / row (default: the --seq-len a pretrain run folder trained at, "
+                        "else the model's max positions)")
     p.add_argument("--batch-size", type=int, default=16, help="windows / rows per forward pass (default 16)")
     p.add_argument("--seed", type=int, default=0,
                    help="masks and noise of masked_accuracy, plm_loss and the seq2seq objective (default 0)")

@@ -529,17 +529,32 @@ def load_for_scoring(folder: str | Path, device: str | torch.device | None = Non
     return model.to(device).eval(), tokenizer
 
 
+def trained_length(folder: str | Path, limit: int) -> int | None:
+    """The sequence length a ``pretrain`` run trained the folder's model at (its ``run_config.json``),
+    capped at ``limit``; None for other folders. Positions a model never trained on score badly, so
+    this, not the model's ``max_positions``, is the default context."""
+    import json
+
+    try:
+        seq_len = json.loads((Path(folder) / "run_config.json").read_text())["data"]["seq_len"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return min(int(seq_len), limit) if isinstance(seq_len, int) and seq_len > 0 else None
+
+
 def evaluate_model(folder: str | Path, data: Any, *, context: int | None = None,
                    batch_size: int = DEFAULT_BATCH_SIZE, seed: int = 0, document_split: str = "blank_line",
                    progress: bool = False, device: str | torch.device | None = None) -> dict[str, float | int]:
     """The intrinsic scores of the model in ``folder`` (with its tokenizer) on ``data`` (files,
     folders, globs, read and split into documents as ``pretrain`` reads them): the fields
     ``FIELDS[model_kind(model)]``, picked by what the model can predict. ``context``: tokens per
-    window or row (default: the model's positions); ``seed``: masks and noise of the objective
-    scores; ``device``: default CUDA when there is one."""
+    window or row (default: the length a ``pretrain`` run trained at, else the model's positions);
+    ``seed``: masks and noise of the objective scores; ``device``: default CUDA when there is one."""
     from lmzoo.data import iter_documents
 
     model, tokenizer = load_for_scoring(folder, device)
+    if context is None:
+        context = trained_length(folder, model.config.max_positions)
     kind = model_kind(model)
     total = sum(1 for _ in iter_documents(data, document_split=document_split))
     if not total:

@@ -3,8 +3,8 @@
 MFU (model FLOPs utilisation, PaLM appendix B) is the model FLOPs of the steps (``lmzoo.flops``,
 counted from the config and the batch's shapes, never from what a kernel happened to do) per second
 over the peak FLOP/s of the processes' devices. The peak is ``--peak-flops`` when given, else a short
-matmul probe in the run's precision, measured once per machine (device name, precision, CPU threads)
-and cached in ``$LMZOO_CACHE/peak_flops.json`` (default ``~/.cache/lmzoo``).
+matmul probe in the run's precision, per machine (device name, precision, CPU threads), whose best
+value so far is cached in ``$LMZOO_CACHE/peak_flops.json`` (default ``~/.cache/lmzoo``).
 """
 
 from __future__ import annotations
@@ -88,8 +88,10 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, n: int | None =
 
 
 def peak_flops(device: torch.device, precision: str) -> float:
-    """The cached probe of this machine in ``precision`` ("fp32" | "bf16"), measured on first use.
-    A cache that cannot be written (read-only home) only costs a probe per run."""
+    """The best probe of this machine in ``precision`` ("fp32" | "bf16") so far: each run probes
+    again (under a second) and the cache keeps the highest value, because a probe taken while other
+    processes share the cores reads low (4-5x, measured) and would make MFU read high ever after.
+    A cache that cannot be written (read-only home) only costs the probe."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     key = f"{device.type}|{_device_name(device)}|{precision}|threads={torch.get_num_threads()}|torch={torch.__version__}"
     path = cache_folder() / "peak_flops.json"
@@ -97,12 +99,15 @@ def peak_flops(device: torch.device, precision: str) -> float:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
-    if isinstance(cached, dict) and isinstance(cached.get(key), (int, float)) and cached[key] > 0:
-        return float(cached[key])
+    if not isinstance(cached, dict):
+        cached = {}
+    best = cached.get(key) if isinstance(cached.get(key), (int, float)) and cached[key] > 0 else 0.0
     value = measure_peak_flops(device, dtype)
+    if value <= best:
+        return float(best)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, {**(cached if isinstance(cached, dict) else {}), key: value})
+        atomic_write_json(path, {**cached, key: value})
     except OSError as e:
         print(f"note: could not cache the peak FLOP/s probe in {path} ({e.strerror})", file=sys.stderr)
     return value
