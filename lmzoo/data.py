@@ -235,6 +235,17 @@ def sentence_spans(document: str) -> list[tuple[int, int]]:
     return spans
 
 
+def sentence_pieces(document: str) -> list[str]:
+    """The document cut after each sentence, each piece with the whitespace before it: they join back
+    to the document (up to trailing whitespace), so byte-level BPE decodes the exact text. What the
+    token cache and ``lmzoo eval`` encode."""
+    pieces, previous = [], 0
+    for _, end in sentence_spans(document):
+        pieces.append(document[previous:end])
+        previous = end
+    return pieces
+
+
 def split_sentences(document: str) -> list[str]:
     """Split on line breaks and after ``. ! ? ; :`` followed by whitespace; surrounding spaces
     are stripped and empty sentences dropped. Deliberately simple: "Mr. Smith" splits too."""
@@ -375,12 +386,9 @@ def _tokenize_into(writer: _CacheWriter, paths: list[Path], tokenizer: CorpusTok
         doc_sizes.clear()
 
     for document in iter_documents(paths, document_split=document_split, text_field=text_field):
-        spans = sentence_spans(document)
-        prev_end = 0
-        for _, end in spans:
-            texts.append(document[prev_end:end])
-            prev_end = end
-        doc_sizes.append(len(spans))
+        pieces = sentence_pieces(document)
+        texts.extend(pieces)
+        doc_sizes.append(len(pieces))
         if len(texts) >= batch_size:
             flush()
     flush()

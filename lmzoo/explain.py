@@ -215,7 +215,9 @@ def _view_span(pieces: _Pieces, example: dict, batch: dict, **_: Any) -> dict[st
     """Span corruption: noise spans replaced by sentinels in the inputs; targets = each sentinel and its span."""
     original, inputs = _ids(example["input_ids"]), _ids(batch["input_ids"])
     targets = [i for i in _ids(batch["labels"]) if i != IGNORE_INDEX]
-    sentinel_of = {i: n for n, i in enumerate(_sentinels(pieces.tokenizer))}
+    from lmzoo.objectives.span_corruption import sentinel_ids_of
+
+    sentinel_of = {i: n for n, i in enumerate(sentinel_ids_of(pieces.tokenizer))}
     spans: list[dict[str, Any]] = []
     closing = targets[:-1] if targets and targets[-1] == pieces.tokenizer.eos_id else targets
     for token in closing:  # targets: <extra_id_0> span 0 <extra_id_1> span 1 ... eos
@@ -235,12 +237,6 @@ def _view_span(pieces: _Pieces, example: dict, batch: dict, **_: Any) -> dict[st
     noise = sum(s is not None for s in status)
     return {"original": pieces(original), "noise": status, "inputs": pieces(inputs), "targets": pieces(targets),
             "spans": spans, "noise_rate": noise / len(original) if original else 0.0}
-
-
-def _sentinels(tokenizer: Tokenizer) -> list[int]:
-    from lmzoo.objectives.span_corruption import sentinel_ids_of
-
-    return sentinel_ids_of(tokenizer)
 
 
 def _view_denoise(pieces: _Pieces, example: dict, batch: dict, *, trace: list[dict[str, Any]]) -> dict[str, Any]:

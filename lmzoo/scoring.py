@@ -69,13 +69,10 @@ class EncodedDocument:
 
 def encode_document(tokenizer: Any, text: str) -> EncodedDocument:
     """``text`` encoded as ``lmzoo.data.TokenizedCorpus`` encodes a document: split with
-    ``sentence_spans``, each sentence with the whitespace before it, special-token strings as text."""
-    from lmzoo.data import sentence_spans
+    ``sentence_pieces`` (the token cache's own), special-token strings as text."""
+    from lmzoo.data import sentence_pieces
 
-    pieces, previous = [], 0
-    for _, end in sentence_spans(text):
-        pieces.append(text[previous:end])
-        previous = end
+    pieces = sentence_pieces(text)
     encoded = [e for e in tokenizer.encode_with_word_starts(pieces, split_special_tokens=True) if e[0]] if pieces else []
     ids = np.fromiter((i for e, _ in encoded for i in e), dtype=np.int64)
     starts = np.fromiter((w for _, ws in encoded for w in ws), dtype=np.bool_)
