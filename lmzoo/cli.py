@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from lmzoo.errors import UserError
@@ -29,7 +31,8 @@ def verb(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], No
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     """Optimisation flags shared by pretraining and fine-tuning (TrainConfig fields)."""
     g = p.add_argument_group("training")
-    g.add_argument("--max-steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    g.add_argument("--max-steps", type=int, default=1000, help="optimizer steps")
+    g.add_argument("--epochs", type=float, help="passes over the training data; replaces --max-steps")
     g.add_argument("--batch-size", type=int, default=32, help="examples per process per micro-step")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
     g.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
@@ -56,10 +59,18 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def train_config_from_args(args: argparse.Namespace):
+    import dataclasses
+
     from lmzoo.train.loop import TrainConfig
 
-    return TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-                       weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, schedule=args.schedule,
+    # --epochs needs TrainConfig.epochs (being added in lmzoo/train/loop.py); until then it is refused
+    epochs = {}
+    if args.epochs is not None:
+        if "epochs" not in {f.name for f in dataclasses.fields(TrainConfig)}:
+            raise UserError("--epochs is not supported by this version of the training loop; give --max-steps")
+        epochs = {"epochs": args.epochs}
+    return TrainConfig(**epochs, max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                       lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, schedule=args.schedule,
                        clip_norm=None if args.clip_norm <= 0 else args.clip_norm, precision=args.precision,
                        eval_every=args.eval_every, eval_batches=args.eval_batches, log_every=args.log_every,
                        save_every=args.save_every, keep_checkpoints=args.keep_checkpoints, seed=args.seed,
@@ -84,6 +95,7 @@ def _tokenizer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-frequency", type=int, default=2)
     p.add_argument("--extra-ids", type=int, default=0, help="T5 sentinels <extra_id_N> (unigram only)")
     p.add_argument("--special-token", action="append", default=[], help="an extra special token (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace the model's or tokenizer's files already in --out")
 
 
 @verb("train-tokenizer", "train a WordPiece / byte-level BPE / Unigram tokenizer on your text", _tokenizer_arguments)
@@ -92,7 +104,7 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
 
     tok = train_tokenizer(_data_spec(args.data), kind=args.kind, vocab_size=args.vocab_size, out_dir=args.out,
                           lowercase=args.lowercase, min_frequency=args.min_frequency, extra_ids=args.extra_ids,
-                          special_tokens=args.special_token)
+                          special_tokens=args.special_token, overwrite=args.overwrite)
     print(f"{args.kind} tokenizer with {tok.vocab_size} tokens written to {args.out}")
 
 
@@ -117,7 +129,7 @@ def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="an HF tokenizer folder (default: train one on --data)")
     p.add_argument("--vocab-size", type=int, default=8000, help="for a tokenizer trained here")
     p.add_argument("--lowercase", action="store_true", help="for a tokenizer trained here")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per example (default 128)")
+    p.add_argument("--seq-len", type=int, default=128, help="tokens per example")
     p.add_argument("--eval-fraction", type=float, default=0.02, help="share of documents held out")
     p.add_argument("--document-split", default="blank_line", choices=["blank_line", "file"])
     _objective_arguments(p)
@@ -181,8 +193,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
                       overwrite=args.overwrite, progress=not args.no_progress, run_args=recorded)
     if not is_main_process():
         return
-    metrics = ", ".join(f"{k} {v:.4g}" for k, v in result.eval_metrics.items())
-    print(f"step {result.step}: train loss {result.train_loss:.4f}; eval {metrics}; model in {args.out}")
+    metrics = ", ".join(f"{k.removeprefix('eval_')} {v:.4g}" for k, v in result.eval_metrics.items())
+    compiled = f"; compiled in {result.compile_s:.1f} s" if result.compile_s else ""
+    print(f"step {result.step}: train loss {result.train_loss:.4f}" + (f"; held-out {metrics}" if metrics else "")
+          + f"{compiled}; model in {args.out}")
 
 
 def _fill_mask_arguments(p: argparse.ArgumentParser) -> None:
@@ -217,7 +231,7 @@ def cmd_nsp(args: argparse.Namespace) -> None:
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/demo", help="folder for the demo's models (default runs/demo)")
+    p.add_argument("--out", default="runs/demo", help="folder for the demo's models")
     p.add_argument("--only", nargs="+", help="run only these sections")
 
 
@@ -276,33 +290,42 @@ def run_seq2seq_finetune(args: argparse.Namespace) -> None:
           + (f"; best (step {best['step']}): {scores} in {args.out}/best" if best else f"; model in {args.out}"))
 
 
-def _text2text_arguments(p: argparse.ArgumentParser) -> None:
+def _text2text_arguments(p: argparse.ArgumentParser, *, texts: str = "+") -> None:
     p.add_argument("model", help="a T5 / BART model folder (with its tokenizer)")
-    p.add_argument("text", nargs="+", help='input text(s), e.g. "summarize: ..."')
+    p.add_argument("text", nargs=texts, help='input text(s), e.g. "summarize: ..."')
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--num-beams", type=int, default=1)
 
 
-def _text2text_prefix_arguments(p: argparse.ArgumentParser) -> None:
-    _text2text_arguments(p)
+def _prefix_argument(p: argparse.ArgumentParser | Any) -> None:
     p.add_argument("--prefix", help="prepended to every input (default: the prefix the folder was fine-tuned "
                                     "with, saved in its lmzoo_seq2seq.json)")
 
 
-@verb("text2text", "generate an output text for each input text with a T5 / BART model",
-      _text2text_prefix_arguments)
-def cmd_text2text(args: argparse.Namespace) -> None:
-    from lmzoo.tasks.seq2seq import generate_texts, load_seq2seq_model, saved_prefix
+def _text2text_file_arguments(p: argparse.ArgumentParser) -> None:
+    _text2text_arguments(p, texts="*")
+    _prefix_argument(p)
+    p.add_argument("--input", help="read the inputs from this file instead: the --source-column of a .jsonl "
+                   ".csv .tsv file, else one text per line (- = stdin)")
+    p.add_argument("--source-column", default="source", help="the inputs' column in a .jsonl .csv .tsv --input")
+    p.add_argument("--output", help="write the outputs to this file instead of stdout: .jsonl gets "
+                   '{"source", "prediction"} lines, any other name one output per line')
 
-    if args.max_new_tokens < 1 or args.num_beams < 1:
-        raise UserError("--max-new-tokens and --num-beams must be >= 1")
-    if not all(text.strip() for text in args.text):
-        raise UserError("an input text is empty")
-    model, tokenizer = load_seq2seq_model(args.model)
-    prefix = saved_prefix(args.model) if args.prefix is None else args.prefix
-    for output in generate_texts(model, tokenizer, args.text, max_new_tokens=args.max_new_tokens,
-                                 num_beams=args.num_beams, prefix=prefix):
-        print(output)
+
+@verb("text2text", "generate an output text for each input text with a T5 / BART model",
+      _text2text_file_arguments)
+def cmd_text2text(args: argparse.Namespace) -> None:
+    from lmzoo.tasks.seq2seq import predict_texts, prediction_lines, read_sources, write_output
+
+    if bool(args.text) == bool(args.input):
+        raise UserError("give the input texts either on the command line or as --input FILE")
+    sources = args.text or read_sources(args.input, source_column=args.source_column)
+    outputs = predict_texts(args.model, sources, prefix=args.prefix, max_new_tokens=args.max_new_tokens,
+                            num_beams=args.num_beams)
+    if args.output and Path(args.output).suffix.lower() == ".jsonl":
+        write_output(args.output, prediction_lines(sources, outputs))
+    else:
+        write_output(args.output or "-", "".join(output + "\n" for output in outputs))
 
 
 @verb("reconstruct", "fill the <mask> spans of a text with a BART model (T5: <extra_id_N> sentinels)",
@@ -374,8 +397,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def _chat_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a causal LM folder, e.g. trained on a dialogue corpus of speaker turns")
-    p.add_argument("--user", default="Romeo", help="your speaker name (default Romeo)")
-    p.add_argument("--bot", default="Juliet", help="the model's speaker name (default Juliet)")
+    p.add_argument("--user", default="Romeo", help="your speaker name")
+    p.add_argument("--bot", default="Juliet", help="the model's speaker name")
     _sampling_arguments(p, 80)
 
 
@@ -384,7 +407,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     import torch
 
     from lmzoo.generate import generate, truncate_at_stop
-    from lmzoo.inference import load_lm, sampling_options
+    from lmzoo.inference import empty_reply_note, load_lm, sampling_options
     from lmzoo.objectives.clm import TURN_END, chat_turn
 
     options = sampling_options(args)
@@ -400,6 +423,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     bot = args.bot.strip().upper()
     history = ""
     interactive = sys.stdin.isatty()
+    noted = False  # the empty-reply note, once per conversation
     while True:
         if interactive:
             print(f"{args.user.strip().upper()}> ", end="", flush=True)
@@ -415,6 +439,9 @@ def cmd_chat(args: argparse.Namespace) -> None:
                        tokenizer=tokenizer, **options)
         reply = " ".join(truncate_at_stop(tokenizer.decode(out[0].tolist()), [TURN_END]).split())
         print(f"{bot}: {reply}", flush=True)
+        if not reply and not noted:
+            print(empty_reply_note(bot), file=sys.stderr, flush=True)
+            noted = True
         history += chat_turn(bot, reply)
 
 
@@ -478,7 +505,6 @@ def _task_data_arguments(p: argparse.ArgumentParser) -> None:
 
 def _finetune_arguments(p: argparse.ArgumentParser) -> None:
     """One verb for every task; a flag a task does not read is ignored by it."""
-    from lmzoo.nn.loss import PROBLEM_TYPES
     from lmzoo.options import add_options
     from lmzoo.tasks.seq2seq import Seq2SeqOptions
 
@@ -499,7 +525,9 @@ def _finetune_arguments(p: argparse.ArgumentParser) -> None:
     _task_data_arguments(p)
     p.add_argument("--patience", type=int, default=0, help="stop after N evaluations without improvement (0: never)")
     g = p.add_argument_group("classify / pair / ner")
-    g.add_argument("--problem-type", choices=list(PROBLEM_TYPES), help="default: multi-label when labels are lists")
+    # TaskOptions checks the name: lmzoo.nn.loss.PROBLEM_TYPES imports torch, which --help does not need
+    g.add_argument("--problem-type", metavar="TYPE", help="single_label_classification, multi_label_classification "
+                   "or regression (default: multi-label when labels are lists)")
 
 
 @verb("finetune", "fine-tune a model on a task: classify, pair, ner (best checkpoint kept) or seq2seq",
@@ -526,20 +554,62 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if result.best:
         scores = ", ".join(f"{k} {v:.4f}" for k, v in result.best.items() if k not in ("step", "n"))
         line += f"; best (step {result.best['step']}): {scores}; best model in {args.out}/best"
-    print(line + ("; stopped early" if result.stopped_early else "") + f"; last model in {args.out}")
+    compiled = f"; compiled in {result.compile_s:.1f} s" if result.compile_s else ""
+    print(line + ("; stopped early" if result.stopped_early else "") + f"{compiled}; last model in {args.out}")
+
+
+def _seq2seq_data_arguments(p: argparse.ArgumentParser, *, targets: bool) -> None:
+    """How evaluate / predict read pairs or sources for a T5 / BART folder, and how it generates."""
+    g = p.add_argument_group("seq2seq (a T5 / BART folder)")
+    g.add_argument("--source-column", default="source", help="source column of .jsonl .csv .tsv data")
+    if targets:
+        g.add_argument("--target-column", default="target", help="target column of the pairs file")
+    _prefix_argument(g)
+    g.add_argument("--max-new-tokens", type=int, default=128, help="tokens generated per output at most")
+    g.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams")
+
+
+_CLASSIFIER_FLAGS = ("text_column", "text_pair_column", "label_column", "label_separator", "max_length")
+_SEQ2SEQ_FLAGS = {"source_column": "source", "target_column": "target", "prefix": None, "max_new_tokens": 128,
+                  "num_beams": 1}
+
+
+def _refuse_flags(args: argparse.Namespace, defaults: dict[str, Any], model: str) -> None:
+    """A flag set away from its default that the folder's kind of model does not read: a UserError."""
+    for name, default in defaults.items():
+        if hasattr(args, name) and getattr(args, name) != default:
+            raise UserError(f"--{name.replace('_', '-')} does not apply to {args.model}, which holds {model}")
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a fine-tuned classifier / NER folder (e.g. OUT/best)")
-    p.add_argument("--data", required=True, help="labelled file (.csv .tsv .jsonl; ner: CoNLL token<TAB>tag)")
-    p.add_argument("--out", help="folder for eval_metrics.json, eval_report.txt and confusion_matrix.png")
+    p.add_argument("--model", required=True, help="a fine-tuned classifier / NER folder (e.g. OUT/best), or a "
+                   "T5 / BART one")
+    p.add_argument("--data", required=True, help="labelled file (.csv .tsv .jsonl; ner: CoNLL token<TAB>tag); "
+                   "seq2seq: pairs file (.jsonl .tsv .csv with a header)")
+    p.add_argument("--out", help="folder for eval_metrics.json, eval_report.txt and confusion_matrix.png "
+                   "(seq2seq: eval_metrics.json and eval_predictions.jsonl)")
     p.add_argument("--batch-size", type=int, default=32)
     _task_data_arguments(p)
+    _seq2seq_data_arguments(p, targets=True)
 
 
-@verb("evaluate", "score a fine-tuned classifier / NER model on a labelled file, with a per-label report",
-      _evaluate_arguments)
+@verb("evaluate", "score a fine-tuned model on a labelled file: a classifier / NER model with a per-label "
+      "report, a T5 / BART model with BLEU, chrF and ROUGE-L", _evaluate_arguments)
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from lmzoo.tasks.seq2seq import evaluate_seq2seq, is_seq2seq_folder
+
+    if is_seq2seq_folder(args.model):
+        _refuse_flags(args, dict.fromkeys(_CLASSIFIER_FLAGS), "a text-to-text model (its columns: --source-column, "
+                      "--target-column)")
+        metrics = evaluate_seq2seq(args.model, args.data, out=args.out, source_column=args.source_column,
+                                   target_column=args.target_column, prefix=args.prefix,
+                                   max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                                   batch_size=args.batch_size)
+        print(", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+        if args.out:
+            print(f"metrics and outputs in {args.out}")
+        return
+    _refuse_flags(args, _SEQ2SEQ_FLAGS, "a classifier / NER model")
     from lmzoo.tasks.classification import evaluate_model, summary
 
     metrics = evaluate_model(args.model, args.data, out=args.out, batch_size=args.batch_size,
@@ -555,8 +625,16 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     from lmzoo.data import DOCUMENT_SPLITS
 
     p.add_argument("model", help="a model folder with its tokenizer (from pretrain, finetune, or Hugging Face)")
-    p.add_argument("--data", nargs="+", required=True,
-                   help="files, folders or globs, read and split into documents as pretrain reads them")
+    p.add_argument("--data", nargs="+",
+                   help="files, folders or globs, read and split into documents as pretrain reads them "
+                        "(intrinsic scores; the pairs probe's text, default the bundled plays)")
+    p.add_argument("--probes", help="comma-separated downstream probes to fine-tune and score: "
+                   "sentiment, ner, pairs, translation, summarization, or all")
+    p.add_argument("--probe-steps", type=int, help="optimizer steps of each probe's fine-tuning "
+                   "(default: the protocol's budget, see docs/eval.md)")
+    p.add_argument("--probe-data", help="folder holding downloaded probe data (vaderSentiment's sdist); "
+                   "default $LMZOO_PROBE_DATA, else the lmzoo cache")
+    p.add_argument("--probe-out", help="folder for the probes' fine-tuning runs (default: a temporary folder)")
     p.add_argument("--document-split", default="blank_line", choices=list(DOCUMENT_SPLITS),
                    help="documents separated by blank lines (default) or one per file, as pretrain")
     p.add_argument("--context", type=int,
@@ -582,10 +660,22 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise UserError(f"--json {args.json} is a folder; give a file name")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
+    if not args.data and not args.probes:
+        raise UserError("give --data FILES (intrinsic scores), --probes NAMES (downstream probes), or both")
     started = time.perf_counter()
-    scores = evaluate_model(args.model, args.data, context=args.context, batch_size=args.batch_size,
-                            seed=args.seed, document_split=args.document_split, progress=not args.no_progress)
-    print(format_table(scores))
+    scores: dict[str, Any] = {}
+    if args.data:
+        scores = evaluate_model(args.model, args.data, context=args.context, batch_size=args.batch_size,
+                                seed=args.seed, document_split=args.document_split, progress=not args.no_progress)
+        print(format_table(scores))
+    if args.probes:
+        from lmzoo.probes import format_probe_table, parse_probe_names, run_probes
+
+        results = run_probes(args.model, parse_probe_names(args.probes), data=args.data, steps=args.probe_steps,
+                             probe_data=args.probe_data, seed=args.seed, work_dir=args.probe_out,
+                             progress=not args.no_progress)
+        print(format_probe_table(results))
+        scores = {**scores, "probes": results}
     if args.json:
         try:
             atomic_write_json(args.json, scores)
@@ -594,18 +684,60 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"scored in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", nargs="+", help="pretraining corpus: files, folders or globs (default: the bundled "
+                   "plays, the last one held out)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--flops", type=float, help="training FLOPs per approach, counted from the configs "
+                        "(default: the small budget in docs/compare.md)")
+    budget.add_argument("--minutes", type=float, help="equal wall-clock per approach instead of equal FLOPs")
+    p.add_argument("--approaches", nargs="+", help="a subset of: mlm, mlm+nsp, clm, span, denoise, plm (default all)")
+    p.add_argument("--probes", default="all", help="comma-separated probes run on each model (default all, "
+                   "'none' for intrinsic scores only)")
+    p.add_argument("--probe-steps", type=int, help="optimizer steps of each probe (default: the protocol's)")
+    p.add_argument("--probe-data", help="folder holding downloaded probe data (see lmzoo eval --help)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="folder for one run folder per approach, compare.md/.json/.png")
+    p.add_argument("--resume", action="store_true", help="continue a compare in --out: finished approaches "
+                   "are kept, an interrupted one resumes from its checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+@verb("compare", "pretrain every approach on one corpus at equal compute, then score and probe each: the "
+      "seed's conclusion table, measured", _compare_arguments)
+def cmd_compare(args: argparse.Namespace) -> None:
+    from lmzoo.compare import run_compare
+
+    run_compare(args)
+
+
 def _predict_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a fine-tuned classifier / NER folder (e.g. OUT/best)")
+    p.add_argument("--model", required=True, help="a fine-tuned classifier / NER folder (e.g. OUT/best), or a "
+                   "T5 / BART one")
     p.add_argument("--input", default="-", help=".csv .tsv .jsonl file (ner: also CoNLL: .conll or tabs), else "
                    "plain lines, - = stdin: one text per line (pair: text<TAB>text_pair; ner: tokens split by spaces)")
-    p.add_argument("--output", default="-", help="JSONL predictions (default stdout)")
+    p.add_argument("--output", default="-", help="JSONL predictions (default stdout); seq2seq: "
+                   '{"source", "prediction"} lines')
     p.add_argument("--batch-size", type=int, default=32)
     _task_data_arguments(p)
+    _seq2seq_data_arguments(p, targets=False)
 
 
-@verb("predict", "label texts (or tag tokens) with a fine-tuned model: file or stdin in, JSONL out",
-      _predict_arguments)
+@verb("predict", "label texts (or tag tokens) with a fine-tuned model, or transform them with a T5 / BART one: "
+      "file or stdin in, JSONL out", _predict_arguments)
 def cmd_predict(args: argparse.Namespace) -> None:
+    from lmzoo.tasks.seq2seq import is_seq2seq_folder
+
+    if is_seq2seq_folder(args.model):
+        from lmzoo.tasks.seq2seq import predict_texts, prediction_lines, read_sources, write_output
+
+        _refuse_flags(args, dict.fromkeys(_CLASSIFIER_FLAGS), "a text-to-text model (its column: --source-column)")
+        sources = read_sources(args.input, source_column=args.source_column)
+        outputs = predict_texts(args.model, sources, prefix=args.prefix, max_new_tokens=args.max_new_tokens,
+                                num_beams=args.num_beams, batch_size=args.batch_size)
+        write_output(args.output, prediction_lines(sources, outputs))
+        return
+    _refuse_flags(args, _SEQ2SEQ_FLAGS, "a classifier / NER model")
     from lmzoo.tasks.classification import predict_file
 
     predict_file(args.model, args.input, args.output, batch_size=args.batch_size, text_column=args.text_column,
@@ -627,29 +759,153 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run(args)
 
 
+DESCRIPTION = """\
+lmzoo trains the classic transformer language models (BERT, RoBERTa, GPT-2, T5, BART, XLNet)
+on your own text, each with the objective that made it famous (masked LM and next-sentence
+prediction, causal LM, T5 span corruption, BART denoising, permutation LM), and uses them:
+fine-tune for classification, NER or seq2seq, score, fill masks, generate, chat, complete code and
+serve over HTTP. Models are Hugging Face folders (config.json + safetensors), in and out.
+
+Try `lmzoo demo`; `lmzoo VERB --help` lists a verb's options and their defaults."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each flag's default after its help, unless the default says nothing (None, a switch's False /
+    True, an empty list) or the help names it already."""
+
+    @staticmethod
+    def _shows_default(action: argparse.Action) -> bool:
+        default = action.default
+        return not (default is None or default is argparse.SUPPRESS or isinstance(default, bool)
+                    or default in ([], "") or not action.option_strings or "default" in (action.help or ""))
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if not self._shows_default(action):
+            return action.help or ""
+        return f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and self._shows_default(action):  # argparse prints no line for a flag without help
+            action = copy.copy(action)
+            action.help = "default: %(default)s"
+        return super()._format_action(action)
+
+
+class _TopFormatter(_HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """`lmzoo --help`: the description's paragraphs as written."""
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # no abbreviations: --max-step is not --max-steps
+        super().__init__(*args, **{"allow_abbrev": False, "formatter_class": _HelpFormatter, **kwargs})
+
     def error(self, message: str):  # argparse's usage errors: one line, exit 2
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+# A verb's main inputs, accepted both ways: `lmzoo eval MODEL` and `lmzoo eval --model MODEL`.
+BOTH_FORMS = ("model", "data")
+
+
+def _both_forms(p: argparse.ArgumentParser) -> None:
+    """Give the verb's positional ``model`` / ``data`` a ``--model`` / ``--data`` twin, and a required
+    ``--model`` flag a positional twin (only the model: two optional positionals would be ambiguous).
+    :func:`_merge_twins` puts the one given into the original destination after parsing."""
+    twins = []
+    positionals = [a for a in p._actions if not a.option_strings]
+    for action in list(p._actions):
+        name, many = action.dest, action.nargs in ("+", "*")
+        if name not in BOTH_FORMS:
+            continue
+        if not action.option_strings and f"--{name}" not in p._option_string_actions:
+            required = action.nargs in (None, "+")
+            action.nargs, action.required = ("*" if many else "?"), False
+            p.add_argument(f"--{name}", dest=f"_{name}_flag", nargs="+" if many else None, metavar=name.upper(),
+                           help=f"the same as the positional {name}")
+            # with the flag form, `text2text --model M A B` gives A to the (optional) positional model
+            after = positionals[positionals.index(action) + 1:]
+            spill = after[0].dest if after and after[0].nargs in ("+", "*") else None
+            twins.append((name, f"_{name}_flag", required, spill))
+        elif name == "model" and action.option_strings and action.required:
+            action.required = False
+            p.add_argument(f"_{name}_positional", nargs="?", metavar=name, help=f"the same as --{name}")
+            twins.append((name, f"_{name}_positional", True, None))
+    if twins:
+        p.set_defaults(_twins=tuple(twins))
+
+
+def _merge_twins(args: argparse.Namespace) -> None:
+    """One value per input from its two forms: both given with different values, or a required
+    input given neither way, is a UserError."""
+    for name, twin, required, spill in getattr(args, "_twins", ()):
+        first, second = getattr(args, name), getattr(args, twin)
+        delattr(args, twin)
+        if spill and first is not None and second is not None and first != second:  # it read the first text
+            setattr(args, spill, [first, *getattr(args, spill)])
+            first = None
+        if first not in (None, []) and second not in (None, []) and first != second:
+            show = [" ".join(v) if isinstance(v, list) else v for v in (first, second)]
+            raise UserError(f"the {name} is given twice, as {show[0]} and as --{name} {show[1]}: give it once")
+        value = first if first not in (None, []) else second
+        if required and value in (None, []):
+            raise UserError(f"give the {name}: {args.verb} {name.upper()} or {args.verb} --{name} {name.upper()}")
+        setattr(args, name, value)
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed package's version, looked up only when asked (importlib.metadata
+    costs startup time)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print lmzoo's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("lmzoo")
+        except PackageNotFoundError:  # a source tree that is not installed
+            from lmzoo import __version__ as number
+        print(f"lmzoo {number}")
+        parser.exit(0)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """Every verb with its arguments; with ``only``, the other verbs get none: their arguments may
     import what this command never uses (pretrain's objective flags import torch)."""
-    parser = _Parser(prog="lmzoo", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
+    parser = _Parser(prog="lmzoo", description=DESCRIPTION, formatter_class=_TopFormatter)
+    parser.add_argument("--version", action=_Version)
+    sub = parser.add_subparsers(title="verbs", dest="verb", required=True, metavar="VERB", parser_class=_Parser)
     for name, (help, arguments, fn) in VERBS.items():
         p = sub.add_parser(name, help=help, description=help)
         if only is None or only == name:
             arguments(p)
-        p.set_defaults(_run=fn)
+            _both_forms(p)
+        p.set_defaults(_run=fn, verb=name)
+    parser.set_defaults(_verbs=sub.choices)
     return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """``lmzoo VERB ...`` parsed by the verb's own parser with positionals and flags in any order
+    (``generate MODEL --seed 1 PROMPT``), anything else by the top parser (--help, --version).
+    Usage errors exit 2 (argparse); an input given both ways with two values is a UserError."""
+    named = next((a for a in argv if not a.startswith("-")), "")  # the verb: `lmzoo` takes no other positional
+    parser = build_parser(only=named)
+    verbs = parser.get_default("_verbs")
+    if argv and argv[0] in verbs:
+        args = verbs[argv[0]].parse_intermixed_args(argv[1:])
+    else:
+        args = parser.parse_args(argv)
+    _merge_twins(args)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    named = next((a for a in argv if not a.startswith("-")), "")  # the verb: `lmzoo` takes no other positional
-    args = build_parser(only=named).parse_args(argv)
     try:
+        args = parse_args(argv)
         return int(args._run(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

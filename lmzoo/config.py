@@ -182,7 +182,10 @@ def label_map_from_hf(hf: dict[str, Any]) -> dict[int, str] | None:
     id2label = hf.get("id2label")
     if not id2label:
         return None
-    return {int(k): v for k, v in id2label.items()}
+    try:
+        return {int(k): v for k, v in id2label.items()}
+    except (TypeError, ValueError, AttributeError):
+        raise UserError(f"config.json: id2label keys must be label ids (integers), got {id2label!r}") from None
 
 
 def label_map_to_hf(config: ModelConfig) -> dict[str, Any]:

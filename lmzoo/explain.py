@@ -26,7 +26,7 @@ import torch
 
 from lmzoo.data import TokenizedCorpus, default_corpus, iter_documents
 from lmzoo.errors import UserError
-from lmzoo.io import atomic_directory, atomic_write_bytes
+from lmzoo.io import atomic_directory, atomic_write_bytes, cache_dir
 from lmzoo.objectives import Objective, get_objective
 from lmzoo.tokenizer import Tokenizer, train_tokenizer
 
@@ -37,13 +37,6 @@ IGNORE_INDEX = -100
 
 
 # --- tokenizer and corpus -----------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """Where lmzoo caches what it builds for itself (the explain tokenizers)."""
-    if os.environ.get("LMZOO_CACHE"):
-        return Path(os.environ["LMZOO_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmzoo"
 
 
 def default_tokenizer(unit: Objective) -> Tokenizer:

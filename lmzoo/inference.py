@@ -46,6 +46,16 @@ def encode_prompt(model, tokenizer, text: str, max_new_tokens: int) -> tuple[lis
     return ids, min(max_new_tokens, context - len(ids))
 
 
+def empty_reply_note(bot: str) -> str:
+    """What to tell someone whose chat model answered nothing: most often it was never trained on the
+    speaker-turn format the conversation is written in (``lmzoo.objectives.clm.chat_turn``)."""
+    return (f"note: the model wrote an empty reply. chat writes the conversation as speaker turns (a name in "
+            f"capitals on its own line, the speech, a blank line) and lets the model continue after {bot!r}; a "
+            "model learns that from a dialogue corpus: lmzoo.objectives.clm.dialogue_corpus(plays, "
+            "'dialogue.jsonl'), then `lmzoo pretrain --preset gpt-tiny --objective clm --data dialogue.jsonl "
+            "--out RUN` (docs/clm.md). For plain continuation use `lmzoo generate`.")
+
+
 def sampling_options(args: Any) -> dict[str, Any]:
     """generate()'s sampling keywords from the CLI's sampling flags (any object with their attributes):
     sampling when a temperature, top-k or top-p is given, else greedy."""

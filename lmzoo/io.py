@@ -18,6 +18,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def cache_dir() -> Path:
+    """Where lmzoo caches what it builds or downloads for itself: ``$LMZOO_CACHE``, else
+    ``$XDG_CACHE_HOME/lmzoo``, else ``~/.cache/lmzoo``."""
+    if os.environ.get("LMZOO_CACHE"):
+        return Path(os.environ["LMZOO_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmzoo"
+
+
 @functools.cache
 def _umask() -> int:
     """The process umask, read once (setting it back at once: ``os.umask`` is the only portable way)."""

@@ -66,8 +66,7 @@ def add_options(parser: argparse.ArgumentParser | Any, cls: type, title: str | N
             kwargs.update(type=kind, default=f.default)
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
-            if f.default not in (None, ""):
-                kwargs["help"] += f" (default {f.default})" if kwargs["help"] else f"default {f.default}"
+        # the default is not written into the help: the CLI's help formatter prints every flag's default
         group.add_argument(flag_name(f), **kwargs)
 
 

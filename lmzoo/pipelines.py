@@ -16,11 +16,80 @@ MASK_SPELLINGS = ("[MASK]", "<mask>")
 
 
 def load_model_and_tokenizer(folder: str | Path) -> tuple[PreTrainedModel, Tokenizer]:
-    """A model folder written by ``lmzoo pretrain`` (or any HF folder with tokenizer files)."""
+    """A model folder written by ``lmzoo pretrain`` (or any HF folder with tokenizer files).
+
+    A tokenizer with more tokens than the model has embedding rows is refused (its ids would index
+    past the table; fewer is fine: HF pads vocabularies). ``model.missing_weights`` lists the head
+    parameters the folder holds no weights for (they were randomly initialised, with a note):
+    :func:`fill_mask` refuses to answer from such a head."""
     from lmzoo.hf import load_pretrained
 
     model = load_pretrained(folder)
-    return model, Tokenizer.load(folder)
+    tokenizer = Tokenizer.load(folder)
+    check_vocab_fits(tokenizer, model, folder)
+    model.missing_weights = missing_head_weights(model, folder)
+    return model, tokenizer
+
+
+def check_vocab_fits(tokenizer: Tokenizer, model: PreTrainedModel, folder: str | Path) -> None:
+    """A UserError when ``tokenizer`` has ids past the model's embedding rows (e.g. a tokenizer
+    trained into a run folder after its model)."""
+    rows = model.config.vocab_size
+    if tokenizer.vocab_size > rows:
+        raise UserError(f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model embeds only {rows}; "
+                        "the tokenizer does not belong to this model (was it retrained?)")
+
+
+def _weight_names(folder: Path) -> set[str] | None:
+    """The tensor names of a folder's safetensors weights, read from the headers (None for
+    pytorch_model.bin, whose names need the whole file)."""
+    import safetensors
+
+    if (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    elif (folder / "model.safetensors.index.json").is_file():
+        from lmzoo.config import read_json
+
+        return set(read_json(folder / "model.safetensors.index.json")["weight_map"])
+    else:
+        return None
+    names: set[str] = set()
+    for path in files:
+        with safetensors.safe_open(str(path), "pt") as f:
+            names.update(f.keys())
+    return names
+
+
+def missing_head_weights(model: PreTrainedModel, folder: str | Path) -> tuple[str, ...]:
+    """The model's head parameters (``head_modules``, tied ones aside) with no tensor in ``folder``."""
+    from lmzoo.weights import rename
+
+    names = _weight_names(Path(folder))
+    if names is None:
+        return ()
+    names = {n.replace(".gamma", ".weight").replace(".beta", ".bias") for n in names}
+    key_map, tied = model.hf_key_map(model.config), model.tied_parameters()
+    missing = []
+    for name, _ in model.named_parameters():
+        if name.split(".")[0] not in model.head_modules or name in tied:
+            continue
+        try:
+            hf_name = rename(name, key_map, to_hf=True)
+        except KeyError:
+            continue
+        if hf_name is not None and hf_name not in names:
+            missing.append(name)
+    return tuple(missing)
+
+
+def _require_head(model: PreTrainedModel, head: str, what: str) -> None:
+    """A UserError naming the missing weights when the loaded folder had none for ``head``: its
+    answers would come from random weights."""
+    missing = [n for n in getattr(model, "missing_weights", ()) if n.split(".")[0] == head]
+    if missing:
+        raise UserError(f"{model.hf_architecture}: the folder has no weights for its {what} head ({len(missing)} "
+                        f"missing, e.g. {missing[0]}); the answers would come from random weights: use a folder "
+                        f"saved with its {what} head")
 
 
 @dataclass
@@ -44,8 +113,10 @@ def fill_mask(model: PreTrainedModel, tokenizer: Tokenizer, text: str, *, top_k:
     if top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {top_k}")
     if getattr(model, "mlm_head", None) is not None:
+        _require_head(model, "mlm_head", "masked-LM")
         logits = _masked_lm_logits(model, tokenizer, text)
     elif _predicts_hidden_positions(model):
+        _require_head(model, "lm_head", "LM")
         logits = _permutation_lm_logits(model, tokenizer, text)
     else:
         raise UserError(f"{model.hf_architecture} has no masked-LM head; fill-mask needs e.g. a *ForMaskedLM model")
@@ -127,6 +198,7 @@ def next_sentence_probability(model: PreTrainedModel, tokenizer: Tokenizer, firs
     """P(second follows first) from BERT's NSP head (HF convention: class 0 = is next)."""
     if getattr(model, "nsp_head", None) is None:
         raise UserError(f"{model.hf_architecture} has no next-sentence head; nsp needs a BertForPreTraining model")
+    _require_head(model, "nsp_head", "next-sentence")
     if not first.strip() or not second.strip():
         raise UserError("both sentences must be non-empty")
     ids, types = tokenizer.build_inputs(tokenizer.encode(first), tokenizer.encode(second))

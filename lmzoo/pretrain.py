@@ -20,7 +20,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -160,7 +160,9 @@ def pretrain(*, preset: str | None = None, data: Any, out: str | Path, train_con
              document_split: str = "blank_line", resume: bool = False, overwrite: bool = False,
              progress: bool = True, model_overrides: dict[str, Any] | None = None, model: str | None = None,
              config: str | None = None, text_field: str = "text", data_weights: Any = None,
-             run_args: dict[str, Any] | None = None) -> TrainResult:
+             run_args: dict[str, Any] | None = None,
+             plan_steps: Callable[[TrainConfig, list[dict[str, Any]], PreTrainedModel], TrainConfig] | None = None
+             ) -> TrainResult:
     """Pretrain a model with an objective (default: its family's) on local text; the final model,
     its tokenizer, metrics, a loss curve and ``run_config.json`` end up in ``out`` (an HF folder
     other tools load).
@@ -173,7 +175,9 @@ def pretrain(*, preset: str | None = None, data: Any, out: str | Path, train_con
     is a source of a :class:`lmzoo.data.MixtureDataset`. ``text_field``: the column of .jsonl /
     .csv / .parquet / datasets inputs. ``options``: the objective's options dataclass. ``seq_len``:
     tokens per example. ``train_config.seed`` seeds everything. ``run_args``: the CLI options,
-    recorded for ``lmzoo pretrain --run-config``.
+    recorded for ``lmzoo pretrain --run-config``. ``plan_steps(train_config, batches, model)``: called
+    once the data and the initial model exist, with :data:`SAMPLE_BATCHES` collated training batches,
+    it returns the TrainConfig to train with (``lmzoo compare`` sets the steps of a compute budget).
 
     Nothing is written before every check passed: options first, then (holding ``out``'s lock) the
     folder, and the tokenizer is prepared in a temporary folder published only once the corpus
@@ -202,6 +206,8 @@ def pretrain(*, preset: str | None = None, data: Any, out: str | Path, train_con
                 if info.is_main and not resume:  # what this run created goes: the tokenizer stage, the cache
                     _remove_new_entries(out, keep=before)
                 raise
+            if plan_steps is not None:
+                train_config = plan_steps(train_config, sample_batches(setup, train_config), net)
             if info.is_main:
                 write_run_config(out, run_record(plan, net, tokenizer, train_config, run_args))
             return train(net, setup.train_data, setup.collate, out_dir=out, config=train_config,
@@ -215,6 +221,18 @@ def pretrain(*, preset: str | None = None, data: Any, out: str | Path, train_con
         raise
     finally:
         teardown_distributed(info)
+
+
+SAMPLE_BATCHES = 8
+
+
+def sample_batches(setup: ObjectiveSetup, config: TrainConfig, n: int = SAMPLE_BATCHES) -> list[dict[str, Any]]:
+    """The first ``n`` training batches of ``config.batch_size`` examples (fewer if the data is short),
+    collated with a fixed generator: what a budget is measured on, before training draws its own."""
+    size, total = config.batch_size, len(setup.train_data)
+    generator = torch.Generator().manual_seed(config.seed)
+    return [setup.collate([setup.train_data[i] for i in range(start, start + size)], generator)
+            for start in range(0, min(n * size, total - size + 1), size)]
 
 
 def run_record(plan: Plan, model: PreTrainedModel, tokenizer: Tokenizer, train_config: TrainConfig,

@@ -500,10 +500,29 @@ _EMPTY_MODELS = {"wordpiece": lambda: models.WordPiece(unk_token="[UNK]", contin
                  "unigram": models.Unigram}
 
 
+MODEL_FILES = ("config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer_config.json")
+
+
+def refuse_to_replace(out_dir: Path) -> None:
+    """A UserError when ``out_dir`` is a file, or holds a model or a tokenizer a new tokenizer would
+    silently replace (the model's embeddings were trained for the old one)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} is a file; --out names the tokenizer's folder")
+    model = next((n for n in MODEL_FILES if (out_dir / n).is_file()), None)
+    if model is not None:
+        raise UserError(f"{out_dir} holds a model ({model}), trained with the tokenizer there: a new tokenizer "
+                        "would not match its embeddings; choose another --out, or pass --overwrite to replace it")
+    tokenizer = next((n for n in TOKENIZER_FILES if (out_dir / n).is_file()), None)
+    if tokenizer is not None:
+        raise UserError(f"{out_dir} already holds a tokenizer ({tokenizer}); choose another --out, or pass "
+                        "--overwrite to replace it")
+
+
 def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_dir: str | None = None,
                     lowercase: bool = False, min_frequency: int = 2, special_tokens: list[str] | None = None,
                     extra_ids: int = 0, document_split: str = "blank_line", template: str | None = None,
-                    text_field: str = "text") -> Tokenizer:
+                    text_field: str = "text", overwrite: bool | None = None) -> Tokenizer:
     """Train a tokenizer on the documents of ``files`` (anything :func:`lmzoo.data.iter_documents`
     reads: files, folders, globs; .txt/.md/.jsonl, gzipped or not).
 
@@ -515,10 +534,14 @@ def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_d
     (a key of ``TEMPLATES``, e.g. a family spec's); default "cls_sep" for wordpiece, "cls_sep_sep"
     for bpe, "eos" for unigram. ``text_field``: the column of .jsonl / .csv / .parquet / datasets
     sources that holds the text. With ``out_dir`` the tokenizer is also saved there as an HF
-    tokenizer folder.
+    tokenizer folder. ``overwrite=False`` (the CLI's default) refuses an ``out_dir`` that already
+    holds a model or a tokenizer, before training: a new tokenizer's ids do not match a model's
+    embeddings. ``None`` (the library default) writes into any folder, as before.
     """
     from lmzoo.data import iter_documents
 
+    if out_dir is not None and overwrite is False:
+        refuse_to_replace(Path(out_dir))
     if kind not in KINDS:
         raise UserError(f"tokenizer kind must be one of {KINDS}, got {kind!r}")
     if extra_ids < 0 or (extra_ids and kind != "unigram"):

@@ -22,14 +22,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from lmzoo.config import ModelConfig, activation_from_hf, activation_to_hf
+from lmzoo.config import ModelConfig, activation_from_hf, activation_to_hf, label_map_from_hf, label_map_to_hf
 from lmzoo.errors import UserError
 from lmzoo.models.base import FamilySpec, PreTrainedModel
 from lmzoo.weights import prefixed
 from lmzoo.nn.cache import DecoderState
+from lmzoo.nn.dropout import Dropout
 from lmzoo.nn.embedding import Embeddings
-from lmzoo.nn.heads import decode_logits
-from lmzoo.nn.loss import lm_loss
+from lmzoo.nn.heads import decode_logits, last_token
+from lmzoo.nn.loss import lm_loss, sequence_classification_loss, token_classification_loss
 from lmzoo.nn.masks import document_mask, document_positions, right_padded
 from lmzoo.nn.segments import DocumentSegments
 from lmzoo.nn.norm import make_norm
@@ -61,6 +62,9 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         bos_token_id=hf.get("bos_token_id", 50256),
         eos_token_id=hf.get("eos_token_id", 50256),
         scale_attn_by_inverse_layer_idx=bool(hf.get("scale_attn_by_inverse_layer_idx", False)),
+        classifier_dropout=hf.get("classifier_dropout"),
+        id2label=label_map_from_hf(hf),
+        problem_type=hf.get("problem_type"),
     )
 
 
@@ -85,6 +89,9 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "pad_token_id": config.pad_token_id,
         "bos_token_id": config.bos_token_id,
         "eos_token_id": config.eos_token_id,
+        # GPT2Config has no such field, but GPT2ForTokenClassification reads it when present
+        **({"classifier_dropout": config.classifier_dropout} if config.classifier_dropout is not None else {}),
+        **label_map_to_hf(config),
     }
 
 
@@ -271,9 +278,86 @@ class GPT2LMHeadModel(GPT2PreTrainedModel):
         return decode_logits(hidden[:, -1], self.lm_head)
 
 
+class GPT2ForSequenceClassification(GPT2PreTrainedModel):
+    """Sequence classification / regression from the state of the last real token (the only one that
+    has seen the whole text in a causal model) → ``score`` (a Linear without bias), as HF's class.
+
+    Which token is last: the last 1 of ``attention_mask`` when it is given (right or left padding);
+    else HF's rule, the last token that is not ``pad_token_id``; else (no mask, no pad id) the last
+    position of every row, which is right only for unpadded rows (HF refuses batches there).
+    The mask and HF's rule agree unless a real token equals the pad id (e.g. a GPT-2 tokenizer padding
+    with <|endoftext|> and a text that ends with it), where the mask picks the real token and HF the one
+    before it. Loss by ``config.problem_type``: single-label CE, multi-label BCE, regression MSE."""
+
+    hf_architecture = "GPT2ForSequenceClassification"
+    head_kind = "sequence_classification"
+    base_prefix = "transformer"
+    head_modules = ("score",)
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.score = nn.Linear(config.d_model, config.num_labels, bias=False)
+        nn.init.normal_(self.score.weight, std=0.02)
+
+    @classmethod
+    def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
+        return prefixed(BODY_KEY_MAP, "transformer", "transformer") + [("score", "score")]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        hidden = self.transformer(input_ids, attention_mask, position_ids).last_hidden_state  # (B, T, D)
+        real = attention_mask
+        if real is None and self.config.pad_token_id is not None:
+            real = input_ids != self.config.pad_token_id
+        logits = self.score(last_token(hidden, real))  # (B, num_labels)
+        loss = None if labels is None else sequence_classification_loss(self.config, logits, labels)
+        return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden)
+
+
+class GPT2ForTokenClassification(GPT2PreTrainedModel):
+    """Per-token labels (NER): each position's state → dropout → ``classifier``; labels -100 are not
+    scored. Each token sees only the tokens before it (causal), as in HF's class. The dropout is
+    ``classifier_dropout``, else 0.1 (HF's default: GPT2Config has no hidden dropout to fall back on)."""
+
+    hf_architecture = "GPT2ForTokenClassification"
+    head_kind = "token_classification"
+    base_prefix = "transformer"
+    head_modules = ("classifier",)
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.transformer = GPT2Model(config)
+        self.dropout = Dropout(0.1 if config.classifier_dropout is None else config.classifier_dropout)
+        self.classifier = nn.Linear(config.d_model, config.num_labels)
+        nn.init.normal_(self.classifier.weight, std=0.02)
+        nn.init.zeros_(self.classifier.bias)
+
+    @classmethod
+    def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
+        return prefixed(BODY_KEY_MAP, "transformer", "transformer") + [("classifier", "classifier")]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        hidden = self.transformer(input_ids, attention_mask, position_ids).last_hidden_state
+        logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
+        loss = None if labels is None else token_classification_loss(logits, labels)
+        return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden)
+
+
 SPEC = FamilySpec(
     name="gpt2",
-    architectures=(GPT2LMHeadModel, GPT2Model),
+    architectures=(GPT2LMHeadModel, GPT2Model, GPT2ForSequenceClassification, GPT2ForTokenClassification),
     tokenizer_kind="bpe",
     template="plain",  # nothing added: <|endoftext|> separates documents in the corpus itself
     objectives={"clm": GPT2LMHeadModel},

@@ -31,8 +31,8 @@ from lmzoo.nn.embedding import Embeddings
 from lmzoo.nn.ffn import FeedForward
 from lmzoo.nn.norm import make_norm
 from lmzoo.nn.stack import run_layer
-from lmzoo.nn.heads import decode_logits
-from lmzoo.nn.loss import masked_lm_loss, sequence_classification_loss
+from lmzoo.nn.heads import decode_logits, last_token
+from lmzoo.nn.loss import masked_lm_loss, sequence_classification_loss, token_classification_loss
 from lmzoo.outputs import ModelOutput
 
 
@@ -537,7 +537,13 @@ class XLNetLMHeadModel(XLNetPreTrainedModel):
 
 class XLNetForSequenceClassification(XLNetPreTrainedModel):
     """Sequence summary (the last token's state, as XLNet puts <cls> last) → tanh projection →
-    logits. Loss by ``config.problem_type``: single-label CE, multi-label BCE, regression MSE."""
+    logits. Loss by ``config.problem_type``: single-label CE, multi-label BCE, regression MSE.
+
+    "last" is the last real token: the last 1 of ``attention_mask`` when given, else the last
+    position. HF always reads the last position, which is the same for the left padding its XLNet
+    tokenizer uses; lmzoo's collators pad on the right, where the last position is padding. XLNet's
+    attention is relative, so a real token's state does not depend on the padding side and a
+    right-padded row gives the logits HF gives the same row left-padded."""
 
     hf_architecture = "XLNetForSequenceClassification"
     head_kind = "sequence_classification"
@@ -561,8 +567,9 @@ class XLNetForSequenceClassification(XLNetPreTrainedModel):
             ("logits_proj", "logits_proj"),
         ]
 
-    def summary(self, hidden: torch.Tensor) -> torch.Tensor:
-        x = {"last": lambda: hidden[:, -1], "first": lambda: hidden[:, 0], "mean": lambda: hidden.mean(1)}[self.summary_type]()
+    def summary(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = {"last": lambda: last_token(hidden, attention_mask), "first": lambda: hidden[:, 0],
+             "mean": lambda: hidden.mean(1)}[self.summary_type]()
         if self.sequence_summary is not None:
             x = self.sequence_summary(x)
         if self.summary_activation == "tanh":
@@ -577,14 +584,46 @@ class XLNetForSequenceClassification(XLNetPreTrainedModel):
         labels: torch.Tensor | None = None,
     ) -> ModelOutput:
         hidden = self.transformer(input_ids, attention_mask, token_type_ids).last_hidden_state
-        logits = self.logits_proj(self.summary(hidden))
+        logits = self.logits_proj(self.summary(hidden, attention_mask))
         loss = None if labels is None else sequence_classification_loss(self.config, logits, labels)
+        return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden)
+
+
+class XLNetForTokenClassification(XLNetPreTrainedModel):
+    """Per-token labels (NER): the content stream (after XLNetModel's output dropout) → ``classifier``,
+    as HF's class; labels -100 are not scored."""
+
+    hf_architecture = "XLNetForTokenClassification"
+    head_kind = "token_classification"
+    base_prefix = "transformer"
+    head_modules = ("classifier",)
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self.transformer = XLNetModel(config, init=False)
+        self.classifier = nn.Linear(config.d_model, config.num_labels)
+        self.init_weights()
+
+    @classmethod
+    def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
+        return prefixed(BODY_KEY_MAP, "transformer", "transformer") + [("classifier", "classifier")]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        hidden = self.transformer(input_ids, attention_mask, token_type_ids).last_hidden_state  # (B, T, D)
+        logits = self.classifier(hidden)  # (B, T, num_labels)
+        loss = None if labels is None else token_classification_loss(logits, labels)
         return ModelOutput(loss=loss, logits=logits, last_hidden_state=hidden)
 
 
 SPEC = FamilySpec(
     name="xlnet",
-    architectures=(XLNetLMHeadModel, XLNetModel, XLNetForSequenceClassification),
+    architectures=(XLNetLMHeadModel, XLNetModel, XLNetForSequenceClassification, XLNetForTokenClassification),
     tokenizer_kind="unigram",
     template="eos",  # A </s> B </s> (lmzoo's Unigram layout; XLNet's own A <sep> B <sep> <cls> is not built yet)
     objectives={"plm": XLNetLMHeadModel},

@@ -196,8 +196,7 @@ def max_length(options: TaskOptions, config: Any) -> int:
 
 
 def make_collator(tokenizer: Any, model: Any, options: TaskOptions) -> PaddingCollator:
-    pad = tokenizer.pad_id if tokenizer.pad_id is not None else (model.config.pad_token_id or 0)
-    return PaddingCollator(pad, token_types=model.config.type_vocab_size > 0, token_labels=options.task == "ner")
+    return PaddingCollator(ner.pad_id(tokenizer, model), token_types=model.config.type_vocab_size > 0, token_labels=options.task == "ner")
 
 
 def loop_metrics(batch: dict[str, torch.Tensor], output: Any) -> dict[str, float]:
@@ -246,10 +245,59 @@ def load_task_model(folder: str | Path) -> tuple[Any, Any, dict[str, Any]]:
     if not model.head_kind:
         raise UserError(f"{folder} holds a {name}; evaluate / predict need a fine-tuned classifier "
                         "(*ForSequenceClassification or *ForTokenClassification)")
+    check_label_map(model.config, folder)
     task_file = Path(folder) / TASK_FILE
-    saved = json.loads(task_file.read_text()) if task_file.is_file() else {}
-    saved.setdefault("task", "ner" if model.head_kind == "token_classification" else "classify")
+    saved = read_task_file(task_file) if task_file.is_file() else {}
+    head_task = "ner" if model.head_kind == "token_classification" else "classify"
+    saved.setdefault("task", head_task)
+    if (saved["task"] == "ner") != (head_task == "ner"):
+        raise UserError(f"{task_file}: task {saved['task']!r} does not fit the model's head ({name})")
     return model, tokenizer, saved
+
+
+# the JSON type of each lmzoo_task.json field
+TASK_FIELD_TYPES = {"task": "a string", "text_column": "a string or null", "text_pair_column": "a string or null",
+                    "label_column": "a string or null", "problem_type": "a string or null",
+                    "label_separator": "a string or null", "max_length": "an integer or null",
+                    "metric": "a string or null", "patience": "an integer", "threshold": "a number"}
+_JSON_TYPES = {"string": str, "integer": int, "number": (int, float)}
+
+
+def read_task_file(path: Path) -> dict[str, Any]:
+    """The task options saved next to a fine-tuned model, checked field by field (a UserError naming
+    the file and the field when it is not JSON, not an object, or a value has the wrong type)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); fine-tune again or fix the file") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} must hold a JSON object of task options, not {type(saved).__name__}")
+    for key, kind in TASK_FIELD_TYPES.items():
+        if key not in saved:
+            continue
+        value = saved[key]
+        ok = kind.endswith("or null") if value is None else (
+            not isinstance(value, bool) and isinstance(value, _JSON_TYPES[kind.split()[1]]))
+        if not ok:
+            raise UserError(f"{path}: {key!r} must be {kind}, got {json.dumps(value)}")
+    if saved.get("task", "classify") not in TASKS:
+        raise UserError(f"{path}: unknown task {saved['task']!r} (one of {', '.join(TASKS)})")
+    return saved
+
+
+def check_label_map(config: Any, folder: str | Path) -> None:
+    """A classifier's id2label must name each of its ids 0 .. n-1 once: a gap or a duplicate in
+    config.json would name predictions wrongly (or not at all)."""
+    id2label = config.id2label
+    if not id2label:
+        return
+    if sorted(id2label) != list(range(len(id2label))):
+        raise UserError(f"{folder}/config.json: id2label must number the labels 0 .. {len(id2label) - 1} without "
+                        f"gaps, got ids {', '.join(map(str, sorted(id2label)))}")
+    names = list(id2label.values())
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise UserError(f"{folder}/config.json: id2label names {twice!r} twice")
 
 
 # --- prediction and scoring ---------------------------------------------------------------------
@@ -260,6 +308,7 @@ def predict_examples(model: Any, tokenizer: Any, examples: Sequence[Any], option
                      batch_size: int = 32) -> list[dict[str, Any]]:
     """One JSON-ready prediction per example: ``label`` + ``score`` + ``scores`` (single-label),
     ``labels`` + ``scores`` (multi-label), ``score`` (regression), ``tags`` + ``entities`` (NER)."""
+    check_prediction_options(model, options, batch_size)
     if options.task == "ner":
         out = ner.predict_tags(model, tokenizer, examples, max_length=max_length(options, model.config),
                                batch_size=batch_size)
@@ -290,6 +339,14 @@ def predict_examples(model: Any, tokenizer: Any, examples: Sequence[Any], option
                                 "scores": {id2label[i]: round(p, 6) for i, p in enumerate(probs)}})
     model.train(was_training)
     return results
+
+
+def check_prediction_options(model: Any, options: TaskOptions, batch_size: int) -> None:
+    """The options of evaluate / predict a UserError names before any input is read."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise UserError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if options.max_length is not None and options.max_length > model.config.max_positions:
+        raise UserError(f"--max-length {options.max_length} exceeds the model's {model.config.max_positions} positions")
 
 
 def score(examples: Sequence[Any], predictions: Sequence[dict[str, Any]], config: Any,
@@ -331,8 +388,11 @@ def evaluate_model(folder: str | Path, data_path: str | Path, *, options: TaskOp
                    out: str | Path | None = None, batch_size: int = 32, **overrides: Any) -> dict[str, Any]:
     """Score a fine-tuned folder on a labelled file; with ``out``, write the metrics, the per-label
     report and the confusion matrix there. ``overrides`` change the folder's saved task options."""
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out {out} is a file; it names a folder for the metrics and reports")
     model, tokenizer, saved = load_task_model(folder)
     options = options or TaskOptions.from_json(saved, **overrides)
+    check_prediction_options(model, options, batch_size)
     examples = read_examples(data_path, options, problem_type=model.config.problem_type)
     if model.config.problem_type != "regression":
         check_labels(labels_of(examples), {v: k for k, v in (model.config.id2label or {}).items()}, data_path)
@@ -354,33 +414,57 @@ class FinetuneResult:
     best: dict[str, Any]  # scalar metrics of the best evaluation, with its "step" (empty without eval data)
     stopped_early: bool
     out_dir: Path
+    compile_s: float | None = None  # with --compile: seconds of the loop's compiling warm-up step
 
 
 def finetune(*, model: str | Path, train_path: str | Path, eval_path: str | Path | None, out: str | Path,
              train_config: Any, options: TaskOptions, resume: bool = False, overwrite: bool = False,
              progress: bool = True) -> FinetuneResult:
     """Fine-tune a model folder on a labelled file through the one training loop (see module doc)."""
+    from lmzoo.pipelines import check_vocab_fits
     from lmzoo.tokenizer import Tokenizer
+    from lmzoo.train.distributed import process_count
     from lmzoo.train.loop import train
 
     out = Path(out)
     tokenizer = Tokenizer.load(model)
     options, problem, id2label, train_examples, eval_examples = read_labelled(train_path, eval_path, options)
     net = load_for_finetuning(model, options.task, id2label, problem)
+    check_vocab_fits(tokenizer, net, model)
     if options.max_length is not None and options.max_length > net.config.max_positions:
         raise UserError(f"--max-length {options.max_length} exceeds the model's {net.config.max_positions} positions")
     options = dataclasses.replace(options, max_length=max_length(options, net.config))
     train_data = make_dataset(train_examples, tokenizer, net.config, options)
     eval_data = make_dataset(eval_examples, tokenizer, net.config, options) if eval_examples else None
+    train_config, note = fit_batch_to_data(train_config, len(train_data), process_count(), train_path)
+    collate = make_collator(tokenizer, net, options)
+    if net.config.pad_token_id is None:  # saved with the model: transformers' GPT-2 classifier finds the last
+        net.config = net.config.replace(pad_token_id=collate.pad_id)  # token by it and refuses batches without
     metric = options.metric or DEFAULT_METRIC["ner" if options.task == "ner" else problem]
     select = task_selection(tokenizer, eval_examples, options, metric) if eval_examples else None
-    result = train(net, train_data, make_collator(tokenizer, net, options), out_dir=out, config=train_config,
+    result = train(net, train_data, collate, out_dir=out, config=train_config,
                    eval_data=eval_data, metrics_fn=loop_metrics, select=select, resume=resume,
                    overwrite=overwrite, progress=progress,
                    run_signature={"task": options.task, "max_length": options.max_length},
+                   notes=[note] if note else [],
                    finalize=lambda folder: save_task_files(folder, tokenizer, options))
     return FinetuneResult(step=result.step, train_loss=result.train_loss, best=result.best,
-                          stopped_early=result.stopped_early, out_dir=out)
+                          stopped_early=result.stopped_early, out_dir=out, compile_s=result.compile_s)
+
+
+def fit_batch_to_data(train_config: Any, n_examples: int, processes: int, path: str | Path
+                      ) -> tuple[Any, str | None]:
+    """(``train_config`` with its per-process batch cut to the examples each process has, the note
+    saying so) when the training file holds fewer than one batch, else (``train_config``, None): the
+    default batch of 32 would refuse a small file. Fewer examples than processes is left to the
+    loop's error.""" 
+    per_process = n_examples // processes
+    if 1 <= per_process < train_config.batch_size:
+        note = (f"note: {path} has {n_examples} examples, fewer than --batch-size {train_config.batch_size}"
+                + (f" per process ({processes} processes)" if processes > 1 else "")
+                + f": training with batches of {per_process}")
+        return dataclasses.replace(train_config, batch_size=per_process), note
+    return train_config, None
 
 
 def read_labelled(train_path: str | Path, eval_path: str | Path | None, options: TaskOptions
@@ -431,7 +515,7 @@ def read_prediction_input(source: str, options: TaskOptions) -> list[Any]:
     with tabs), or plain lines from stdin ("-") or another file: one text per line (pair:
     text<TAB>text_pair; ner: a sentence of whitespace-separated tokens)."""
     if source != "-" and Path(source).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
-        return read_examples(source, options, with_labels=False)
+        return read_examples(source, options, with_labels=False)  # ner: a table, or CoNLL in a .tsv
     if source != "-" and options.task == "ner" and (Path(source).suffix.lower() == ".conll" or (
             Path(source).is_file() and "\t" in Path(source).read_text(encoding="utf-8", errors="replace"))):
         return read_tagged_sentences(source, tags_column=None)  # CoNLL: a token (and maybe a tag) per line
@@ -440,7 +524,14 @@ def read_prediction_input(source: str, options: TaskOptions) -> list[Any]:
     else:
         if not Path(source).is_file():
             raise UserError(f"input file {source} not found")
-        lines = Path(source).read_text(encoding="utf-8").splitlines()
+        data = Path(source).read_bytes()
+        if b"\0" in data:
+            raise UserError(f"{source} is a binary file (NUL byte); expected text: one example per line, or "
+                            ".csv .tsv .jsonl (ner: also CoNLL)")
+        try:
+            lines = data.decode("utf-8-sig").splitlines()
+        except UnicodeDecodeError as e:
+            raise UserError(f"{source} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     examples: list[Any] = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -463,8 +554,14 @@ def predict_file(folder: str | Path, source: str, destination: str = "-", *, bat
                  **overrides: Any) -> int:
     """Predict every example of ``source`` (see :func:`read_prediction_input`) and write one JSON
     object per line to ``destination`` ("-" = stdout): the input fields plus the prediction."""
+    if destination != "-":
+        if Path(destination).is_dir():
+            raise UserError(f"--output {destination} is a folder; give a file name for the JSONL predictions")
+        if not Path(destination).resolve().parent.is_dir():
+            raise UserError(f"--output {destination}: folder {Path(destination).parent} does not exist")
     model, tokenizer, saved = load_task_model(folder)
     options = TaskOptions.from_json(saved, **overrides)
+    check_prediction_options(model, options, batch_size)
     examples = read_prediction_input(source, options)
     predictions = predict_examples(model, tokenizer, examples, options, batch_size=batch_size)
     lines = []

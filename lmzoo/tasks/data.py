@@ -126,10 +126,14 @@ def _parse_label(path: Path, n: int, value: Any, separator: str | None, regressi
 def read_tagged_sentences(path: str | Path, *, tokens_column: str = "tokens", tags_column: str | None = "tags",
                           ) -> list[TaggedSentence]:
     """NER sentences: a CoNLL-style file (one ``token<TAB>tag`` / ``token ... tag`` per line, blank or
-    whitespace-only lines between sentences, ``-DOCSTART-`` skipped) or JSONL with a list of tokens
-    and a list of tags per line. ``tags_column=None`` reads tokens only (one-column CoNLL allowed)."""
+    whitespace-only lines between sentences, ``-DOCSTART-`` skipped), JSONL with a list of tokens
+    and a list of tags per line, or a .csv (a .tsv whose first line names ``tokens_column``) with a
+    header, one sentence per row: tokens and tags each space-separated or a JSON list.
+    ``tags_column=None`` reads tokens only (one-column CoNLL allowed)."""
     path = existing_file(path)
-    sentences = (_read_jsonl_tagged(path, tokens_column, tags_column) if path.suffix.lower() in (".jsonl", ".json")
+    table = path.suffix.lower() in (".jsonl", ".json", ".csv") or (
+        path.suffix.lower() == ".tsv" and tokens_column in _first_line(path).split("\t"))
+    sentences = (_read_table_tagged(path, tokens_column, tags_column) if table
                  else _read_conll(path, with_tags=tags_column is not None))
     if not sentences:
         raise UserError(f"{path} holds no sentences")
@@ -164,15 +168,32 @@ def _read_conll(path: Path, *, with_tags: bool) -> list[TaggedSentence]:
     return sentences
 
 
-def _read_jsonl_tagged(path: Path, tokens_column: str, tags_column: str | None) -> list[TaggedSentence]:
+def _first_line(path: Path) -> str:
+    with path.open(encoding="utf-8-sig", errors="replace") as f:
+        return f.readline().strip()
+
+
+def _cell_list(value: Any) -> Any:
+    """A CSV / TSV cell holding a list: a JSON list (``["New", "York"]``) or space-separated items."""
+    if not isinstance(value, str):
+        return value
+    if value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value  # refused by the caller's check, which names the column
+    return value.split()
+
+
+def _read_table_tagged(path: Path, tokens_column: str, tags_column: str | None) -> list[TaggedSentence]:
     sentences = []
     for n, row in table_rows(path):
-        words = table_cell(path, n, row, tokens_column)
+        words = _cell_list(table_cell(path, n, row, tokens_column))
         if not isinstance(words, list) or not words or not all(isinstance(w, str) and w.strip() for w in words):
             raise UserError(f"{path}:{n}: {tokens_column!r} must be a non-empty list of non-empty strings")
         tags: list[str] = []
         if tags_column is not None:
-            tags = table_cell(path, n, row, tags_column)
+            tags = _cell_list(table_cell(path, n, row, tags_column))
             if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
                 raise UserError(f"{path}:{n}: {tags_column!r} must be a list of tag names")
             if len(tags) != len(words):

@@ -49,7 +49,7 @@ def predict_tags(model: Any, tokenizer: Any, sentences: Sequence[TaggedSentence]
     """Word-level predictions: for each sentence ``{"tags": [...], "scores": [...]}``, each word taking
     the tag predicted at its first subword (a word with no token, e.g. truncated away, gets "O")."""
     data = TaggedDataset([TaggedSentence(s.words) for s in sentences], tokenizer, None, max_length)
-    collate = ner_collator(_pad_id(tokenizer, model), model.config.type_vocab_size > 0)
+    collate = ner_collator(pad_id(tokenizer, model), model.config.type_vocab_size > 0)
     id2label = model.config.id2label or {}
     outside = next((i for i, name in id2label.items() if name == OUTSIDE), 0)
     was_training = model.training
@@ -90,7 +90,7 @@ def score_tags(sentences: Sequence[TaggedSentence], predictions: Sequence[dict[s
     return ner_metrics([s.tags for s in sentences], [p["tags"] for p in predictions])
 
 
-def _pad_id(tokenizer: Any, model: Any) -> int:
-    if tokenizer.pad_id is not None:
-        return tokenizer.pad_id
-    return model.config.pad_token_id if model.config.pad_token_id is not None else 0
+def pad_id(tokenizer: Any, model: Any) -> int:
+    """The id rows are padded with: the tokenizer's pad token, else the model's, else end-of-text
+    (GPT-2 has no pad token; attention masks hide the padding, so any real id is safe)."""
+    return next((i for i in (tokenizer.pad_id, model.config.pad_token_id, tokenizer.eos_id) if i is not None), 0)

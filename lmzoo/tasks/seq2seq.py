@@ -16,16 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-import torch
-
 from lmzoo.errors import UserError
-from lmzoo.tasks.data import table_cell, existing_file, table_rows
-from lmzoo.generate import generate
-from lmzoo.io import atomic_write_json
+from lmzoo.io import atomic_write_json, atomic_write_text
 from lmzoo.options import option
+from lmzoo.tasks.data import existing_file, table_cell, table_rows
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch and numpy load on first use: the CLI reads Seq2SeqOptions for --help
+    import numpy as np
+    import torch
+
     from lmzoo.train.loop import Selection
 
 IGNORE_INDEX = -100
@@ -73,6 +72,8 @@ class Seq2SeqDataset:
         return len(self.sources)
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        import numpy as np
+
         return {"input_ids": np.asarray(self.sources[i], np.int64), "labels": np.asarray(self.targets[i], np.int64)}
 
 
@@ -86,6 +87,8 @@ class Seq2SeqCollator:
         self.label_smoothing = label_smoothing
 
     def __call__(self, examples: list[dict[str, Any]], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        import torch
+
         n_in = max(len(e["input_ids"]) for e in examples)
         n_out = max(len(e["labels"]) for e in examples)
         input_ids = torch.full((len(examples), n_in), self.pad_id, dtype=torch.long)
@@ -102,6 +105,13 @@ class Seq2SeqCollator:
 
 
 # --- generation and metrics ---------------------------------------------------------------------
+
+
+def generate(model: Any, input_ids: torch.Tensor, **options: Any) -> torch.Tensor:
+    """:func:`lmzoo.generate.generate`, imported on first use (it imports torch)."""
+    from lmzoo.generate import generate as generate_ids
+
+    return generate_ids(model, input_ids, **options)
 
 
 def generate_texts(model: Any, tokenizer: Any, sources: Sequence[str], *, max_new_tokens: int = 64,
@@ -202,6 +212,7 @@ class _UnicodeWords:
 
 def text_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Corpus BLEU and chrF (sacrebleu) and mean ROUGE-L F1 (rouge-score, ×100)."""
+    import numpy as np
     import sacrebleu
     from rouge_score import rouge_scorer
 
@@ -278,18 +289,21 @@ def finetune_seq2seq(*, model: str, train_path: str, eval_path: str | None, out:
                      progress: bool = True) -> tuple[Any, dict[str, float]]:
     """Fine-tune a T5/BART folder on pairs; returns (train result, generation metrics of the best model
     with its "step"; empty without eval pairs)."""
+    from lmzoo.tasks.classification import fit_batch_to_data
+    from lmzoo.train.distributed import process_count
     from lmzoo.train.loop import train
 
     out = Path(out)
     net, tokenizer = load_seq2seq_model(model)
     options = fit_to_positions(options, net.config)
     train_data = _dataset(_read(train_path, options), tokenizer, options)
+    train_config, note = fit_batch_to_data(train_config, len(train_data), process_count(), train_path)
     eval_pairs = _read(eval_path, options)[: options.max_eval_examples] if eval_path else []
     eval_data = _dataset(eval_pairs, tokenizer, options) if eval_pairs else None
     collate = Seq2SeqCollator(net.config.pad_token_id, label_smoothing=options.label_smoothing)
     select = seq2seq_selection(tokenizer, eval_pairs, options) if eval_pairs else None
     result = train(net, train_data, collate, out_dir=out, config=train_config, eval_data=eval_data, select=select,
-                   resume=resume, overwrite=overwrite, progress=progress,
+                   resume=resume, overwrite=overwrite, progress=progress, notes=[note] if note else [],
                    finalize=lambda folder: save_task_files(folder, tokenizer, options),
                    run_signature={"max_source_length": options.max_source_length,
                                   "max_target_length": options.max_target_length})
@@ -347,3 +361,110 @@ def _read(path: str | Path, options: Seq2SeqOptions) -> list[tuple[str, str]]:
 def _dataset(pairs: Sequence[tuple[str, str]], tokenizer: Any, options: Seq2SeqOptions) -> Seq2SeqDataset:
     return Seq2SeqDataset(pairs, tokenizer, max_source_length=options.max_source_length,
                           max_target_length=options.max_target_length, prefix=options.prefix)
+
+
+# --- evaluation and prediction of a fine-tuned folder (lmzoo evaluate / predict / text2text) -----
+
+
+def is_seq2seq_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds an encoder-decoder LM (text in, text out) rather than a classifier head,
+    read from its config.json and the class it names (as loading picks it), before any weights load."""
+    from lmzoo.hf import read_config
+    from lmzoo.models import ARCHITECTURES, MODEL_TYPES
+    from lmzoo.weights import read_hf_config
+
+    config, architecture = read_config(folder)
+    cls = ARCHITECTURES.get(architecture or "") or MODEL_TYPES[read_hf_config(folder)["model_type"]].default_architecture
+    return bool(config.is_encoder_decoder and hasattr(cls, "prepare_generation") and not cls.head_kind)
+
+
+def read_sources(source: str, *, source_column: str = "source") -> list[str]:
+    """Source texts: the ``source_column`` of a .jsonl / .csv / .tsv file, else one text per non-blank
+    line of a plain file or of stdin ("-")."""
+    from lmzoo.tasks.data import TABLE_SUFFIXES
+
+    if source != "-" and Path(source).suffix.lower() in TABLE_SUFFIXES:
+        path = existing_file(source)
+        texts = []
+        for n, row in table_rows(path):
+            text = str(table_cell(path, n, row, source_column) or "").strip()
+            if not text:
+                raise UserError(f"{path}:{n}: empty source")
+            texts.append(text)
+    else:
+        if source != "-" and not Path(source).is_file():
+            raise UserError(f"input file {source} not found")
+        try:
+            lines = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{source} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        texts = [line.strip() for line in lines.splitlines() if line.strip()]
+    if not texts:
+        raise UserError(f"no input in {'stdin' if source == '-' else source}")
+    return texts
+
+
+def predict_texts(folder: str | Path, sources: Sequence[str], *, prefix: str | None = None, max_new_tokens: int = 64,
+                  num_beams: int = 1, batch_size: int = 32) -> list[str]:
+    """The outputs of a T5 / BART folder for ``sources``, each read with ``prefix`` in front (default:
+    the prefix the folder was fine-tuned with, :func:`saved_prefix`)."""
+    if max_new_tokens < 1 or num_beams < 1:
+        raise UserError("--max-new-tokens and --num-beams must be >= 1")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    if not all(text.strip() for text in sources):
+        raise UserError("an input text is empty")
+    prefix = saved_prefix(folder) if prefix is None else prefix
+    model, tokenizer = load_seq2seq_model(str(folder))
+    config = model.config
+    if config.positions == "learned":  # learned positions end at max_positions: say so instead of failing inside
+        for n, ids in enumerate(tokenizer.encode_batch([prefix + s for s in sources]), 1):
+            if len(tokenizer.build_inputs(ids)[0]) > config.max_positions:
+                raise UserError(f"input {n} has more tokens than the model's {config.max_positions} positions")
+        if max_new_tokens > config.max_positions - 1:
+            print(f"note: generating at most {config.max_positions - 1} tokens, all the model's positions allow",
+                  file=sys.stderr)
+            max_new_tokens = config.max_positions - 1
+    return generate_texts(model, tokenizer, list(sources), max_new_tokens=max_new_tokens, num_beams=num_beams,
+                          batch_size=batch_size, prefix=prefix)
+
+
+def prediction_lines(sources: Sequence[str], predictions: Sequence[str]) -> str:
+    """One JSON object per line: ``{"source": ..., "prediction": ...}``."""
+    import json
+
+    return "".join(json.dumps({"source": s, "prediction": p}, ensure_ascii=False) + "\n"
+                   for s, p in zip(sources, predictions))
+
+
+def write_output(destination: str, text: str) -> None:
+    """``text`` to stdout ("-") or, atomically, to a file."""
+    if destination == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        atomic_write_text(destination, text)
+    except OSError as e:
+        raise UserError(f"cannot write {destination}: {e.strerror or e}") from None
+
+
+def evaluate_seq2seq(folder: str | Path, data_path: str | Path, *, out: str | Path | None = None,
+                     source_column: str = "source", target_column: str = "target", prefix: str | None = None,
+                     max_new_tokens: int = 128, num_beams: int = 1, batch_size: int = 32) -> dict[str, Any]:
+    """BLEU / chrF / ROUGE-L (:func:`text_metrics`) of a T5 / BART folder's outputs against the targets
+    of a pairs file, with ``n`` pairs; with ``out``, ``eval_metrics.json`` and the outputs
+    (``eval_predictions.jsonl``, with their targets) are written there."""
+    import json
+
+    pairs = read_pairs(data_path, source_column=source_column, target_column=target_column)
+    sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
+    predictions = predict_texts(folder, sources, prefix=prefix, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                batch_size=batch_size)
+    metrics: dict[str, Any] = {**text_metrics(predictions, targets), "n": len(pairs)}
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(out) / "eval_metrics.json", metrics)
+        atomic_write_text(Path(out) / "eval_predictions.jsonl", "".join(
+            json.dumps({"source": s, "target": t, "prediction": p}, ensure_ascii=False) + "\n"
+            for s, t, p in zip(sources, targets, predictions)))
+    return metrics

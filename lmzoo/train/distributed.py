@@ -66,6 +66,14 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def process_count() -> int:
+    """The number of processes of this run (1 for a plain run), also before :func:`setup_distributed`:
+    a caller sizing per-process batches asks it before :func:`lmzoo.train.train` starts."""
+    if dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1
+
+
 def teardown_distributed(info: DistInfo) -> None:
     if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()

@@ -35,6 +35,7 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import random
@@ -47,7 +48,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import safetensors.torch
@@ -99,7 +100,8 @@ class TrainConfig:
     """Hyperparameters of one run. ``batch_size`` is per process and per micro-step, so the
     global batch is ``world_size * batch_size * grad_accum`` examples."""
 
-    max_steps: int
+    max_steps: int = 0  # optimizer steps; replaced by the count of ``epochs`` when that is set
+    epochs: float | None = None  # passes over the training data (may be fractional); sets max_steps in train()
     batch_size: int = 32
     grad_accum: int = 1
     lr: float = 5e-4
@@ -128,7 +130,12 @@ class TrainConfig:
             if not ok:
                 raise UserError(message)
 
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_batches", "log_every", "keep_checkpoints"):
+        if self.epochs is not None:
+            check(isinstance(self.epochs, (int, float)) and not isinstance(self.epochs, bool)
+                  and math.isfinite(self.epochs) and self.epochs > 0,
+                  f"epochs must be a positive finite number, got {self.epochs!r}")
+        counted = ("batch_size", "grad_accum", "eval_batches", "log_every", "keep_checkpoints")
+        for name in counted if self.epochs is not None else ("max_steps", *counted):
             value = getattr(self, name)
             check(isinstance(value, int) and value >= 1, f"{name} must be a positive integer, got {value!r}")
         for name in ("warmup_steps", "eval_every", "save_every", "seed"):
@@ -148,6 +155,8 @@ class TrainConfig:
         check(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         check(self.clip_norm is None or self.clip_norm > 0, f"clip_norm must be > 0 or None, got {self.clip_norm}")
         check(self.precision in PRECISIONS, f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        check(isinstance(self.max_steps, int) and self.max_steps >= 0,
+              f"max_steps must be a positive integer, got {self.max_steps!r}")
         check(self.peak_flops is None or (isinstance(self.peak_flops, (int, float)) and not isinstance(
             self.peak_flops, bool) and math.isfinite(self.peak_flops) and self.peak_flops > 0),
               f"peak_flops must be a positive number of FLOP/s, got {self.peak_flops!r}")
@@ -192,10 +201,18 @@ class TrainResult:
     out_dir: Path = Path(".")
     best: dict[str, Any] = field(default_factory=dict)
     stopped_early: bool = False
+    compile_s: float | None = None  # with compile: seconds of the warm-up step that compiled the model
 
 
 # ---------------------------------------------------------------------------------------------
 # Schedule, optimizer, seeds
+
+
+def steps_for_epochs(config: TrainConfig, n_examples: int, world_size: int = 1) -> int:
+    """Optimizer steps of ``config.epochs`` passes over ``n_examples``: ceil(epochs * n / global batch),
+    the global batch being ``batch_size * grad_accum * world_size`` examples."""
+    global_batch = config.batch_size * config.grad_accum * world_size
+    return max(1, math.ceil(config.epochs * n_examples / global_batch))
 
 
 def lr_factor(config: TrainConfig, step: int) -> float:
@@ -590,6 +607,7 @@ def train(
     run_signature: Mapping[str, Any] | None = None,
     finalize: Callable[[Path], None] | None = None,
     flops_fn: Callable[[Mapping[str, Any]], float] | None = None,
+    notes: Sequence[str] = (),
 ) -> TrainResult:
     """Train ``model`` on ``train_data`` for ``config.max_steps`` optimizer steps.
 
@@ -608,7 +626,9 @@ def train(
     ``finalize(out_dir)`` runs on rank 0 after the final model is written, still under the lock: the
     caller's own files (a tokenizer, task options) are written by the one writer too.
     ``flops_fn(batch)``: the model FLOPs (forward + backward) of one collated micro-batch; with it every
-    log record has ``mfu`` (see :mod:`lmzoo.train.throughput`).
+    log record has ``mfu`` (see :mod:`lmzoo.train.throughput`). ``notes``: lines for the user (a
+    caller's adjustment of the config), printed by rank 0 once every check has passed, so a refused
+    run prints its one error line alone.
     """
     from lmzoo.quantize import refuse_if_quantized
 
@@ -620,6 +640,8 @@ def train(
     fresh = not out_dir.exists()
     info = setup_distributed()
     try:
+        if config.epochs is not None:  # the step count, so the schedule, resume and logs see one number
+            config = dataclasses.replace(config, max_steps=steps_for_epochs(config, len(train_data), info.world_size))
         with run_folder(out_dir, info):
             # Refuse before anything is written (rank 0 reads, every rank gets its answer), then clean up.
             checkpoint = main_decides(info, lambda: _checkpoint_to_resume(
@@ -634,6 +656,12 @@ def train(
             run = _Run(model, train_data, collate, out_dir=out_dir, config=config, info=info, sampler=sampler,
                        eval_data=eval_data, metrics_fn=metrics_fn, select=select, on_checkpoint=on_checkpoint,
                        checkpoint=checkpoint, signature=signature, flops_fn=flops_fn)
+            if config.epochs is not None:
+                notes = [*notes, (f"note: {config.epochs:g} epochs of {len(train_data)} examples: "
+                                  f"{config.max_steps} steps")]
+            if info.is_main:  # said once every check has passed
+                for line in notes:
+                    print(line, file=sys.stderr)
             with _StopSignals() as stop, full_disk_is_a_user_error(out_dir), contextlib.closing(run):
                 result = run.fit(progress=progress, stop=stop)
             if finalize is not None and info.is_main:
@@ -838,8 +866,11 @@ class _Run:
         # the steps since the last log line; the loss is summed on the device, so a step never waits for it
         self.window_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         self.window_tokens, self.window_steps, self.window_start = 0, 0, 0.0
+        self.window_examples = 0  # examples/s for batches without tokens to count
         # model FLOPs of the window, and its training seconds before a resume (the clock restarts)
         self.flops_fn, self.window_flops, self.window_seconds = flops_fn, 0.0, 0.0
+        self.compile_s: float | None = None  # logged with the first window's record
+        self.compile_logged = False
         self.tensorboard = None
         # the first step (1-based) after which the window's loss was not finite, -1 while none: kept on
         # the device and read only where the loop syncs anyway (log, evaluation, checkpoint)
@@ -885,16 +916,21 @@ class _Run:
         if len(windows) == self.info.world_size:
             window, scale = windows[self.info.rank], 1.0
         elif self.info.is_main:
-            window = {k: sum(w.get(k, 0) for w in windows) for k in ("loss_sum", "tokens", "flops")}
+            window = {k: sum(w.get(k, 0) for w in windows) for k in ("loss_sum", "tokens", "flops", "examples")}
             window.update(steps=windows[0]["steps"], seconds=max(w.get("seconds", 0.0) for w in windows))
             scale = self.info.world_size / len(windows)
         else:
             window, scale = {"loss_sum": 0.0, "tokens": 0, "steps": windows[0]["steps"]}, 1.0
         self.window_loss.fill_(float(window["loss_sum"]) * scale)
         self.window_tokens, self.window_steps = int(window["tokens"]), int(window["steps"])
+        self.window_examples = int(window.get("examples", 0))
         self.window_flops, self.window_seconds = float(window.get("flops", 0.0)), float(window.get("seconds", 0.0))
 
     def fit(self, *, progress: bool, stop: "_StopSignals") -> TrainResult:
+        with CompileOutput(enabled=self.config.compile) as compile_output:
+            return self._fit(progress=progress, stop=stop, compile_output=compile_output)
+
+    def _fit(self, *, progress: bool, stop: "_StopSignals", compile_output: "CompileOutput") -> TrainResult:
         config = self.config
         if progress and self.info.is_main:
             from tqdm.auto import tqdm
@@ -907,6 +943,10 @@ class _Run:
             self.tensorboard = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=self.step + 1)
         evaluates = self.eval_data is not None or self.select is not None
         self.fwd.train()
+        if config.compile and self.step < config.max_steps:
+            self.compile_s = self._warm_up()
+            self._say(f"torch.compile: compiled in {self.compile_s:.1f} s (a warm-up step, kept out of the "
+                      f"throughput){compile_output.summary()}")
         # the throughput counts training, not the setup (nor evaluations and checkpoints: _paused)
         self.window_start = time.perf_counter() - self.window_seconds
         while self.step < config.max_steps and not self.stopped_early:
@@ -935,7 +975,29 @@ class _Run:
             write_loss_curve(self.metrics_path, self.out_dir / "loss_curve.png")
         barrier(self.info)
         return TrainResult(step=self.step, train_loss=self.train_loss, eval_metrics=self.eval_metrics,
-                           out_dir=self.out_dir, best=self.best, stopped_early=self.stopped_early)
+                           out_dir=self.out_dir, best=self.best, stopped_early=self.stopped_early,
+                           compile_s=self.compile_s)
+
+    def _warm_up(self) -> float:
+        """Seconds of one forward + backward of the compiled model on the run's next batch, which
+        compiles it before the clock of the first logging window starts. Nothing of the run changes:
+        the gradients are dropped, the RNG states (dropout) put back, no step is taken."""
+        config, step = self.config, self.step
+        rng = torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        _, idx = self.sampler.indices(step * config.grad_accum)
+        batch = self.collate([self.train_data[i] for i in idx], _generator(config.seed, "warm-up", step, self.info.rank))
+        start = time.perf_counter()
+        with _autocast(self.device, config.precision):
+            loss = self.fwd(**_to_device(batch, self.device)).loss
+        loss.backward()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - start
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng[0])
+        if rng[1] is not None:
+            torch.cuda.set_rng_state(rng[1], self.device)
+        return seconds
 
     @contextlib.contextmanager
     def _paused(self):
@@ -989,6 +1051,7 @@ class _Run:
                 self.train_data.set_epoch(epoch)
             self.last_epoch = epoch
             examples = [self.train_data[i] for i in idx]
+            self.window_examples += len(examples)
             batch = self.collate(examples, _generator(config.seed, "collate", step, micro, self.info.rank))
             self.window_tokens += _count_tokens(batch)
             if self.flops_fn is not None:
@@ -1020,27 +1083,34 @@ class _Run:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the window's kernels belong to its time
         elapsed = max(time.perf_counter() - self.window_start, 1e-9)
-        loss_sum, tokens, flops = all_reduce_sum(
-            self.info, [float(self.window_loss), float(self.window_tokens), self.window_flops])
+        loss_sum, tokens, flops, examples = all_reduce_sum(
+            self.info, [float(self.window_loss), float(self.window_tokens), self.window_flops,
+                        float(self.window_examples)])
         memory = {"max_rss_mb": max_rss_mb()}
         if self.device.type == "cuda":
             memory["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         memory = dict(zip(memory, all_reduce_max(self.info, list(memory.values()))))
         self.train_loss = loss_sum / self.info.world_size / self.window_steps
         record = {"step": self.step, "loss": self.train_loss, "lr": self.lr, "tokens_per_s": tokens / elapsed,
-                  "step_time_s": elapsed / self.window_steps}
+                  "examples_per_s": examples / elapsed, "step_time_s": elapsed / self.window_steps}
         if self.peak is not None:
             record["mfu"] = flops / elapsed / (self.peak * self.info.world_size)
         record.update(memory)
+        if self.compile_s is not None and not self.compile_logged:
+            record["compile_s"] = self.compile_s
+            self.compile_logged = True
         if self.info.is_main:
             _append_metrics(self.metrics_path, record)
             self._scalars("train", record)
             if self.bar is not None:
                 mfu = {"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}
-                self.bar.set_postfix(loss=f"{self.train_loss:.4f}", lr=f"{self.lr:.2e}",
-                                     tok_s=f"{tokens / elapsed:.0f}", **mfu)
+                speed = {"tok_s": f"{tokens / elapsed:.0f}"} if tokens else {"ex_s": f"{examples / elapsed:.1f}"}
+                self.bar.set_postfix(loss=f"{self.train_loss:.4f}", lr=f"{self.lr:.2e}", **speed, **mfu)
+            else:  # --no-progress: one plain line per window, for CI logs and nohup files
+                print(log_line(record, self.config.max_steps), file=sys.stderr, flush=True)
         self.window_loss.zero_()
         self.window_tokens, self.window_steps, self.window_start = 0, 0, time.perf_counter()
+        self.window_examples = 0
         self.window_flops, self.window_seconds = 0.0, 0.0
 
     def _evaluate(self) -> None:
@@ -1054,8 +1124,11 @@ class _Run:
             if self.weights.fsdp:
                 reshard(self.fwd)
             record.update(self.eval_metrics)
+            line = f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in self.eval_metrics.items())
             if self.bar is not None:
-                self.bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in self.eval_metrics.items()))
+                self.bar.write(line)
+            elif self.info.is_main:  # as the log lines of a run without a bar
+                print(line, file=sys.stderr, flush=True)
         if self.select is not None:
             record.update({f"eval_{k}": v for k, v in self._keep_best().items()})
         if self.info.is_main:
@@ -1114,7 +1187,8 @@ class _Run:
         self._check_finite()
         path = self._checkpoint_path(step)
         window = {"loss_sum": float(self.window_loss), "tokens": self.window_tokens, "steps": self.window_steps,
-                  "flops": self.window_flops, "seconds": time.perf_counter() - self.window_start}
+                  "flops": self.window_flops, "seconds": time.perf_counter() - self.window_start,
+                  "examples": self.window_examples}
         per_rank = all_gather_object(info, (_rng_state(self.device), window))
         opt_state = self.weights.optimizer_state(self.optimizer)
         full = self.weights.unsharded()
@@ -1149,6 +1223,64 @@ class _Run:
             self.bar.write(line, file=sys.stderr)
         elif self.info.is_main:
             print(line, file=sys.stderr)
+
+
+class CompileOutput:
+    """While a run with ``compile`` trains: the warnings torch.compile logs (graph breaks,
+    recompilations; ~20 lines each on CPU) are held back and counted, for one summary line. Records
+    of level ERROR and above still print, and exceptions are untouched; with ``TORCH_LOGS`` set the
+    user asked for torch's own output, and nothing is held back."""
+
+    SOURCES = ("torch._dynamo", "torch._inductor", "torch._functorch", "torch.fx", "torch._subclasses")
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and not os.environ.get("TORCH_LOGS")
+        self.held: list[logging.LogRecord] = []
+        self._handlers: list[logging.Handler] = []
+        self._warnings = warnings.catch_warnings()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR or not record.name.startswith(self.SOURCES):
+            return True
+        self.held.append(record)
+        return False
+
+    def __enter__(self) -> "CompileOutput":
+        if self.enabled:
+            import torch._dynamo  # noqa: F401 -- installs torch's log handlers, which the filter joins
+
+            loggers = [logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict) if n.startswith("torch")]
+            self._handlers = list({h for lg in loggers for h in lg.handlers} | set(logging.getLogger().handlers))
+            for handler in self._handlers:
+                handler.addFilter(self)
+            self._warnings.__enter__()
+            for module in self.SOURCES:  # the same messages, as Python warnings
+                warnings.filterwarnings("ignore", module=module.replace(".", r"\.") + r"(\.|$)")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            for handler in self._handlers:
+                handler.removeFilter(self)
+            self._warnings.__exit__(*exc)
+
+    def summary(self) -> str:
+        """``; N warnings held back (first: ...); TORCH_LOGS=... shows them`` or nothing."""
+        if not self.held:
+            return ""
+        first = self.held[0].getMessage().strip().splitlines()[0][:100]
+        return (f"; {len(self.held)} compiler warning(s) held back (first: {first}); "
+                "TORCH_LOGS=graph_breaks,recompiles shows them")
+
+
+def log_line(record: Mapping[str, Any], max_steps: int) -> str:
+    """The plain line a run without a progress bar prints per logging window: what the bar shows
+    (step, loss, lr, tokens/s, or examples/s for batches without tokens, MFU when known)."""
+    speed = (f"{record['tokens_per_s']:.0f} tok/s" if record.get("tokens_per_s")
+             else f"{record.get('examples_per_s', 0.0):.1f} ex/s")
+    mfu = f" | mfu {record['mfu']:.1%}" if "mfu" in record else ""
+    return (f"step {record['step']}/{max_steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
+            f"{speed}{mfu}")
 
 
 def _score(select: Selection, model: nn.Module, *, device: torch.device, visit: bool) -> dict[str, Any]:

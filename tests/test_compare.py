@@ -1,0 +1,115 @@
+"""`lmzoo compare` (lmzoo/compare.py): equal compute, sizes within ±15 %, the table's files, a
+resumed compare keeping finished approaches, the claim verdicts, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lmzoo import compare
+from lmzoo.cli import main
+from lmzoo.data import default_corpus
+from lmzoo.flops import parameter_count
+from lmzoo.presets import preset_config
+
+
+def run(capsys, *argv):
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def small_corpus(folder, n_files: int = 3):
+    """The first speeches of a few plays (the last file is held out)."""
+    from lmzoo.data import iter_documents
+
+    folder.mkdir()
+    paths = []
+    for i, play in enumerate(default_corpus()[:n_files]):
+        path = folder / f"play{i}.txt"
+        path.write_text("\n\n".join(list(iter_documents(play))[:250]) + "\n")
+        paths.append(path)
+    return paths
+
+
+def test_every_approach_has_a_size_within_fifteen_percent():
+    counts = compare.check_sizes(list(compare.APPROACHES.values()))
+    assert set(counts) == set(compare.APPROACHES)
+    assert max(counts.values()) / min(counts.values()) < 1.15 ** 2
+    for key, approach in compare.APPROACHES.items():  # the sizes are the approach's own architecture
+        config = preset_config(approach.preset, vocab_size=compare.VOCAB_SIZE, **compare.model_overrides(approach))
+        assert counts[key] == parameter_count(config) and config.d_model == compare.SIZE["d_model"]
+
+
+def test_a_flops_budget_sets_the_steps_from_the_measured_batches():
+    budget = compare.Budget(flops=1e12)
+    assert budget.steps(1e9, None, [], None) == 1000
+    assert budget.steps(1e12, None, [], None) == 10  # never fewer than 10 steps
+    assert "1.00e+12 training FLOPs" == budget.describe()
+
+
+def test_compare_writes_the_table_and_a_resume_keeps_finished_approaches(tmp_path, capsys):
+    data = small_corpus(tmp_path / "data")
+    out = tmp_path / "cmp"
+    argv = ["compare", "--data", *data, "--out", out, "--flops", 3e10, "--approaches", "clm", "mlm+nsp",
+            "--probes", "pairs", "--probe-steps", 3, "--no-progress"]
+    code, stdout, err = run(capsys, *argv)
+    assert code == 0, err
+    report = json.loads((out / "compare.json").read_text())
+    rows = report["rows"]
+    assert list(rows) == ["clm", "mlm+nsp"]
+    for key, row in rows.items():
+        # equal compute: the steps spend the budget (up to one step's FLOPs; at least 10 steps)
+        assert row["train_flops"] >= 3e10 * 0.5 and row["steps"] >= 10
+        assert row["train_flops"] / row["steps"] * (row["steps"] - 1) < max(3e10, row["train_flops"])
+        assert 0.0 <= row["probes"]["pairs"]["scores"]["accuracy"] <= 1.0
+        assert row["intrinsic"]["bits_per_byte"] > 0
+        run_config = json.loads((out / compare.APPROACHES[key].folder / "run_config.json").read_text())
+        assert run_config["train"]["max_steps"] == row["steps"]
+    assert rows["clm"]["sample"].startswith(compare.PROMPT) and rows["mlm+nsp"]["sample"] is None
+    md = (out / "compare.md").read_text()
+    assert "| CLM (GPT-2) |" in md and "pairs accuracy" in md and "The seed's claims" in md
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    weights = out / "clm" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "--resume" in err  # a second compare into the folder must say so
+    code, _, err = run(capsys, *argv, "--resume")
+    assert code == 0 and "kept from" in err and weights.stat().st_mtime_ns == before
+    assert json.loads((out / "compare.json").read_text())["rows"] == rows
+
+
+def test_claim_verdicts_name_the_leader_and_compare_with_the_seed():
+    def row(sentiment, pairs, bpb=None):
+        probes = {"sentiment": {"scores": {"accuracy": sentiment}}, "pairs": {"scores": {"accuracy": pairs}}}
+        return {"probes": probes, "intrinsic": {} if bpb is None else {"bits_per_byte": bpb}}
+
+    verdicts = compare.claim_verdicts({"mlm": row(0.7, 0.6, 2.0), "clm": row(0.6, 0.7, 1.5), "span": row(0.5, 0.5)})
+    text = "\n".join(verdicts)
+    assert "understanding" in text and "MLM (RoBERTa recipe)" in verdicts[0] and verdicts[0].endswith("agrees.")
+    assert "sentence relations" in verdicts[1] and "CLM (GPT-2)" in verdicts[1] and "disagrees" in verdicts[1]
+    assert "generation" in verdicts[2] and "1.500" in verdicts[2] and verdicts[2].endswith("agrees.")
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--flops", "-1"], "--flops must be a positive number"),
+    (["--minutes", "nan"], "--minutes must be a positive number"),
+    (["--approaches", "mlm", "poetry"], "unknown approach poetry"),
+    (["--probes", "poetry"], "unknown probe poetry"),
+    (["--flops", "1e9", "--minutes", "1"], "not allowed with argument"),
+])
+def test_bad_compare_arguments_are_one_line(tmp_path, capsys, extra, message):
+    code, _, err = run(capsys, "compare", "--out", tmp_path / "cmp", *extra)
+    assert code == 2 and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_one_data_file_is_refused_before_anything_is_written(tmp_path, capsys):
+    data = small_corpus(tmp_path / "data", n_files=1)
+    code, _, err = run(capsys, "compare", "--data", *data, "--out", tmp_path / "cmp")
+    assert code == 2 and "at least two files" in err and not (tmp_path / "cmp").exists()
