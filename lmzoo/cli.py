@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import sys
 from pathlib import Path
@@ -230,6 +231,12 @@ def cmd_nsp(args: argparse.Namespace) -> None:
     print(f"P(B follows A) = {next_sentence_probability(model, tokenizer, args.first, args.second):.4f}")
 
 
+def _refuse_file_out(out: str) -> None:
+    """--out names a folder of runs: an existing file there is a UserError before anything is written."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the runs")
+
+
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for the demo's models")
     p.add_argument("--only", nargs="+", help="run only these sections")
@@ -239,6 +246,7 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from lmzoo.demo import run_demo
 
+    _refuse_file_out(args.out)
     run_demo(args.out, only=args.only)
 
 
@@ -372,6 +380,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     if args.num_beams < 1 or args.num_return_sequences < 1:
         raise UserError("--num-beams and --num-return-sequences must be >= 1")
+    if not math.isfinite(args.length_penalty):
+        raise UserError(f"--length-penalty must be a finite number, got {args.length_penalty}")
     options = sampling_options(args)
     model, tokenizer = load_lm(args.model, args.bf16, args.quantize)
     ids, max_new = encode_prompt(model, tokenizer, args.prompt, args.max_new_tokens)
@@ -472,6 +482,8 @@ def cmd_complete(args: argparse.Namespace) -> None:
             raise UserError(f"cannot read {args.file}: {e}") from None
     else:
         prefix = sys.stdin.read()
+    if "\0" in prefix:
+        raise UserError(f"{args.file or 'stdin'} is a binary file (NUL byte); complete reads code as UTF-8 text")
     model, tokenizer = load_lm(args.model, args.bf16, args.quantize)
     prompt, tail, allowed = heal_trailing_whitespace(prefix, tokenizer)
     ids = prefix_ids(model, tokenizer, prompt, args.max_new_tokens, args.context)
@@ -696,6 +708,8 @@ def _compare_arguments(p: argparse.ArgumentParser) -> None:
                    "'none' for intrinsic scores only)")
     p.add_argument("--probe-steps", type=int, help="optimizer steps of each probe (default: the protocol's)")
     p.add_argument("--probe-data", help="folder holding downloaded probe data (see lmzoo eval --help)")
+    p.add_argument("--no-random-init", action="store_true", help="skip scoring each architecture at random "
+                   "initialization (the baseline that shows what its pretraining bought)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for one run folder per approach, compare.md/.json/.png")
     p.add_argument("--resume", action="store_true", help="continue a compare in --out: finished approaches "
@@ -708,6 +722,7 @@ def _compare_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from lmzoo.compare import run_compare
 
+    _refuse_file_out(args.out)
     run_compare(args)
 
 

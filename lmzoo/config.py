@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from lmzoo.errors import UserError
 
 FAMILIES = ("bert", "roberta", "gpt2", "t5", "bart", "xlnet")
+MAX_VOCAB = 2**32  # the tokenizers library numbers tokens with u32 ids
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "relative_buckets", "relative_sinusoidal", "none")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
@@ -82,11 +84,14 @@ class ModelConfig:
         def bad(msg: str) -> None:
             raise UserError(f"invalid model config: {msg}")
 
+        _check_types(self, bad)
         if self.family not in FAMILIES:
             bad(f"family {self.family!r} is not one of {', '.join(FAMILIES)}")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_positions"):
             if getattr(self, name) <= 0:
                 bad(f"{name} must be positive, got {getattr(self, name)}")
+        if self.vocab_size > MAX_VOCAB:  # before an embedding table of terabytes is allocated
+            bad(f"vocab_size {self.vocab_size} is beyond the {MAX_VOCAB} ids a tokenizer can have (32-bit ids)")
         if self.d_head == 0 and self.d_model % self.n_heads:
             bad(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.n_decoder_layers < 0 or self.d_head < 0 or self.position_offset < 0 or self.type_vocab_size < 0:
@@ -149,6 +154,25 @@ class ModelConfig:
         if data.get("id2label"):
             data["id2label"] = {int(k): v for k, v in data["id2label"].items()}
         return cls(**data)
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "dict": (dict,)}
+
+
+def _check_types(config: ModelConfig, bad: Any) -> None:
+    """Each field holds a value of its annotated type (a config.json string where a number belongs
+    would otherwise fail deep inside a comparison); floats are finite."""
+    for f in dataclasses.fields(config):
+        value, kinds = getattr(config, f.name), str(f.type).replace(" ", "").split("|")
+        if value is None and "None" in kinds:
+            continue
+        allowed = tuple(t for k in kinds for t in _TYPES.get(k.split("[")[0], ()))
+        if not allowed:
+            continue
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, allowed):
+            bad(f"{f.name} must be {' or '.join(kinds).replace('None', 'null')}, got {json.dumps(value, default=str)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            bad(f"{f.name} must be a finite number, got {value}")
 
 
 def read_json(path: str | Path) -> dict[str, Any]:

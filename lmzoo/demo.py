@@ -52,19 +52,12 @@ class DemoRun:
         """(field, score of the trained model, score of its architecture at random init) of
         ``lmzoo eval`` on the held-out play: bits per byte where the model predicts text, else the
         objective's loss (encoder-decoders)."""
-        import torch
-
-        from lmzoo.hf import load_pretrained
+        from lmzoo.hf import random_init_copy
         from lmzoo.scoring import evaluate_model
-        from lmzoo.tokenizer import Tokenizer
 
         trained = evaluate_model(folder, str(self.held_out))
         field = "bits_per_byte" if "bits_per_byte" in trained else "loss"
-        model = load_pretrained(folder)
-        torch.manual_seed(0)
-        fresh, random_folder = type(model)(model.config), folder.parent / f"{folder.name}-random-init"
-        fresh.save_pretrained(random_folder)
-        Tokenizer.load(folder).save(random_folder)
+        random_folder = random_init_copy(folder, folder.parent / f"{folder.name}-random-init")
         return field, float(trained[field]), float(evaluate_model(random_folder, str(self.held_out))[field])
 
 

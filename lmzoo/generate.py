@@ -32,6 +32,7 @@ beam search is HF's vectorised beam search (length penalty on the generated leng
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Sequence, TextIO
@@ -70,6 +71,9 @@ class GenerationConfig:
             bad(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
         if not 0 <= self.min_new_tokens <= self.max_new_tokens:
             bad(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
+        for name in ("temperature", "repetition_penalty", "length_penalty"):  # inf / nan would score nonsense
+            if not math.isfinite(getattr(self, name)):
+                bad(f"{name} must be a finite number, got {getattr(self, name)}")
         if not self.temperature > 0:
             bad(f"temperature must be > 0, got {self.temperature}")
         if self.top_k < 0:

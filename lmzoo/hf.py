@@ -47,3 +47,17 @@ def load_pretrained(folder: str | Path, model_class: type[PreTrainedModel] | Non
 def save_pretrained(model: PreTrainedModel, folder: str | Path) -> None:
     """Write ``config.json`` and ``model.safetensors`` in HF format; each file atomically."""
     model.save_pretrained(folder)
+
+
+def random_init_copy(folder: str | Path, destination: str | Path, seed: int = 0) -> Path:
+    """The architecture of the model in ``folder`` at random initialization (``seed``), with the same
+    tokenizer, saved in ``destination``: the baseline that shows what pretraining bought."""
+    import torch
+
+    from lmzoo.tokenizer import Tokenizer
+
+    model = load_pretrained(folder)
+    torch.manual_seed(seed)
+    type(model)(model.config).save_pretrained(destination)
+    Tokenizer.load(folder).save(destination)
+    return Path(destination)

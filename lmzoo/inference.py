@@ -4,6 +4,7 @@ keywords. Bad values are ``UserError`` lines naming the flag."""
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any
 
@@ -60,12 +61,15 @@ def sampling_options(args: Any) -> dict[str, Any]:
     """generate()'s sampling keywords from the CLI's sampling flags (any object with their attributes):
     sampling when a temperature, top-k or top-p is given, else greedy."""
     sample = any(v is not None for v in (args.temperature, args.top_k, args.top_p))
+    # `not x > 0` (not `x <= 0`): nan compares false either way and must be refused too
     if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
         raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.top_k is not None and args.top_k < 0:
         raise UserError(f"--top-k must be >= 0, got {args.top_k}")
-    if args.temperature is not None and args.temperature <= 0:
-        raise UserError(f"--temperature must be > 0, got {args.temperature}")
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise UserError(f"--temperature must be a finite number > 0, got {args.temperature}")
+    if not (math.isfinite(args.repetition_penalty) and args.repetition_penalty > 0):
+        raise UserError(f"--repetition-penalty must be a finite number > 0, got {args.repetition_penalty}")
     return dict(do_sample=sample, temperature=args.temperature or 1.0, top_k=args.top_k or 0,
                 top_p=1.0 if args.top_p is None else args.top_p, repetition_penalty=args.repetition_penalty,
                 seed=args.seed if args.seed is not None else (0 if sample else None))

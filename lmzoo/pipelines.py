@@ -38,6 +38,11 @@ def check_vocab_fits(tokenizer: Tokenizer, model: PreTrainedModel, folder: str |
     if tokenizer.vocab_size > rows:
         raise UserError(f"{folder}: the tokenizer has {tokenizer.vocab_size} tokens but the model embeds only {rows}; "
                         "the tokenizer does not belong to this model (was it retrained?)")
+    for name in ("bos_token_id", "eos_token_id", "decoder_start_token_id"):  # generation and scoring feed these
+        token_id = getattr(model.config, name)
+        if token_id is not None and not 0 <= token_id < rows:
+            raise UserError(f"{folder}/config.json: {name} {token_id} is outside the model's {rows} embedding rows; "
+                            f"set it to the tokenizer's id of that token (or null)")
 
 
 def _weight_names(folder: Path) -> set[str] | None:

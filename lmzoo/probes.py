@@ -378,14 +378,14 @@ def _text_probe(folder: Path, probe: _Probe, protocol: Protocol, work: Path, pro
     train, test = _text_to_text(probe)
     source_length, target_length = protocol.source_lengths[probe.name], protocol.target_lengths[probe.name]
     tokenizer = Tokenizer.load(folder)
-    path = _write_rows(work / "train.jsonl", [{"source": _clip(tokenizer, s, source_length), "target": t}
+    path = _write_rows(work / "train.jsonl", [{"source": clip_to_tokens(tokenizer, s, source_length), "target": t}
                                               for s, t in train])
     options = Seq2SeqOptions(max_source_length=source_length, max_target_length=target_length)
     config = _train_config(protocol, protocol.steps[probe.name])
     finetune_seq2seq(model=str(folder), train_path=str(path), eval_path=None, out=work / "run",
                      train_config=config, options=options, overwrite=True, progress=progress)
     model, tokenizer = load_seq2seq_model(str(work / "run"))
-    sources = [_clip(tokenizer, s, source_length) for s, _ in test]
+    sources = [clip_to_tokens(tokenizer, s, source_length) for s, _ in test]
     predictions = generate_texts(model, tokenizer, sources, max_new_tokens=target_length)
     references = [t for _, t in test]
     if probe.kind == "ner":
@@ -400,7 +400,7 @@ def _text_probe(folder: Path, probe: _Probe, protocol: Protocol, work: Path, pro
     return {"bleu": metrics["bleu"], "chrf": metrics["chrf"]}
 
 
-def _clip(tokenizer: Any, text: str, max_tokens: int) -> str:
+def clip_to_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
     """The longest prefix of ``text`` that fits ``max_tokens`` tokens with the special tokens (a longer
     seq2seq source is an error); found by bisection over characters, so it is the text's own prefix."""
     limit = max_tokens - tokenizer.num_special_tokens_to_add()

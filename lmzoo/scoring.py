@@ -518,10 +518,10 @@ def load_for_scoring(folder: str | Path, device: str | torch.device | None = Non
     if not Path(folder).is_dir():
         raise UserError(f"model folder {folder} not found")
     tokenizer = Tokenizer.load(folder)
+    from lmzoo.pipelines import check_vocab_fits
+
     model = load_pretrained(folder)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise UserError(f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens, more than the model's "
-                        f"vocabulary of {model.config.vocab_size}")
+    check_vocab_fits(tokenizer, model, folder)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device).eval(), tokenizer
 

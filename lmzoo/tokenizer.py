@@ -70,6 +70,19 @@ TEMPLATES = {
 }
 
 
+def _refuse_non_utf8(texts: list[str]) -> None:
+    """A UserError naming the first text holding a lone surrogate: Python's stand-in for a byte that
+    is not UTF-8 (a command-line argument typed in another encoding), which no tokenizer can read."""
+    for text in texts:
+        if not isinstance(text, str):
+            raise UserError(f"expected a text, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise UserError(f"the text {text[:40]!r} is not UTF-8 (a byte 0x{ord(text[e.start]) & 0xFF:02X} at "
+                            f"character {e.start}); give UTF-8 text (is the terminal's encoding UTF-8?)") from None
+
+
 class Tokenizer:
     """lmzoo's tokenizer: a ``tokenizers.Tokenizer`` (``backend``) plus the ids of its special
     tokens (``pad_id``, ``unk_id``, ``cls_id``, ``sep_id``, ``mask_id``, ``bos_id``, ``eos_id``;
@@ -139,6 +152,9 @@ class Tokenizer:
         self.backend.encode_special_tokens = split_special_tokens
         try:
             return self.backend.encode_batch(list(texts), add_special_tokens=False)
+        except TypeError:  # a str that is not text: argv / a file name decoded with surrogateescape
+            _refuse_non_utf8(texts)
+            raise
         finally:
             self.backend.encode_special_tokens = before
 

@@ -68,6 +68,10 @@ def config_of(model_class: Any, hf: dict[str, Any], folder: str | Path) -> Model
         return model_class.config_from_hf(hf)
     except KeyError as e:
         raise UserError(f"{folder}/config.json lacks the field {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:  # a family converter doing arithmetic on a field of the wrong type
+        raise UserError(f"{folder}/config.json: a field has a value of the wrong type ({e})") from None
+    except UserError as e:  # ModelConfig's own checks: say which file holds the bad value
+        raise UserError(f"{folder}/config.json: {e}") from None
 
 
 def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
@@ -167,7 +171,15 @@ def load_into(model_class: Any, folder: str | Path, config: ModelConfig | None =
     if hf.get("model_type") not in model_class.model_types:
         raise UserError(f"{folder}/config.json: model_type {hf.get('model_type')!r} cannot load into "
                         f"{model_class.hf_architecture}")
-    model = model_class(config or config_of(model_class, hf, folder))
+    config = config or config_of(model_class, hf, folder)
+    try:
+        model = model_class(config)
+    except (RuntimeError, MemoryError) as e:  # a config.json far bigger than its weights (a typo'd size)
+        if "allocate" not in str(e) and not isinstance(e, MemoryError):
+            raise
+        raise UserError(f"{folder}/config.json describes a model too big for this machine's memory "
+                        f"(vocab_size {config.vocab_size}, d_model {config.d_model}, n_layers {config.n_layers}); "
+                        "is a size mistyped?") from None
     state = convert_from_hf(model, read_state_dict(folder), source=str(folder))
     model.load_state_dict(state, strict=False)
     return model.eval()

@@ -37,12 +37,26 @@ def small_corpus(folder, n_files: int = 3):
 
 
 def test_every_approach_has_a_size_within_fifteen_percent():
+    import torch
+
+    from lmzoo.models import model_class_for
+
     counts = compare.check_sizes(list(compare.APPROACHES.values()))
     assert set(counts) == set(compare.APPROACHES)
-    assert max(counts.values()) / min(counts.values()) < 1.15 ** 2
-    for key, approach in compare.APPROACHES.items():  # the sizes are the approach's own architecture
+    middle = sorted(counts.values())[len(counts) // 2]
+    assert all(abs(n / middle - 1) <= 0.15 for n in counts.values())
+    for key, approach in compare.APPROACHES.items():  # the count is of the real model, embeddings included
         config = preset_config(approach.preset, vocab_size=compare.VOCAB_SIZE, **compare.model_overrides(approach))
-        assert counts[key] == parameter_count(config) and config.d_model == compare.SIZE["d_model"]
+        model = model_class_for(config.family, approach.objective)(config)
+        assert counts[key] == sum(p.numel() for p in model.parameters()) and config.d_model == 128
+    with pytest.raises(compare.UserError, match="more than ±15 %"):  # a size outside the band is refused
+        big = compare.Approach("big", "big", "gpt-tiny", "clm")
+        original = compare.model_overrides
+        try:
+            compare.model_overrides = lambda a: {**original(a), "n_layers": 12} if a.key == "big" else original(a)
+            compare.check_sizes([*compare.APPROACHES.values(), big])
+        finally:
+            compare.model_overrides = original
 
 
 def test_a_flops_budget_sets_the_steps_from_the_measured_batches():
@@ -72,7 +86,12 @@ def test_compare_writes_the_table_and_a_resume_keeps_finished_approaches(tmp_pat
         assert run_config["train"]["max_steps"] == row["steps"]
     assert rows["clm"]["sample"].startswith(compare.PROMPT) and rows["mlm+nsp"]["sample"] is None
     md = (out / "compare.md").read_text()
-    assert "| CLM (GPT-2) |" in md and "pairs accuracy" in md and "The seed's claims" in md
+    assert "| **CLM (GPT-2)** |" in md and "pairs accuracy" in md and "The seed's claims" in md
+    # each approach beside its architecture at random initialization, scored alike
+    assert md.count("same, random init") == 2 and list(report["random_init"]) == ["clm", "mlm+nsp"]
+    random_clm = report["random_init"]["clm"]
+    assert random_clm["parameters"] == rows["clm"]["parameters"]
+    assert random_clm["intrinsic"]["bits_per_byte"] > rows["clm"]["intrinsic"]["bits_per_byte"]
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     weights = out / "clm" / "model.safetensors"
@@ -85,15 +104,25 @@ def test_compare_writes_the_table_and_a_resume_keeps_finished_approaches(tmp_pat
 
 
 def test_claim_verdicts_name_the_leader_and_compare_with_the_seed():
-    def row(sentiment, pairs, bpb=None):
-        probes = {"sentiment": {"scores": {"accuracy": sentiment}}, "pairs": {"scores": {"accuracy": pairs}}}
-        return {"probes": probes, "intrinsic": {} if bpb is None else {"bits_per_byte": bpb}}
+    def row(sentiment, pairs, intrinsic, n=0):
+        probes = {"sentiment": {"scores": {"accuracy": sentiment}, "test": n},
+                  "pairs": {"scores": {"accuracy": pairs}, "test": n}}
+        return {"probes": probes, "intrinsic": intrinsic}
 
-    verdicts = compare.claim_verdicts({"mlm": row(0.7, 0.6, 2.0), "clm": row(0.6, 0.7, 1.5), "span": row(0.5, 0.5)})
-    text = "\n".join(verdicts)
-    assert "understanding" in text and "MLM (RoBERTa recipe)" in verdicts[0] and verdicts[0].endswith("agrees.")
-    assert "sentence relations" in verdicts[1] and "CLM (GPT-2)" in verdicts[1] and "disagrees" in verdicts[1]
-    assert "generation" in verdicts[2] and "1.500" in verdicts[2] and verdicts[2].endswith("agrees.")
+    rows = {"mlm": row(0.7, 0.6, {"bits_per_byte": 2.0, "pseudo_perplexity": 9.0}),
+            "clm": row(0.6, 0.7, {"bits_per_byte": 1.5, "perplexity": 3.0}), "span": row(0.5, 0.5, {"loss": 4.0})}
+    verdicts = compare.claim_verdicts(rows)
+    assert verdicts[0].startswith("understanding") and "MLM (RoBERTa recipe) led 1 of 2" in verdicts[0]
+    assert verdicts[0].endswith("agrees.") and "noise" not in verdicts[0]
+    assert verdicts[1].startswith("sentence relations") and "CLM (GPT-2) led 1 of 1" in verdicts[1]
+    assert verdicts[1].endswith("disagrees.")
+    assert verdicts[2].startswith("generation") and "1.500 bits per byte" in verdicts[2] and "agrees, untested" in \
+        verdicts[2] and "2.000–2.000" in verdicts[2]
+    # a tie leads nobody; a lead of 0.02 on 500 test pairs at 0.6 is within two standard errors (0.044)
+    tied = {"mlm": row(0.6, 0.6, {}), "clm": row(0.6, 0.62, {}, n=500)}
+    assert compare.column_leader(tied, "sentiment", "accuracy") == (None, "")
+    assert compare.column_leader(tied, "pairs", "accuracy") == ("clm", "pairs within noise")
+    assert compare.column_leader({**tied, "clm": row(0.6, 0.75, {}, n=500)}, "pairs", "accuracy") == ("clm", "")
 
 
 @pytest.mark.parametrize("extra,message", [

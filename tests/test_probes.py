@@ -149,7 +149,7 @@ def test_rouge_scores_equal_rouge_score_directly():
 def test_clip_keeps_the_longest_prefix_that_fits(tmp_path):
     tok = Tokenizer.load(tiny_folder(tmp_path / "t5", "t5-tiny", "unigram"))
     text = " ".join(list(iter_documents(default_corpus()[1]))[:20])
-    clipped = probes._clip(tok, text, 30)
+    clipped = probes.clip_to_tokens(tok, text, 30)
     assert text.startswith(clipped) and len(tok.encode(clipped)) + tok.num_special_tokens_to_add() <= 30
     assert len(tok.encode(text[:len(clipped) + 1])) + tok.num_special_tokens_to_add() > 30
     assert probes._fit_tags(["B-person", "junk", "I-person"], 5) == ["B-person", "O", "I-person", "O", "O"]

@@ -223,7 +223,8 @@ def _tiny_folder(tmp_path, family: str):
     assert tok.template == spec.template
     preset = {"gpt2": "gpt-tiny", "xlnet": "xlnet-tiny"}[family]
     config = preset_config(preset, vocab_size=tok.vocab_size, d_model=32, n_heads=2, d_ff=64, max_positions=32,
-                           pad_token_id=tok.pad_id, eos_token_id=tok.eos_id)
+                           pad_token_id=tok.pad_id, eos_token_id=tok.eos_id,
+                           bos_token_id=tok.bos_id if tok.bos_id is not None else tok.eos_id)  # GPT-2: bos = eos
     torch.manual_seed(0)
     spec.default_architecture(config).save_pretrained(folder)
     return folder

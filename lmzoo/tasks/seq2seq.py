@@ -398,6 +398,9 @@ def read_sources(source: str, *, source_column: str = "source") -> list[str]:
             lines = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise UserError(f"{source} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        if "\0" in lines:
+            raise UserError(f"{'stdin' if source == '-' else source} is a binary file (NUL byte); expected text: "
+                            "one input per line, or a .jsonl .csv .tsv file")
         texts = [line.strip() for line in lines.splitlines() if line.strip()]
     if not texts:
         raise UserError(f"no input in {'stdin' if source == '-' else source}")

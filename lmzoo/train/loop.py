@@ -428,8 +428,9 @@ def _append_metrics(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def write_loss_curve(metrics_path: Path, png_path: Path) -> None:
-    """Train loss and eval loss vs step, as a PNG written atomically (Agg canvas, no global backend)."""
+def write_loss_curve(metrics_path: Path, png_path: Path, title: str | None = None) -> None:
+    """Train loss and eval loss vs step, as a PNG written atomically (Agg canvas, no global backend);
+    ``title`` names the run (default: its folder)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -443,6 +444,7 @@ def write_loss_curve(metrics_path: Path, png_path: Path) -> None:
         ax.plot(*zip(*train), label="train loss")
     if evals:
         ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_title(title or png_path.parent.name)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
@@ -640,8 +642,7 @@ def train(
     fresh = not out_dir.exists()
     info = setup_distributed()
     try:
-        if config.epochs is not None:  # the step count, so the schedule, resume and logs see one number
-            config = dataclasses.replace(config, max_steps=steps_for_epochs(config, len(train_data), info.world_size))
+        config, epoch_notes = _epochs_as_steps(config, len(train_data), info.world_size)
         with run_folder(out_dir, info):
             # Refuse before anything is written (rank 0 reads, every rank gets its answer), then clean up.
             checkpoint = main_decides(info, lambda: _checkpoint_to_resume(
@@ -656,11 +657,8 @@ def train(
             run = _Run(model, train_data, collate, out_dir=out_dir, config=config, info=info, sampler=sampler,
                        eval_data=eval_data, metrics_fn=metrics_fn, select=select, on_checkpoint=on_checkpoint,
                        checkpoint=checkpoint, signature=signature, flops_fn=flops_fn)
-            if config.epochs is not None:
-                notes = [*notes, (f"note: {config.epochs:g} epochs of {len(train_data)} examples: "
-                                  f"{config.max_steps} steps")]
             if info.is_main:  # said once every check has passed
-                for line in notes:
+                for line in [*notes, *epoch_notes]:
                     print(line, file=sys.stderr)
             with _StopSignals() as stop, full_disk_is_a_user_error(out_dir), contextlib.closing(run):
                 result = run.fit(progress=progress, stop=stop)
@@ -675,6 +673,16 @@ def train(
         raise
     finally:
         teardown_distributed(info)
+
+
+def _epochs_as_steps(config: TrainConfig, n_examples: int, world_size: int) -> tuple[TrainConfig, list[str]]:
+    """``config`` with ``epochs`` turned into ``max_steps`` (so the schedule, resume and logs see one
+    number), and the note saying so; unchanged without epochs."""
+    if config.epochs is None:
+        return config, []
+    steps = steps_for_epochs(config, n_examples, world_size)
+    return dataclasses.replace(config, max_steps=steps), [f"note: {config.epochs:g} epochs of {n_examples} "
+                                                          f"examples: {steps} steps"]
 
 
 def check_extras(config: TrainConfig) -> None:
@@ -972,7 +980,8 @@ class _Run:
         full = self.weights.unsharded()
         if self.info.is_main:
             _save_final_model(full, self.out_dir)
-            write_loss_curve(self.metrics_path, self.out_dir / "loss_curve.png")
+            write_loss_curve(self.metrics_path, self.out_dir / "loss_curve.png",
+                             title=f"{self.out_dir.resolve().name}: {type(full).__name__}")
         barrier(self.info)
         return TrainResult(step=self.step, train_loss=self.train_loss, eval_metrics=self.eval_metrics,
                            out_dir=self.out_dir, best=self.best, stopped_early=self.stopped_early,
