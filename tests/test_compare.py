@@ -10,7 +10,6 @@ import pytest
 from lmzoo import compare
 from lmzoo.cli import main
 from lmzoo.data import default_corpus
-from lmzoo.flops import parameter_count
 from lmzoo.presets import preset_config
 
 
@@ -37,8 +36,6 @@ def small_corpus(folder, n_files: int = 3):
 
 
 def test_every_approach_has_a_size_within_fifteen_percent():
-    import torch
-
     from lmzoo.models import model_class_for
 
     counts = compare.check_sizes(list(compare.APPROACHES.values()))
