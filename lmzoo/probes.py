@@ -437,14 +437,77 @@ def baseline(probe: _Probe) -> tuple[str, dict[str, float]]:
     return "copy the source", {"bleu": metrics["bleu"], "chrf": metrics["chrf"]}
 
 
-def _route(folder: Path) -> tuple[str, str | None]:
-    """("text" | "head", reason to skip generation probes or None) from what the model is."""
-    from lmzoo.hf import read_config
+def _route(folder: Path) -> str:
+    """How the model takes part, from what it can do (:func:`lmzoo.scoring.model_kind`): "seq2seq"
+    (every probe text to text), "causal" (heads, and prompt completion for the generation probes) or
+    "head" (heads only: masked and permutation LMs, classifiers)."""
+    from lmzoo.hf import load_pretrained
+    from lmzoo.scoring import model_kind
 
-    config, _ = read_config(folder)
-    if config.is_encoder_decoder:
-        return "text", None
-    return "head", "needs an encoder-decoder (T5, BART) to generate text from a source"
+    try:
+        kind = model_kind(load_pretrained(folder))
+    except UserError:  # no language-model head: a classifier or a bare encoder
+        return "head"
+    return kind if kind in ("seq2seq", "causal") else "head"
+
+
+def _method(route: str, probe: _Probe) -> tuple[str, Callable[..., dict[str, float]]]:
+    """(its name in the results, the function) of how a model of ``route`` learns ``probe``."""
+    if route == "seq2seq":
+        return "text-to-text", _text_probe
+    if probe.name in GENERATION_PROBES:
+        return "prompt completion", _completion_probe
+    return f"{probe.kind} head", _head_probe
+
+
+CUES = {"translation": "German:", "summarization": "Summary:"}  # what follows the source in a completion prompt
+
+
+def _completion_probe(folder: Path, probe: _Probe, protocol: Protocol, work: Path, progress: bool
+                      ) -> dict[str, float]:
+    """A decoder-only LM learns a generation probe as prompt completion: ``source\nGerman: target<eos>``
+    with the loss on the target only (as instruction tuning does), then continues each test prompt greedily."""
+    import torch
+
+    from lmzoo.generate import generate
+    from lmzoo.inference import load_lm
+    from lmzoo.objectives.clm import ClmCollator
+    from lmzoo.tasks.seq2seq import text_metrics
+    from lmzoo.train.loop import train
+
+    model, tokenizer = load_lm(str(folder))
+    eos = tokenizer.eos_id if tokenizer.eos_id is not None else model.config.eos_token_id
+    target_length = protocol.target_lengths[probe.name]
+    source_length = min(protocol.source_lengths[probe.name], model.config.max_positions - target_length - 8)
+
+    def prompt(source: str) -> list[int]:
+        return tokenizer.encode(f"{clip_to_tokens(tokenizer, source, source_length)}\n{CUES[probe.name]}")
+
+    examples = []
+    for source, target in probe.train:
+        ids, answer = prompt(source), tokenizer.encode(" " + target)[: target_length - 1] + [eos]
+        examples.append({"input_ids": ids + answer, "prompt_length": len(ids)})
+    collate_clm = ClmCollator(eos)
+
+    def collate(batch: list[dict], generator: Any = None) -> dict[str, Any]:
+        out = collate_clm(batch, generator)
+        for row, e in enumerate(batch):
+            out["labels"][row, : e["prompt_length"]] = -100  # the prompt is given, not learned
+        return out
+
+    train(model, examples, collate, out_dir=work / "run", config=_train_config(protocol, protocol.steps[probe.name]),
+          overwrite=True, progress=progress)
+    model.eval()
+    predictions = []
+    for source, _ in probe.test:
+        ids = prompt(source)
+        new = generate(model, torch.tensor([ids]), max_new_tokens=target_length)[0].tolist()
+        predictions.append(tokenizer.decode(new[: new.index(eos)] if eos in new else new).strip())
+    references = [t for _, t in probe.test]
+    if probe.name == "summarization":
+        return rouge_scores(predictions, references)
+    metrics = text_metrics(predictions, references)
+    return {"bleu": metrics["bleu"], "chrf": metrics["chrf"]}
 
 
 def run_probes(model: str | os.PathLike, probes: Sequence[str], *, data: Any = None, steps: int | None = None,
@@ -462,7 +525,9 @@ def run_probes(model: str | os.PathLike, probes: Sequence[str], *, data: Any = N
         raise UserError(f"{folder}: not a model folder (no config.json)")
     Tokenizer.load(folder)  # a model without a tokenizer fails here, before any data is read
     protocol = (protocol or Protocol(seed=seed)).with_steps(steps)
-    route, no_generation = _route(folder)
+    route = _route(folder)
+    no_generation = None if route in ("seq2seq", "causal") else \
+        "needs an encoder-decoder (T5, BART) or a causal LM (GPT-2) to generate text from a source"
     documents = lambda: list(iter_documents(data or [str(default_corpus()[-1])]))  # noqa: E731
     wanted = [n for n in probes if not (no_generation and n in GENERATION_PROBES)]
     loaded = {name: _load(name, documents, probe_data, seed) for name in wanted}
@@ -470,10 +535,10 @@ def run_probes(model: str | os.PathLike, probes: Sequence[str], *, data: Any = N
     with tempfile.TemporaryDirectory(prefix="lmzoo-probes-") as scratch:
         root = Path(work_dir) if work_dir else Path(scratch)
         for name, probe in loaded.items():
-            run = _text_probe if route == "text" else _head_probe
+            method, run = _method(route, probe)
             scores = run(folder, probe, protocol, root / name, progress)
             baseline_name, baseline_scores = baseline(probe)
-            results[name] = {"method": "text-to-text" if route == "text" else f"{probe.kind} head",
+            results[name] = {"method": method,
                              "train": len(probe.train), "test": len(probe.test), "steps": protocol.steps[name],
                              "scores": scores, "baseline": {"name": baseline_name, "scores": baseline_scores}}
     return {n: results[n] for n in probes}

@@ -41,6 +41,9 @@ def tiny_folder(folder: Path, preset: str, kind: str, **sizes) -> Path:
     tok = train_tokenizer([str(text)], kind=kind, vocab_size=400, out_dir=str(folder), **extra)
     text.unlink()
     config = preset_config(preset, vocab_size=tok.vocab_size, d_model=32, n_heads=2, d_ff=64, **sizes)
+    ids = {f"{name}_token_id": getattr(tok, f"{name}_id") for name in ("pad", "eos", "bos")}
+    config = config.replace(**{k: v if v is not None else tok.eos_id for k, v in ids.items()
+                               if getattr(config, k) is not None})  # the tokenizer's ids, as pretrain sets them
     _, architecture = PRESETS[preset]
     from lmzoo.models import ARCHITECTURES
 
@@ -161,6 +164,7 @@ def test_clip_keeps_the_longest_prefix_that_fits(tmp_path):
 @pytest.mark.parametrize("preset,kind,names", [
     ("bert-tiny", "wordpiece", ["ner", "pairs", "translation"]),
     ("t5-tiny", "unigram", ["ner", "pairs", "translation", "summarization"]),
+    ("gpt-tiny", "bpe", ["sentiment", "summarization"]),
 ])
 def test_every_probe_runs_end_to_end_on_a_tiny_model(tmp_path, preset, kind, names):
     folder = tiny_folder(tmp_path / "model", preset, kind)
@@ -168,12 +172,13 @@ def test_every_probe_runs_end_to_end_on_a_tiny_model(tmp_path, preset, kind, nam
     assert list(results) == names
     for name, r in results.items():
         if name in probes.GENERATION_PROBES and preset.startswith("bert"):
-            assert "encoder-decoder" in r["skipped"]
+            assert "encoder-decoder" in r["skipped"] and "causal LM" in r["skipped"]
             continue
         assert r["steps"] == 4 and r["test"] > 0 and set(r["scores"]) == set(r["baseline"]["scores"])
         assert all(0.0 <= v <= (100.0 if k in probes.HUNDRED_SCALE else 1.0) for k, v in r["scores"].items())
-        assert r["method"] == ("text-to-text" if preset.startswith("t5") else f"{'pair' if name == 'pairs' else name} head")
-    assert (tmp_path / "work" / "pairs" / "run" / "config.json").is_file()  # each probe's run folder is kept
+        head = {"pairs": "pair head", "sentiment": "classify head", "ner": "ner head"}.get(name, "prompt completion")
+        assert r["method"] == ("text-to-text" if preset.startswith("t5") else head)
+    assert (tmp_path / "work" / names[1] / "run" / "config.json").is_file()  # each probe's run folder is kept
 
 
 def test_probes_through_the_cli_write_json(tmp_path, capsys):
@@ -230,3 +235,33 @@ def test_pretrained_minilm_beats_its_random_init_on_sentiment_and_pairs(tmp_path
         ours, theirs = scores["pretrained"][probe]["scores"], scores["scratch"][probe]["scores"]
         assert ours["accuracy"] > theirs["accuracy"] + 0.05, (probe, ours, theirs)
         assert ours["accuracy"] > scores["pretrained"][probe]["baseline"]["scores"]["accuracy"] + 0.05
+
+
+def test_prompt_completion_learns_only_the_answer(tmp_path, monkeypatch):
+    """A causal LM's generation probe: the loss covers the target and end-of-text, never the prompt."""
+    import lmzoo.train.loop as loop
+
+    folder = tiny_folder(tmp_path / "gpt", "gpt-tiny", "bpe")
+    tok = Tokenizer.load(folder)
+    seen = {}
+
+    class Captured(Exception):
+        pass
+
+    def capture(model, examples, collate, **kwargs):
+        seen["batch"], seen["examples"] = collate(examples[:2]), examples[:2]
+        raise Captured
+
+    monkeypatch.setattr(loop, "train", capture)
+    probe = probes._Probe("translation", [("Save", "Sichern"), ("Delete the file", "Datei löschen")], [], "seq2seq")
+    with pytest.raises(Captured):
+        probes._completion_probe(folder, probe, FAST, tmp_path / "work", False)
+    batch = seen["batch"]
+    for row, example in enumerate(seen["examples"]):
+        n, prompt = len(example["input_ids"]), example["prompt_length"]
+        assert tok.decode(example["input_ids"][:prompt]).endswith("\nGerman:")
+        assert (batch["labels"][row, :prompt] == -100).all()
+        assert batch["labels"][row, prompt:n].tolist() == example["input_ids"][prompt:]
+        assert example["input_ids"][-1] == tok.eos_id and (batch["labels"][row, n:] == -100).all()
+    assert tok.decode(seen["examples"][1]["input_ids"][seen["examples"][1]["prompt_length"]:]).strip() == \
+        "Datei löschen"
