@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import gettext
 import importlib.util
-import io
 import json
 import random
 import zipfile
@@ -33,6 +31,7 @@ from lmzoo.errors import UserError
 from lmzoo.io import atomic_write_json, atomic_write_text
 from lmzoo.models.t5 import T5ForConditionalGeneration
 from lmzoo.presets import preset_config
+from lmzoo.probes import django_messages
 from lmzoo.tasks.seq2seq import Seq2SeqOptions, finetune_seq2seq, generate_texts, load_seq2seq_model, text_metrics
 from lmzoo.tokenizer import train_tokenizer
 from lmzoo.train.loop import TrainConfig
@@ -50,14 +49,7 @@ def django_pairs(wheel: str | None) -> list[tuple[str, str]]:
             raise UserError("Django is not installed: pass --wheel path/to/django-*.whl")
         root = Path(spec.submodule_search_locations[0])
         blobs = [p.read_bytes() for p in sorted(root.glob("**/locale/de/LC_MESSAGES/*.mo"))]
-    pairs: dict[str, str] = {}
-    for blob in blobs:
-        for source, target in gettext.GNUTranslations(io.BytesIO(blob))._catalog.items():
-            if isinstance(source, str) and source.strip() and target.strip():  # tuples are plural forms
-                pairs.setdefault(source.strip(), target.strip())
-    if not pairs:
-        raise UserError("no German messages found")
-    return sorted(pairs.items())
+    return django_messages(blobs)  # the translation probe's reader (lmzoo.probes)
 
 
 def write_pairs(path: Path, rows: list[tuple[str, str]]) -> None:
