@@ -88,4 +88,8 @@ def preset_config(name: str, **overrides: Any) -> ModelConfig:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
     config = PRESETS[name][0]()
-    return config.replace(**overrides) if overrides else config
+    config = config.replace(**overrides) if overrides else config
+    # a smaller vocabulary keeps the preset's special ids in range: GPT-2's end-of-text is its last id
+    stale = {k: config.vocab_size - 1 for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+             if k not in overrides and getattr(config, k) is not None and getattr(config, k) >= config.vocab_size}
+    return config.replace(**stale) if stale else config
