@@ -60,17 +60,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def train_config_from_args(args: argparse.Namespace):
-    import dataclasses
-
     from lmzoo.train.loop import TrainConfig
 
-    # --epochs needs TrainConfig.epochs (being added in lmzoo/train/loop.py); until then it is refused
-    epochs = {}
-    if args.epochs is not None:
-        if "epochs" not in {f.name for f in dataclasses.fields(TrainConfig)}:
-            raise UserError("--epochs is not supported by this version of the training loop; give --max-steps")
-        epochs = {"epochs": args.epochs}
-    return TrainConfig(**epochs, max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+    return TrainConfig(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, schedule=args.schedule,
                        clip_norm=None if args.clip_norm <= 0 else args.clip_norm, precision=args.precision,
                        eval_every=args.eval_every, eval_batches=args.eval_batches, log_every=args.log_every,

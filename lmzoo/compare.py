@@ -498,8 +498,8 @@ def _approach_keys(names: list[str] | None) -> list[str]:
 
 
 def _machine() -> str:
-    from lmzoo.train.throughput import _device_name
-
     import torch
 
-    return f"{_device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads, {platform.python_version()}"
+    from lmzoo.train.throughput import device_name
+
+    return f"{device_name(torch.device('cpu'))}, {torch.get_num_threads()} threads, {platform.python_version()}"

@@ -104,3 +104,15 @@ def until_eos(row: torch.Tensor, eos: int) -> list[int]:
         if token == eos:
             break
     return out
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """``lmzoo ARGV`` in-process: (exit status, stdout, stderr); argparse's usage errors give their status."""
+    from lmzoo.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -6,20 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_cli
 
 from lmzoo import compare
-from lmzoo.cli import main
 from lmzoo.data import default_corpus
 from lmzoo.presets import preset_config
-
-
-def run(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's usage errors
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def small_corpus(folder, n_files: int = 3):
@@ -68,7 +59,7 @@ def test_compare_writes_the_table_and_a_resume_keeps_finished_approaches(tmp_pat
     out = tmp_path / "cmp"
     argv = ["compare", "--data", *data, "--out", out, "--flops", 3e10, "--approaches", "clm", "mlm+nsp",
             "--probes", "pairs", "--probe-steps", 3, "--no-progress"]
-    code, stdout, err = run(capsys, *argv)
+    code, stdout, err = run_cli(capsys, *argv)
     assert code == 0, err
     report = json.loads((out / "compare.json").read_text())
     rows = report["rows"]
@@ -93,9 +84,9 @@ def test_compare_writes_the_table_and_a_resume_keeps_finished_approaches(tmp_pat
 
     weights = out / "clm" / "model.safetensors"
     before = weights.stat().st_mtime_ns
-    code, _, err = run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 2 and "--resume" in err  # a second compare into the folder must say so
-    code, _, err = run(capsys, *argv, "--resume")
+    code, _, err = run_cli(capsys, *argv, "--resume")
     assert code == 0 and "kept from" in err and weights.stat().st_mtime_ns == before
     assert json.loads((out / "compare.json").read_text())["rows"] == rows
 
@@ -130,12 +121,12 @@ def test_claim_verdicts_name_the_leader_and_compare_with_the_seed():
     (["--flops", "1e9", "--minutes", "1"], "not allowed with argument"),
 ])
 def test_bad_compare_arguments_are_one_line(tmp_path, capsys, extra, message):
-    code, _, err = run(capsys, "compare", "--out", tmp_path / "cmp", *extra)
+    code, _, err = run_cli(capsys, "compare", "--out", tmp_path / "cmp", *extra)
     assert code == 2 and err.count("\n") == 1 and message in err
     assert not (tmp_path / "cmp").exists()
 
 
 def test_one_data_file_is_refused_before_anything_is_written(tmp_path, capsys):
     data = small_corpus(tmp_path / "data", n_files=1)
-    code, _, err = run(capsys, "compare", "--data", *data, "--out", tmp_path / "cmp")
+    code, _, err = run_cli(capsys, "compare", "--data", *data, "--out", tmp_path / "cmp")
     assert code == 2 and "at least two files" in err and not (tmp_path / "cmp").exists()

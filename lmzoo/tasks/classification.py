@@ -424,7 +424,7 @@ def finetune(*, model: str | Path, train_path: str | Path, eval_path: str | Path
     from lmzoo.pipelines import check_vocab_fits
     from lmzoo.tokenizer import Tokenizer
     from lmzoo.train.distributed import process_count
-    from lmzoo.train.loop import train
+    from lmzoo.train.loop import fit_batch_to_data, train
 
     out = Path(out)
     tokenizer = Tokenizer.load(model)
@@ -450,21 +450,6 @@ def finetune(*, model: str | Path, train_path: str | Path, eval_path: str | Path
                    finalize=lambda folder: save_task_files(folder, tokenizer, options))
     return FinetuneResult(step=result.step, train_loss=result.train_loss, best=result.best,
                           stopped_early=result.stopped_early, out_dir=out, compile_s=result.compile_s)
-
-
-def fit_batch_to_data(train_config: Any, n_examples: int, processes: int, path: str | Path
-                      ) -> tuple[Any, str | None]:
-    """(``train_config`` with its per-process batch cut to the examples each process has, the note
-    saying so) when the training file holds fewer than one batch, else (``train_config``, None): the
-    default batch of 32 would refuse a small file. Fewer examples than processes is left to the
-    loop's error.""" 
-    per_process = n_examples // processes
-    if 1 <= per_process < train_config.batch_size:
-        note = (f"note: {path} has {n_examples} examples, fewer than --batch-size {train_config.batch_size}"
-                + (f" per process ({processes} processes)" if processes > 1 else "")
-                + f": training with batches of {per_process}")
-        return dataclasses.replace(train_config, batch_size=per_process), note
-    return train_config, None
 
 
 def read_labelled(train_path: str | Path, eval_path: str | Path | None, options: TaskOptions

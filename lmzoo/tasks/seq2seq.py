@@ -289,9 +289,8 @@ def finetune_seq2seq(*, model: str, train_path: str, eval_path: str | None, out:
                      progress: bool = True) -> tuple[Any, dict[str, float]]:
     """Fine-tune a T5/BART folder on pairs; returns (train result, generation metrics of the best model
     with its "step"; empty without eval pairs)."""
-    from lmzoo.tasks.classification import fit_batch_to_data
     from lmzoo.train.distributed import process_count
-    from lmzoo.train.loop import train
+    from lmzoo.train.loop import fit_batch_to_data, train
 
     out = Path(out)
     net, tokenizer = load_seq2seq_model(model)

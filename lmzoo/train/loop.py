@@ -627,10 +627,8 @@ def train(
     or SIGINT saves a checkpoint at the end of the current step and raises :class:`RunInterrupted`.
     ``finalize(out_dir)`` runs on rank 0 after the final model is written, still under the lock: the
     caller's own files (a tokenizer, task options) are written by the one writer too.
-    ``flops_fn(batch)``: the model FLOPs (forward + backward) of one collated micro-batch; with it every
-    log record has ``mfu`` (see :mod:`lmzoo.train.throughput`). ``notes``: lines for the user (a
-    caller's adjustment of the config), printed by rank 0 once every check has passed, so a refused
-    run prints its one error line alone.
+    ``flops_fn(batch)``: the model FLOPs of one collated micro-batch (forward + backward): every log
+    record gets ``mfu``. ``notes``: lines for the user, printed once every check has passed.
     """
     from lmzoo.quantize import refuse_if_quantized
 
@@ -673,6 +671,21 @@ def train(
         raise
     finally:
         teardown_distributed(info)
+
+
+def fit_batch_to_data(train_config: Any, n_examples: int, processes: int, path: str | Path
+                      ) -> tuple[Any, str | None]:
+    """(``train_config`` with its per-process batch cut to the examples each process has, the note
+    saying so) when the training file holds fewer than one batch, else (``train_config``, None): the
+    default batch of 32 would refuse a small file. Fewer examples than processes is left to the
+    loop's error.""" 
+    per_process = n_examples // processes
+    if 1 <= per_process < train_config.batch_size:
+        note = (f"note: {path} has {n_examples} examples, fewer than --batch-size {train_config.batch_size}"
+                + (f" per process ({processes} processes)" if processes > 1 else "")
+                + f": training with batches of {per_process}")
+        return dataclasses.replace(train_config, batch_size=per_process), note
+    return train_config, None
 
 
 def _epochs_as_steps(config: TrainConfig, n_examples: int, world_size: int) -> tuple[TrainConfig, list[str]]:

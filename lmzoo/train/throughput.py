@@ -10,17 +10,16 @@ value so far is cached in ``$LMZOO_CACHE/peak_flops.json`` (default ``~/.cache/l
 from __future__ import annotations
 
 import json
-import os
 import platform
 import resource
 import sys
 import time
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from lmzoo.config import ModelConfig
+from lmzoo.io import cache_dir
 from lmzoo.flops import training_flops
 from lmzoo.io import atomic_write_json
 
@@ -51,9 +50,10 @@ def batch_flops(config: ModelConfig, batch: Mapping[str, Any]) -> float:
     return float(rows * training_flops(config, tokens=tokens))
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """The GPU's name, else the CPU model from /proc/cpuinfo (what a measured figure is named by)."""
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return torch.cuda.getdevice_name(device)
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -62,11 +62,6 @@ def _device_name(device: torch.device) -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "cpu"
-
-
-def cache_folder() -> Path:
-    """Where lmzoo keeps per-machine measurements: ``$LMZOO_CACHE``, else ``~/.cache/lmzoo``."""
-    return Path(os.environ.get("LMZOO_CACHE") or Path.home() / ".cache" / "lmzoo")
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, n: int | None = None) -> float:
@@ -93,8 +88,8 @@ def peak_flops(device: torch.device, precision: str) -> float:
     processes share the cores reads low (4-5x, measured) and would make MFU read high ever after.
     A cache that cannot be written (read-only home) only costs the probe."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    key = f"{device.type}|{_device_name(device)}|{precision}|threads={torch.get_num_threads()}|torch={torch.__version__}"
-    path = cache_folder() / "peak_flops.json"
+    key = f"{device.type}|{device_name(device)}|{precision}|threads={torch.get_num_threads()}|torch={torch.__version__}"
+    path = cache_dir() / "peak_flops.json"
     try:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
