@@ -295,6 +295,7 @@ def _text2text_arguments(p: argparse.ArgumentParser, *, texts: str = "+") -> Non
     p.add_argument("text", nargs=texts, help='input text(s), e.g. "summarize: ..."')
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--num-beams", type=int, default=1)
+    _compile_decoding_argument(p)
 
 
 def _prefix_argument(p: argparse.ArgumentParser | Any) -> None:
@@ -321,7 +322,7 @@ def cmd_text2text(args: argparse.Namespace) -> None:
         raise UserError("give the input texts either on the command line or as --input FILE")
     sources = args.text or read_sources(args.input, source_column=args.source_column)
     outputs = predict_texts(args.model, sources, prefix=args.prefix, max_new_tokens=args.max_new_tokens,
-                            num_beams=args.num_beams)
+                            num_beams=args.num_beams, compile=args.compile)
     if args.output and Path(args.output).suffix.lower() == ".jsonl":
         write_output(args.output, prediction_lines(sources, outputs))
     else:
@@ -333,7 +334,7 @@ def cmd_text2text(args: argparse.Namespace) -> None:
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     from lmzoo.tasks.seq2seq import load_seq2seq_model, reconstruct_texts
 
-    model, tokenizer = load_seq2seq_model(args.model)
+    model, tokenizer = load_seq2seq_model(args.model, compile=args.compile)
     for output in reconstruct_texts(model, tokenizer, args.text, max_new_tokens=args.max_new_tokens,
                                     num_beams=args.num_beams):
         print(output)
@@ -350,6 +351,12 @@ def _sampling_arguments(p: argparse.ArgumentParser, max_new_tokens: int) -> None
     p.add_argument("--quantize", choices=["int8"],
                    help="int8 weight-only quantization (bf16 activations): fastest decoding, slightly different "
                         "outputs")
+    _compile_decoding_argument(p)
+
+
+def _compile_decoding_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoding step (same output; pays a one-time compile first)")
 
 
 def _generate_arguments(p: argparse.ArgumentParser) -> None:
@@ -375,7 +382,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if not math.isfinite(args.length_penalty):
         raise UserError(f"--length-penalty must be a finite number, got {args.length_penalty}")
     options = sampling_options(args)
-    model, tokenizer = load_lm(args.model, args.bf16, args.quantize)
+    model, tokenizer = load_lm(args.model, args.bf16, args.quantize, args.compile)
     ids, max_new = encode_prompt(model, tokenizer, args.prompt, args.max_new_tokens)
     stream = args.num_beams == 1 and args.num_return_sequences == 1 and not args.stop
     # a decoder-only model continues the prompt: its new text is what follows the prompt's tokens
@@ -415,7 +422,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     options = sampling_options(args)
     if args.max_new_tokens <= 0:
         raise UserError(f"--max-new-tokens must be > 0, got {args.max_new_tokens}")
-    model, tokenizer = load_lm(args.model, args.bf16, args.quantize)
+    model, tokenizer = load_lm(args.model, args.bf16, args.quantize, args.compile)
     if model.config.is_encoder_decoder:
         raise UserError("chat needs a decoder-only causal LM (e.g. GPT2LMHeadModel)")
     budget = model.config.max_positions - args.max_new_tokens
@@ -476,7 +483,7 @@ def cmd_complete(args: argparse.Namespace) -> None:
         prefix = sys.stdin.read()
     if "\0" in prefix:
         raise UserError(f"{args.file or 'stdin'} is a binary file (NUL byte); complete reads code as UTF-8 text")
-    model, tokenizer = load_lm(args.model, args.bf16, args.quantize)
+    model, tokenizer = load_lm(args.model, args.bf16, args.quantize, args.compile)
     prompt, tail, allowed = heal_trailing_whitespace(prefix, tokenizer)
     ids = prefix_ids(model, tokenizer, prompt, args.max_new_tokens, args.context)
     cut = code_block_end(prefix, args.until)

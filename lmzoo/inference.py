@@ -11,9 +11,12 @@ from typing import Any
 from lmzoo.errors import UserError
 
 
-def load_lm(folder: str, bf16: bool = False, quantize: str | None = None):
-    """(model, tokenizer) of a folder whose model can generate (an LM head + the generation protocol)."""
+def load_lm(folder: str, bf16: bool = False, quantize: str | None = None, compile: bool = False):
+    """(model, tokenizer) of a folder whose model can generate (an LM head + the generation protocol);
+    ``compile``: its decoding step compiled (``lmzoo.generate.compile_decoding``)."""
     import torch
+
+    from lmzoo.generate import compile_decoding
 
     from lmzoo.pipelines import load_model_and_tokenizer
     from lmzoo.quantize import quantize_int8
@@ -23,8 +26,10 @@ def load_lm(folder: str, bf16: bool = False, quantize: str | None = None):
         raise UserError(f"{folder} holds a {model.hf_architecture}, which cannot generate text: "
                         "it needs an LM head (e.g. GPT2LMHeadModel)")
     if quantize == "int8":
-        return quantize_int8(model), tokenizer
-    return (model.to(torch.bfloat16) if bf16 else model), tokenizer
+        model = quantize_int8(model)
+    elif bf16:
+        model = model.to(torch.bfloat16)
+    return (compile_decoding(model) if compile else model), tokenizer
 
 
 def encode_prompt(model, tokenizer, text: str, max_new_tokens: int) -> tuple[list[int], int]:

@@ -7,6 +7,10 @@ what varies (class, config, folder, seed) as arguments, so a test reads top to b
 
 from __future__ import annotations
 
+import functools
+import random
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -116,3 +120,57 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
         code = e.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+@functools.cache
+def compile_unavailable() -> str | None:
+    """Why torch.compile cannot be tested here (None when a tiny compile finishes within 60 s); probed
+    once per session."""
+    probe = "import torch; f = torch.compile(lambda x: torch.tanh(x) * 2); f(torch.ones(4)).sum().item()"
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return "a tiny torch.compile takes over 60 s on this machine"
+    if done.returncode != 0:
+        return "torch.compile does not work here: " + (done.stderr.strip().splitlines() or ["?"])[-1][:200]
+    return None
+
+
+# ---- tiny run folders (a model and its tokenizer) --------------------------------------------------
+
+WORDS = "the king and queen of a castle speak with knight about war peace land sword crown night day".split()
+
+
+def corpus(path: Path, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    path.write_text("\n\n".join(" ".join(rng.choice(WORDS) for _ in range(30)) + "." for _ in range(40)) + "\n")
+    return path
+
+
+def tiny_folder(folder: Path, text: Path, preset: str, *, architecture: str | None = None, extra_ids: int = 0,
+                scale: float = 0.0, kind: str | None = None, **config) -> Path:
+    """A random preset model sized to a tokenizer trained here on ``text``, saved with it (a run folder).
+    ``scale`` > 0 draws every weight from N(0, scale): a random LM whose greedy output varies. ``kind``:
+    another tokenizer kind than the family's (a random LM on byte-level BPE mostly writes partial UTF-8
+    bytes, which a terminal streamer holds back; whole pieces make the text comparisons exact)."""
+    import lmzoo
+    from lmzoo.models import family_spec
+    from lmzoo.presets import preset_config
+    from lmzoo.tokenizer import train_tokenizer
+
+    base = preset_config(preset)
+    spec = family_spec(base.family)
+    tokenizer = train_tokenizer([str(text)], kind=kind or spec.tokenizer_kind, template=spec.template,
+                                vocab_size=200 if kind else 300, extra_ids=extra_ids)
+    ids = {k: v for k, v in (("pad_token_id", tokenizer.pad_id), ("eos_token_id", tokenizer.eos_id),
+                             ("bos_token_id", tokenizer.bos_id)) if v is not None and getattr(base, k) is not None}
+    torch.manual_seed(0)
+    model = lmzoo.from_preset(preset, architecture=architecture, vocab_size=tokenizer.vocab_size, **ids, **config)
+    if scale:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, scale)
+    model.save_pretrained(folder)
+    tokenizer.save(folder)
+    return folder

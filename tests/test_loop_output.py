@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import compile_unavailable
 from test_train_loop import PatternData, TinyLM, cfg, make_collate, tiny_model
 
 from lmzoo.cli import main
@@ -77,22 +77,9 @@ def test_max_steps_is_required_without_epochs():
 # ---- torch.compile ------------------------------------------------------------------------------
 
 
-def _compile_works() -> str | None:
-    """Why torch.compile cannot be tested here (None when a tiny compile finishes within 60 s)."""
-    probe = "import torch; f = torch.compile(lambda x: torch.tanh(x) * 2); f(torch.ones(4)).sum().item()"
-    try:
-        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
-                              check=False)
-    except subprocess.TimeoutExpired:
-        return "a tiny torch.compile takes over 60 s on this machine"
-    if done.returncode != 0:
-        return "torch.compile does not work here: " + (done.stderr.strip().splitlines() or ["?"])[-1][:200]
-    return None
-
-
 class BreakingLM(TinyLM):
     """TinyLM with a data-dependent Python branch: dynamo breaks the graph there and logs a long
-    warning (the same kind as the real models' padding check)."""
+    warning (the models themselves have none before their loss: tests/test_compile.py)."""
 
     def forward(self, input_ids, labels=None, attention_mask=None):
         if bool((input_ids >= 0).all()):
@@ -101,7 +88,7 @@ class BreakingLM(TinyLM):
 
 
 def test_compile_prints_one_line_and_measures_compile_time(tmp_path, capfd):
-    reason = _compile_works()
+    reason = compile_unavailable()
     if reason:
         pytest.skip(reason)
     torch.manual_seed(0)

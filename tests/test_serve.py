@@ -23,43 +23,10 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
-import lmzoo  # noqa: E402
+from conftest import WORDS, corpus, tiny_folder  # noqa: E402
 from lmzoo.cli import main  # noqa: E402
-from lmzoo.models import family_spec  # noqa: E402
-from lmzoo.presets import preset_config  # noqa: E402
-from lmzoo.tokenizer import train_tokenizer  # noqa: E402
 
-WORDS = "the king and queen of a castle speak with knight about war peace land sword crown night day".split()
 GPT_CONTEXT = 256
-
-
-def corpus(path: Path, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    path.write_text("\n\n".join(" ".join(rng.choice(WORDS) for _ in range(30)) + "." for _ in range(40)) + "\n")
-    return path
-
-
-def tiny_folder(folder: Path, text: Path, preset: str, *, architecture: str | None = None, extra_ids: int = 0,
-                scale: float = 0.0, kind: str | None = None, **config) -> Path:
-    """A random preset model sized to a tokenizer trained here on ``text``, saved with it (a run folder).
-    ``scale`` > 0 draws every weight from N(0, scale): a random LM whose greedy output varies. ``kind``:
-    another tokenizer kind than the family's (a random LM on byte-level BPE mostly writes partial UTF-8
-    bytes, which a terminal streamer holds back; whole pieces make the text comparisons exact)."""
-    base = preset_config(preset)
-    spec = family_spec(base.family)
-    tokenizer = train_tokenizer([str(text)], kind=kind or spec.tokenizer_kind, template=spec.template,
-                                vocab_size=200 if kind else 300, extra_ids=extra_ids)
-    ids = {k: v for k, v in (("pad_token_id", tokenizer.pad_id), ("eos_token_id", tokenizer.eos_id),
-                             ("bos_token_id", tokenizer.bos_id)) if v is not None and getattr(base, k) is not None}
-    torch.manual_seed(0)
-    model = lmzoo.from_preset(preset, architecture=architecture, vocab_size=tokenizer.vocab_size, **ids, **config)
-    if scale:
-        with torch.no_grad():
-            for p in model.parameters():
-                p.normal_(0, scale)
-    model.save_pretrained(folder)
-    tokenizer.save(folder)
-    return folder
 
 
 def build_models(root: Path) -> dict[str, Path]:

@@ -210,7 +210,9 @@ class GPT2Model(GPT2PreTrainedModel):
         elif document_ids is not None:
             if position_ids is None:
                 position_ids = document_positions(document_ids)
-            mask = DocumentSegments(document_ids) if right_padded(attention_mask) else \
+            # DocumentSegments buckets by data-dependent lengths, which torch.compile cannot trace
+            segmented = not torch.compiler.is_compiling() and right_padded(attention_mask)
+            mask = DocumentSegments(document_ids) if segmented else \
                 document_mask(document_ids, self.embed.tokens.weight.dtype, attention_mask)
         x = self.embed(input_ids, position_ids)  # (B, T, D)
         x = self.layers(x, attention_mask=attention_mask, mask=mask, past=past, caches=caches)

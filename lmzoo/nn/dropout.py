@@ -6,7 +6,8 @@ small model's bf16 training step. ``dropout`` draws one 64-bit number per 4 elem
 each element is dropped independently with probability ``round(p * 65536) / 65536`` (within 8e-6 of
 ``p``) and the kept ones are scaled by the inverse of the keep probability, so the expectation is
 unchanged. It draws from the default CPU generator, so ``torch.manual_seed`` and checkpointed RNG
-states replay it. On other devices it is ``F.dropout`` (fused there).
+states replay it. On other devices, and inside ``torch.compile`` (which cannot trace an int64
+``random_`` and breaks the graph there), it is ``F.dropout``.
 
 ``attention`` is ``scaled_dot_product_attention``. On CPU it computes SDPA's unfused math itself in two
 cases: with dropout, where SDPA falls back to that math anyway (with ``bernoulli_``), so that it uses this
@@ -36,8 +37,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """``F.dropout(x, p, training)``, with a faster mask on CPU (see the module docstring)."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or not 0.0 < p < 1.0:
-        return F.dropout(x, p, training)
+    if x.device.type != "cpu" or not 0.0 < p < 1.0 or torch.compiler.is_compiling():
+        return F.dropout(x, p, training)  # compiled: the compiler generates (and fuses) its own RNG
     dropped = round(p * _LEVELS)
     if dropped == 0:
         return x

@@ -34,6 +34,15 @@ def padding_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tens
     return additive(attention_mask[:, None, None, :] == 0, dtype)
 
 
+def has_padding(attention_mask: torch.Tensor | None) -> bool:
+    """Whether a 1/0 key mask blocks any key. Inside ``torch.compile`` it answers True without reading
+    the values (a data-dependent branch would break the graph): the mask is then always built, which
+    gives the same attention."""
+    if attention_mask is None:
+        return False
+    return torch.compiler.is_compiling() or not bool(attention_mask.all())
+
+
 def attention_mask_for(
     attention_mask: torch.Tensor | None,
     *,
@@ -50,7 +59,7 @@ def attention_mask_for(
     ``causal`` blocks later keys; ``bias`` [1|batch, heads, q_len, k_len] is added (T5's buckets).
     Without padding or bias a causal mask over fresh queries is SDPA's own (``is_causal=True``).
     """
-    padded = attention_mask is not None and not bool(attention_mask.all())
+    padded = has_padding(attention_mask)
     causal = causal and q_len > 1  # one query at the end sees every key
     if not padded:
         if bias is not None and not causal:

@@ -14,7 +14,7 @@ from lmzoo.errors import UserError
 from lmzoo.nn.cache import CrossKVCache, StaticKVCache
 from lmzoo.nn.heads import decode_logits
 from lmzoo.nn.loss import lm_loss
-from lmzoo.nn.masks import padding_mask
+from lmzoo.nn.masks import has_padding, padding_mask
 from lmzoo.outputs import ModelOutput
 
 
@@ -35,7 +35,7 @@ def decoder_start_id(config: ModelConfig) -> int:
 
 def encoder_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """Additive key mask for encoder self-attention and cross-attention; None when nothing is padded."""
-    if attention_mask is None or bool(attention_mask.all()):
+    if not has_padding(attention_mask):
         return None
     return padding_mask(attention_mask, dtype)
 

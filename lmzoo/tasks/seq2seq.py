@@ -273,15 +273,17 @@ def fit_to_positions(options: Seq2SeqOptions, config: Any) -> Seq2SeqOptions:
     return dataclasses.replace(options, max_source_length=source, max_target_length=target)
 
 
-def load_seq2seq_model(model: str) -> tuple[Any, Any]:
-    """(model, tokenizer) of a model folder; the model must be an encoder-decoder with an LM head."""
+def load_seq2seq_model(model: str, compile: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) of a model folder; the model must be an encoder-decoder with an LM head.
+    ``compile``: its decoding step compiled (``lmzoo.generate.compile_decoding``)."""
+    from lmzoo.generate import compile_decoding
     from lmzoo.pipelines import load_model_and_tokenizer
 
     net, tokenizer = load_model_and_tokenizer(model)
     if not hasattr(net, "prepare_generation") or not net.config.is_encoder_decoder:
         raise UserError(f"{model} is a {net.hf_architecture}; seq2seq needs T5ForConditionalGeneration or "
                         "BartForConditionalGeneration")
-    return net, tokenizer
+    return (compile_decoding(net) if compile else net), tokenizer
 
 
 def finetune_seq2seq(*, model: str, train_path: str, eval_path: str | None, out: str | Path, train_config: Any,
@@ -407,9 +409,10 @@ def read_sources(source: str, *, source_column: str = "source") -> list[str]:
 
 
 def predict_texts(folder: str | Path, sources: Sequence[str], *, prefix: str | None = None, max_new_tokens: int = 64,
-                  num_beams: int = 1, batch_size: int = 32) -> list[str]:
+                  num_beams: int = 1, batch_size: int = 32, compile: bool = False) -> list[str]:
     """The outputs of a T5 / BART folder for ``sources``, each read with ``prefix`` in front (default:
-    the prefix the folder was fine-tuned with, :func:`saved_prefix`)."""
+    the prefix the folder was fine-tuned with, :func:`saved_prefix`); ``compile``: decode with a
+    compiled step."""
     if max_new_tokens < 1 or num_beams < 1:
         raise UserError("--max-new-tokens and --num-beams must be >= 1")
     if batch_size < 1:
@@ -417,7 +420,7 @@ def predict_texts(folder: str | Path, sources: Sequence[str], *, prefix: str | N
     if not all(text.strip() for text in sources):
         raise UserError("an input text is empty")
     prefix = saved_prefix(folder) if prefix is None else prefix
-    model, tokenizer = load_seq2seq_model(str(folder))
+    model, tokenizer = load_seq2seq_model(str(folder), compile)
     config = model.config
     if config.positions == "learned":  # learned positions end at max_positions: say so instead of failing inside
         for n, ids in enumerate(tokenizer.encode_batch([prefix + s for s in sources]), 1):

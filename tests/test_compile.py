@@ -1,0 +1,127 @@
+"""torch.compile: every family's training forward is one graph up to its loss, a compiled training
+step gives the eager loss and gradients, and compiled decoding gives the eager tokens.
+
+The loss functions run eagerly on purpose (``torch.compiler.disable`` in ``lmzoo.nn.loss``): the
+labelled rows' number is data-dependent and the fused LM-head loss has a hand-written backward.
+Everything before them must trace without a break: dropout, masks built from a padded batch, packed
+documents (GPT) and the permutation LM's two streams (XLNet)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch._dynamo
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import compile_unavailable, corpus, run_cli, tiny_folder
+
+from lmzoo.generate import compile_decoding, generate
+from lmzoo.models import family_spec
+from lmzoo.objectives.plm import PLMCollator
+from lmzoo.presets import preset_config
+
+VOCAB = 200
+PRESETS = {"bert": "bert-tiny", "roberta": "roberta-tiny", "gpt2": "gpt-tiny", "t5": "t5-tiny",
+           "bart": "bart-tiny", "xlnet": "xlnet-tiny"}
+
+
+def pretraining_model(family: str, **overrides):
+    """The family's default pretraining model (tiny), in training mode."""
+    config = preset_config(PRESETS[family], vocab_size=VOCAB, **overrides)
+    spec = family_spec(config.family)
+    torch.manual_seed(0)
+    return spec.objectives[spec.default_objective](config).train()
+
+
+def pretraining_batch(family: str, config, *, documents: bool = False) -> dict[str, torch.Tensor]:
+    """A batch of the family's objective with one right-padded row (so the padding masks are built)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, VOCAB, (2, 24), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 18:] = 0
+    if family in ("t5", "bart"):
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(5, VOCAB, (2, 8), generator=g)}
+    if family == "xlnet":  # XLNet: the permutation LM's streams
+        return PLMCollator(pad_id=0, K=6, max_span=5, num_predict=4, special_ids=())(
+            [{"input_ids": row} for row in ids], g)
+    if family == "gpt2":
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+        if documents:  # packed rows: three documents in the first, two in the second
+            batch["document_ids"] = torch.tensor([[0] * 5 + [1] * 9 + [2] * 10, [0] * 12 + [1] * 12])
+        return batch
+    labels = torch.where(torch.rand(ids.shape, generator=g) < 0.3, ids, -100).masked_fill(mask == 0, -100)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if family == "bert":  # MLM + NSP
+        batch["token_type_ids"] = (torch.arange(24) >= 12).long().expand(2, 24)
+        batch["nsp_labels"] = torch.tensor([0, 1])
+    return batch
+
+
+CASES = [(family, False) for family in PRESETS] + [("gpt2", True)]
+
+
+@pytest.mark.parametrize("family, documents", CASES, ids=[f + ("-packed" if d else "") for f, d in CASES])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_forward_traces_without_a_break_before_the_loss(family, documents, precision):
+    model = pretraining_model(family)
+    batch = pretraining_batch(family, model.config, documents=documents)
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        explained = torch._dynamo.explain(model)(**batch)
+    reasons = [b.reason.splitlines()[0] for b in explained.break_reasons]
+    assert all("torch.compiler.disable" in r for r in reasons), reasons  # only the eager loss
+    # one graph up to the loss; BERT's NSP head and GPT's label shift are a second one after it
+    assert explained.graph_count <= 2, reasons
+
+
+@pytest.mark.parametrize("family, documents", [("gpt2", True), ("roberta", False)], ids=["gpt2-packed", "roberta"])
+def test_compiled_training_step_equals_eager(family, documents):
+    reason = compile_unavailable()
+    if reason:
+        pytest.skip(reason)
+    model = pretraining_model(family, dropout=0.0, attention_dropout=0.0)
+    batch = pretraining_batch(family, model.config, documents=documents)
+
+    def step(forward):
+        model.zero_grad(set_to_none=True)
+        loss = forward(**batch).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    eager_loss, eager_grads = step(model)
+    torch._dynamo.reset()
+    compiled_loss, compiled_grads = step(torch.compile(model))
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    assert compiled_grads.keys() == eager_grads.keys()
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_generate_compile_flag_gives_the_same_text(tmp_path, capsys):
+    reason = compile_unavailable()
+    if reason:
+        pytest.skip(reason)
+    folder = tiny_folder(tmp_path / "gpt", corpus(tmp_path / "c.txt"), "gpt-tiny", scale=1.0, kind="unigram",
+                         n_layers=1, max_positions=64)
+    args = ["generate", str(folder), "the king and", "--max-new-tokens", "12"]
+    status, eager, _ = run_cli(capsys, *args)
+    assert status == 0
+    torch._dynamo.reset()
+    status, compiled, _ = run_cli(capsys, *args, "--compile")
+    assert status == 0 and compiled == eager and eager.strip()
+
+
+@pytest.mark.slow
+def test_compiled_beam_search_equals_eager():
+    reason = compile_unavailable()
+    if reason:
+        pytest.skip(reason)
+    model = pretraining_model("t5", n_layers=1).eval()
+    ids = torch.randint(5, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    eager = generate(model, ids, max_new_tokens=10, num_beams=3)
+    torch._dynamo.reset()
+    compiled = generate(compile_decoding(model), ids, max_new_tokens=10, num_beams=3)
+    assert torch.equal(compiled, eager)
