@@ -80,9 +80,11 @@ class Plan:
 
     @property
     def signature(self) -> dict[str, Any]:
-        """The options a resume must keep, beside the loop's own (batch size, seed ...)."""
+        """The options a resume must keep, beside the loop's own (batch size, seed ...): the objective's
+        options too (their field names are their flags), since a resumed run must draw the same batches."""
         weights = {"data_weights": self.weights} if self.weights else {}
-        return {**self.source.signature, "objective": self.unit.name, "seq_len": self.seq_len, **weights}
+        return {**self.source.signature, "objective": self.unit.name, "seq_len": self.seq_len, **weights,
+                **dataclasses.asdict(self.options)}
 
 
 def resolve_objective(preset: str, objective: str | None = None) -> Objective:

@@ -358,6 +358,8 @@ CASES = [
     ([*RESUME, "--batch-size", "4"], "--batch-size 4 contradicts the checkpoint"),
     ([*RESUME, "--preset", "bert-mini"], "--preset bert-mini contradicts the checkpoint"),
     ([*RESUME, "--objective", "mlm+nsp"], "--objective mlm+nsp contradicts the checkpoint"),
+    ([*RESUME, "--mask-prob", "0.3"], "--mask-prob 0.3 contradicts the checkpoint RUN/checkpoints/step-00000002 "
+                                      "(0.15)"),
     (["pretrain", *PRETRAIN, "--out", "RUN"], "RUN already holds a run; pass --resume to continue it or --overwrite"),
 ]
 
