@@ -13,7 +13,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-import lmzoo.models.gpt2 as gpt2
+import lmzoo.nn.segments as segments
+from lmzoo.models.gpt2 import GPT2LMHeadModel
 from lmzoo.data import TokenizedCorpus, default_corpus
 from lmzoo.objectives.clm import ClmCollator, clm_dataset
 from lmzoo.presets import preset_config
@@ -24,12 +25,12 @@ from timing import interleaved_seconds, trainer
 @contextmanager
 def dense_mask():
     """The model takes the dense block-diagonal mask, as it does for rows not padded at the end."""
-    original = gpt2.right_padded
-    gpt2.right_padded = lambda mask: False
+    original = segments.right_padded
+    segments.right_padded = lambda mask: False
     try:
         yield
     finally:
-        gpt2.right_padded = original
+        segments.right_padded = original
 
 
 def main() -> None:
@@ -49,7 +50,7 @@ def main() -> None:
         lengths = np.diff(np.flatnonzero(np.r_[1, np.diff(batch["document_ids"].flatten().numpy()) != 0, 1]))
     config = preset_config(args.preset, vocab_size=tokenizer.vocab_size, max_positions=max(args.seq, 1024))
     torch.manual_seed(0)
-    model = gpt2.GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel(config)
     print(f"{args.preset} (d {config.d_model}, {config.n_layers} layers), batch {args.batch} x seq {args.seq}, "
           f"{len(lengths)} documents (median {int(np.median(lengths))} tokens, longest {lengths.max()}), "
           f"{torch.get_num_threads()} threads")

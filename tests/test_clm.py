@@ -63,7 +63,7 @@ def test_no_attention_weight_crosses_end_of_text(monkeypatch):
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", sdpa)
     # the dense block-diagonal mask (right-padded rows take lmzoo.nn.segments: tests/test_segments.py)
-    monkeypatch.setattr("lmzoo.models.gpt2.right_padded", lambda mask: False)
+    monkeypatch.setattr("lmzoo.nn.segments.right_padded", lambda mask: False)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(preset_config("gpt-tiny", vocab_size=EOS + 1, eos_token_id=EOS)).eval()
     with torch.no_grad():

@@ -9,7 +9,8 @@ import transformers
 import lmzoo
 from conftest import assert_close, padded_batch
 from lmzoo.hf import read_state_dict
-from lmzoo.models.gpt2 import GPT2LMHeadModel, document_mask, document_positions
+from lmzoo.models.gpt2 import GPT2LMHeadModel
+from lmzoo.nn.masks import document_mask, document_positions
 from lmzoo.presets import preset_config
 
 

@@ -31,8 +31,8 @@ from lmzoo.nn.dropout import Dropout
 from lmzoo.nn.embedding import Embeddings
 from lmzoo.nn.heads import decode_logits, last_token
 from lmzoo.nn.loss import lm_loss, sequence_classification_loss, token_classification_loss
-from lmzoo.nn.masks import document_mask, document_positions, right_padded
-from lmzoo.nn.segments import DocumentSegments
+from lmzoo.nn.masks import document_positions
+from lmzoo.nn.segments import packed_attention_mask
 from lmzoo.nn.norm import make_norm
 from lmzoo.nn.stack import Stack
 from lmzoo.outputs import ModelOutput
@@ -210,10 +210,8 @@ class GPT2Model(GPT2PreTrainedModel):
         elif document_ids is not None:
             if position_ids is None:
                 position_ids = document_positions(document_ids)
-            # DocumentSegments buckets by data-dependent lengths, which torch.compile cannot trace
-            segmented = not torch.compiler.is_compiling() and right_padded(attention_mask)
-            mask = DocumentSegments(document_ids) if segmented else \
-                document_mask(document_ids, self.embed.tokens.weight.dtype, attention_mask)
+            dropout_p = self.config.attention_dropout if self.training else 0.0
+            mask = packed_attention_mask(document_ids, attention_mask, self.embed.tokens.weight.dtype, dropout_p)
         x = self.embed(input_ids, position_ids)  # (B, T, D)
         x = self.layers(x, attention_mask=attention_mask, mask=mask, past=past, caches=caches)
         return ModelOutput(last_hidden_state=self.norm(x))

@@ -13,7 +13,7 @@ from torch import nn
 from lmzoo.config import ModelConfig
 from lmzoo.nn.dropout import attention
 from lmzoo.nn.linear import Linear
-from lmzoo.nn.segments import DocumentSegments
+from lmzoo.nn.segments import BlockMask, DocumentSegments, flex_document_attention
 
 
 class LayerKVCache(Protocol):
@@ -63,7 +63,7 @@ class Attention(nn.Module):
         is_causal: bool = False,
     ) -> torch.Tensor:
         """``kv_input``: encoder states for cross-attention (None = self-attention). ``mask``: additive
-        (see ``lmzoo.nn.masks``), or the ``DocumentSegments`` of packed rows.
+        (see ``lmzoo.nn.masks``), or the ``DocumentSegments`` / FlexAttention ``BlockMask`` of packed rows.
 
         ``is_causal`` uses SDPA's built-in causal mask and is only valid with ``mask=None``
         and no cache offset; otherwise put the causal part into ``mask``.
@@ -84,6 +84,9 @@ class Attention(nn.Module):
         dropout_p = self.attention_dropout if self.training else 0.0
         if isinstance(mask, DocumentSegments):  # packed documents, each attended alone (see lmzoo.nn.segments)
             y = mask.attend(q, k, v, dropout_p=dropout_p, scale=self.scale)
+            return self.o(y.transpose(1, 2).reshape(batch, length, self.n_heads * self.d_head))
+        if isinstance(mask, BlockMask):  # packed documents inside torch.compile (see lmzoo.nn.segments)
+            y = flex_document_attention(q, k, v, mask, self.scale)
             return self.o(y.transpose(1, 2).reshape(batch, length, self.n_heads * self.d_head))
         # cross-attention of beams / samples sharing one input's encoder keys/values (their rows are
         # consecutive, ``group`` per input): the queries of a group attend together

@@ -9,15 +9,23 @@ plain causal SDPA on each bucket (the fast kernel: no mask tensor) and scatters 
 Equal to the dense path: a query sees exactly the earlier tokens of its own document, since the
 bucket padding sits after each document's last token, where causality hides it.
 
-Stays out of the models' readable path: a model passes a ``DocumentSegments`` where it would pass the
-dense mask, and ``Attention`` hands it the projected heads.
+Inside ``torch.compile`` the buckets' data-dependent sizes cannot be traced: there the documents are
+a FlexAttention ``BlockMask`` (``torch.nn.attention.flex_attention``: the compiled kernel skips the
+blocks no query of a document sees, so its cost also grows with the documents' lengths), where
+FlexAttention can run: on CUDA, or on CPU without autograd (PyTorch has no CPU backward for it), and
+without attention dropout (it has none). Otherwise the dense mask.
+
+Stays out of the models' readable path: a model asks ``packed_attention_mask`` and passes what it
+gets where it would pass the dense mask; ``Attention`` hands the projected heads to whichever it is.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from lmzoo.nn.dropout import attention
+from lmzoo.nn.masks import document_mask, right_padded
 
 MIN_BUCKET = 16
 
@@ -68,3 +76,40 @@ class DocumentSegments:
             start += n * size
         out = torch.cat(outputs)[self.positions]  # (B*T, H, Dh), back in row order
         return out.view(batch, length, heads, d_head).transpose(1, 2)
+
+
+# eager even inside a compiled model: inductor cannot lower create_block_mask traced into a CPU graph
+# (NoValidChoicesError); the mask then enters the compiled attention as an input
+@torch.compiler.disable
+def document_block_mask(document_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> BlockMask:
+    """FlexAttention's mask of packed rows, the dense ``document_mask``'s rule: query i sees key j <= i
+    of its own document and no padding key (a padding query still sees itself)."""
+    batch, length = document_ids.shape
+    real = None if attention_mask is None else attention_mask.bool()
+
+    def visible(b, h, q, k):
+        seen = (document_ids[b, q] == document_ids[b, k]) & (q >= k)
+        return seen if real is None else seen & (real[b, k] | (q == k))
+
+    return create_block_mask(visible, batch, None, length, length, device=document_ids.device)
+
+
+def packed_attention_mask(document_ids: torch.Tensor, attention_mask: torch.Tensor | None, dtype: torch.dtype,
+                          dropout_p: float) -> "DocumentSegments | BlockMask | torch.Tensor":
+    """What a causal model's attention takes for packed rows (see the module docstring): eager,
+    ``DocumentSegments`` when padding only ends rows; compiled, a FlexAttention ``BlockMask`` where
+    it can run; else the dense additive mask."""
+    if torch.compiler.is_compiling():
+        flex_runs = document_ids.device.type == "cuda" or not torch.is_grad_enabled()
+        if flex_runs and dropout_p == 0.0:
+            return document_block_mask(document_ids, attention_mask)
+    elif right_padded(attention_mask):
+        return DocumentSegments(document_ids)
+    return document_mask(document_ids, dtype, attention_mask)
+
+
+def flex_document_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask,
+                            scale: float | None) -> torch.Tensor:
+    """q, k, v [B, H, T, Dh] attended under ``block_mask`` (compiled code only). Contiguous heads:
+    inductor's CPU lowering of flex_attention fails on a 4-D view of a 2-D projection output."""
+    return flex_attention(q.contiguous(), k.contiguous(), v.contiguous(), block_mask=block_mask, scale=scale)
