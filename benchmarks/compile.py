@@ -96,7 +96,8 @@ def decode_row(name: str, preset: str, beams: int, new_tokens: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="+", choices=sorted(TRAIN), default=sorted(TRAIN))
-    p.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    p.add_argument("--precisions", nargs="*", choices=["fp32", "bf16"], default=["fp32", "bf16"],
+                   help="training rows to run (none: decoding rows only)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per round")
     p.add_argument("--new-tokens", type=int, default=32)
     args = p.parse_args()
