@@ -322,7 +322,6 @@ def code_block_end(prefix: str, until: str = "block") -> Callable[[str], int | N
 # --- generate -----------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def compile_decoding(model: Any) -> Any:
     """``torch.compile`` the model's decoding step, in place; returns the model. ``generate`` then runs
     the compiled step and gives the same tokens. Shapes are dynamic (the caches grow by one key a
@@ -332,6 +331,7 @@ def compile_decoding(model: Any) -> Any:
     return model
 
 
+@torch.no_grad()
 def generate(
     model: Any,
     input_ids: torch.Tensor,

@@ -17,7 +17,6 @@ def load_lm(folder: str, bf16: bool = False, quantize: str | None = None, compil
     import torch
 
     from lmzoo.generate import compile_decoding
-
     from lmzoo.pipelines import load_model_and_tokenizer
     from lmzoo.quantize import quantize_int8
 
