@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmzoo.config import ModelConfig
+from lmzoo.nn.compiling import eager_in_compile
 from lmzoo.errors import UserError
 
 IGNORE_INDEX = -100
@@ -192,7 +193,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return out_h, out_w, out_b, None, None, None, None
 
 
-@torch.compiler.disable  # data-dependent row counts and a hand-written backward: runs eagerly in a compiled model
+@eager_in_compile  # data-dependent row counts and a hand-written backward: eager in a compiled model
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                          bias: torch.Tensor | None = None, *, chunk_size: int | None = None,
                          ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0) -> torch.Tensor:
@@ -239,7 +240,7 @@ def lm_loss(hidden: torch.Tensor, labels: torch.Tensor | None, *, weight: torch.
     return logits, token_cross_entropy(scored, targets, label_smoothing)
 
 
-@torch.compiler.disable  # the labelled rows' number is data-dependent: eager, so the head sees only those rows
+@eager_in_compile  # the labelled rows' number is data-dependent: eager, so the head sees only those rows
 def masked_lm_loss(hidden: torch.Tensor, labels: torch.Tensor | None, *, head: nn.Module,
                    fused: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """MLM / PLM (logits, loss): with labels only the labelled rows go through ``head`` (the costliest

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
+from lmzoo.nn.compiling import eager_in_compile
 from lmzoo.nn.dropout import attention
 from lmzoo.nn.masks import document_mask, right_padded
 
@@ -80,7 +81,7 @@ class DocumentSegments:
 
 # eager even inside a compiled model: inductor cannot lower create_block_mask traced into a CPU graph
 # (NoValidChoicesError); the mask then enters the compiled attention as an input
-@torch.compiler.disable
+@eager_in_compile
 def document_block_mask(document_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> BlockMask:
     """FlexAttention's mask of packed rows, the dense ``document_mask``'s rule: query i sees key j <= i
     of its own document and no padding key (a padding query still sees itself)."""

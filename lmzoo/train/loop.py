@@ -32,6 +32,7 @@ import contextlib
 import copy
 import dataclasses
 import errno
+import gc
 import hashlib
 import io
 import json
@@ -1031,10 +1032,16 @@ class _Run:
             self.window_start += time.perf_counter() - start
 
     def close(self) -> None:
-        """Flush and close the TensorBoard writer (also when the run stops on an error)."""
+        """Flush and close the TensorBoard writer, and free the DDP wrapper while the process group
+        is alive (also when the run stops on an error). Freed after ``destroy_process_group``, its
+        Reducer drops the group's last reference and joins gloo's threads holding the GIL, which
+        deadlocks when one of them waits for the GIL (seen under torchrun on 2 CPU processes)."""
         if self.tensorboard is not None:
             self.tensorboard.close()
             self.tensorboard = None
+        if self.info.distributed:
+            self.fwd = None
+            gc.collect()  # the wrapper's hooks form cycles: free it now, not at some later collection
 
     def _scalars(self, prefix: str, values: Mapping[str, Any]) -> None:
         """The record's numbers as TensorBoard scalars ``prefix/name`` at this step (with --tensorboard)."""
