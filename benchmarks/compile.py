@@ -44,11 +44,9 @@ def model_for(preset: str):
     return spec.objectives[spec.default_objective](config), config
 
 
-def train_row(name: str, row: Row, precision: str, steps: int) -> dict:
+def train_row(row: Row, precision: str, steps: int) -> dict:
     model, config = model_for(row.preset)
     batch, _, _ = batches(row, config, row.batch, "cpu")
-    if name == "roberta":  # one segment type, no NSP head
-        batch.pop("nsp_labels"), batch.pop("token_type_ids")
     model.train()
     torch._dynamo.reset()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -66,7 +64,7 @@ def train_row(name: str, row: Row, precision: str, steps: int) -> dict:
             "eager": tokens / eager_s, "compiled": tokens / compiled_s}
 
 
-def decode_row(name: str, preset: str, beams: int, new_tokens: int) -> dict:
+def decode_row(preset: str, beams: int, new_tokens: int) -> dict:
     model, _ = model_for(preset)
     model.eval()
     ids = torch.randint(5, VOCAB, (1, 32), generator=torch.Generator().manual_seed(0))
@@ -105,9 +103,9 @@ def main() -> None:
     print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
     print(f"{'row':<28}{'graphs':>7}{'breaks':>7}{'compile s':>10}{'eager tok/s':>13}{'compiled':>10}{'ratio':>7}")
     for name in args.only:
-        rows = [train_row(name, TRAIN[name], precision, args.steps) for precision in args.precisions]
+        rows = [train_row(TRAIN[name], precision, args.steps) for precision in args.precisions]
         if name in DECODE:
-            rows.append(decode_row(name, *DECODE[name], args.new_tokens))
+            rows.append(decode_row(*DECODE[name], args.new_tokens))
         for r in rows:
             breaks = "–" if r["breaks"] is None else r["breaks"]
             same = "" if r.get("equal", True) else "  TOKENS DIFFER"

@@ -111,7 +111,7 @@ def batches(row: Row, config, batch: int, device: str) -> tuple[dict, dict, dict
         ours = collate([{"input_ids": r} for r in ids], g)
         rows = ours["target_mapping"].shape[1]
         return _to(ours, device), _to(ours, device), {"tokens": row.tokens, "query_rows": rows, "head_rows": rows}
-    if config.type_vocab_size:  # BERT: MLM + NSP
+    if config.type_vocab_size > 1:  # BERT: MLM + NSP (RoBERTa has one segment type)
         labels = torch.where(torch.rand(ids.shape, generator=g) < MASK_RATE, ids, torch.full_like(ids, -100))
         types = torch.zeros_like(ids)
         types[:, row.tokens // 2:] = 1
