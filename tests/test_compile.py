@@ -131,3 +131,38 @@ def test_compiled_beam_search_equals_eager():
     torch._dynamo.reset()
     compiled = generate(compile_decoding(model), ids, max_new_tokens=10, num_beams=3)
     assert torch.equal(compiled, eager)
+
+
+def test_serve_compile_answers_as_the_eager_server(tmp_path):
+    """``lmzoo serve --compile``: the decoding step compiles on the model's worker thread at the first
+    request, and every answer (JSON tokens, OpenAI completion) is the eager server's."""
+    reason = compile_unavailable()
+    if reason:
+        pytest.skip(reason)
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    import argparse
+
+    from fastapi.testclient import TestClient
+
+    from lmzoo.serve import add_arguments
+    from lmzoo.serve.app import create_app
+    from lmzoo.serve.registry import load_models
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert parser.parse_args(["runs/x", "--compile"]).compile
+    folder = tiny_folder(tmp_path / "gpt", corpus(tmp_path / "c.txt"), "gpt-tiny", scale=1.0, kind="unigram",
+                         n_layers=1, max_positions=64)
+    answers = []
+    torch._dynamo.reset()
+    for compile in (False, True):
+        models = load_models([f"gpt={folder}"], compile=compile)
+        assert hasattr(models["gpt"].model.generation_step, "_torchdynamo_orig_callable") == compile
+        with TestClient(create_app(models)) as http:
+            tokens = [http.post("/api/generate", json={"model": "gpt", "prompt": prompt, "max_new_tokens": 10})
+                      .json()["choices"][0]["token_ids"] for prompt in ("the king", "war and peace of")]
+            completion = http.post("/v1/completions", json={"model": "gpt", "prompt": "the king", "max_tokens": 10,
+                                                             "temperature": 0}).json()["choices"][0]["text"]
+        answers.append((tokens, completion))
+    assert answers[1] == answers[0] and len(set(answers[0][0][0])) > 1

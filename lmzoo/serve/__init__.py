@@ -1,6 +1,7 @@
 """``lmzoo serve``: the inference verbs over HTTP (FastAPI + uvicorn, the optional extra ``lmzoo[serve]``).
 
     lmzoo serve runs/gpt runs/bert mt=runs/t5-translate [--host 127.0.0.1] [--port 8000] [--quantize int8]
+                [--compile]
 
 loads each folder named (under its folder name, or ``name=folder``) and nothing else, then serves
 lmzoo's JSON endpoints (``/api/*``), an OpenAI-compatible API (``/v1/*``) for the decoder-only LMs,
@@ -28,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--quantize", choices=["int8"], help="int8 weight-only quantization of every model "
                    "(bf16 activations): faster decoding, slightly different outputs")
+    p.add_argument("--compile", action="store_true", help="torch.compile each generating model's decoding "
+                   "step (same output; the first request to each model pays a one-time compile)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -42,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {args.port}")
-    models = load_models(args.models, quantize=args.quantize)
+    models = load_models(args.models, quantize=args.quantize, compile=args.compile)
     for m in models.values():
         print(f"{m.name}: {m.model.hf_architecture} from {m.folder}; tools: {', '.join(m.tools)}", file=sys.stderr)
     uvicorn.run(create_app(models), host=args.host, port=args.port, log_level=args.log_level)

@@ -126,9 +126,10 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return name, folder
 
 
-def load_model(name: str, folder: str, quantize: str | None = None) -> ServedModel:
+def load_model(name: str, folder: str, quantize: str | None = None, compile: bool = False) -> ServedModel:
     """Load one folder with the CLI's own loaders: a fine-tuned head through ``load_task_model``, a
-    generating model through the generate verb's loader (which quantizes), any other with the pipelines'."""
+    generating model through the generate verb's loader (which quantizes, and with ``compile``
+    compiles its decoding step), any other with the pipelines'."""
     from lmzoo.inference import load_lm
     from lmzoo.hf import read_config
     from lmzoo.models import ARCHITECTURES, family_spec
@@ -142,7 +143,7 @@ def load_model(name: str, folder: str, quantize: str | None = None) -> ServedMod
     if cls is not None and cls.head_kind:
         model, tokenizer, task = load_task_model(folder)
     elif cls is not None and hasattr(cls, "prepare_generation"):
-        model, tokenizer = load_lm(folder, quantize=quantize)
+        model, tokenizer = load_lm(folder, quantize=quantize, compile=compile)
     else:
         model, tokenizer = load_model_and_tokenizer(folder)
     if quantize == "int8":
@@ -152,7 +153,7 @@ def load_model(name: str, folder: str, quantize: str | None = None) -> ServedMod
     return ServedModel(name, folder, model, tokenizer, tools_of(model, tokenizer), objectives, task)
 
 
-def load_models(specs: list[str], quantize: str | None = None) -> dict[str, ServedModel]:
+def load_models(specs: list[str], quantize: str | None = None, compile: bool = False) -> dict[str, ServedModel]:
     """Every model named (``folder`` or ``name=folder``), under distinct names."""
     if not specs:
         raise UserError("name at least one model folder to serve")
@@ -161,5 +162,5 @@ def load_models(specs: list[str], quantize: str | None = None) -> dict[str, Serv
         name, folder = parse_spec(spec)
         if name in models:
             raise UserError(f"two models named {name!r}: name them, e.g. {name}2={folder}")
-        models[name] = load_model(name, folder, quantize)
+        models[name] = load_model(name, folder, quantize, compile)
     return models
