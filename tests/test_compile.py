@@ -106,12 +106,17 @@ def test_compiled_training_step_equals_eager(family, documents):
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def random_gpt_folder(tmp_path: Path) -> Path:
+    """A 1-layer GPT with N(0, 1) weights (greedy output that varies) and whole-piece tokens."""
+    return tiny_folder(tmp_path / "gpt", corpus(tmp_path / "c.txt"), "gpt-tiny", scale=1.0, kind="unigram",
+                       n_layers=1, max_positions=64)
+
+
 def test_generate_compile_flag_gives_the_same_text(tmp_path, capsys):
     reason = compile_unavailable()
     if reason:
         pytest.skip(reason)
-    folder = tiny_folder(tmp_path / "gpt", corpus(tmp_path / "c.txt"), "gpt-tiny", scale=1.0, kind="unigram",
-                         n_layers=1, max_positions=64)
+    folder = random_gpt_folder(tmp_path)
     args = ["generate", str(folder), "the king and", "--max-new-tokens", "12"]
     status, eager, _ = run_cli(capsys, *args)
     assert status == 0
@@ -152,8 +157,7 @@ def test_serve_compile_answers_as_the_eager_server(tmp_path):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert parser.parse_args(["runs/x", "--compile"]).compile
-    folder = tiny_folder(tmp_path / "gpt", corpus(tmp_path / "c.txt"), "gpt-tiny", scale=1.0, kind="unigram",
-                         n_layers=1, max_positions=64)
+    folder = random_gpt_folder(tmp_path)
     answers = []
     torch._dynamo.reset()
     for compile in (False, True):
