@@ -460,6 +460,7 @@ def _method(route: str, probe: _Probe) -> tuple[str, Callable[..., dict[str, flo
     return f"{probe.kind} head", _head_probe
 
 
+GENERATION_BATCH = 32  # test prompts a causal LM decodes together (left-padded: the answers of one-by-one greedy decoding)
 CUES = {"translation": "German:", "summarization": "Summary:"}  # what follows the source in a completion prompt
 
 
@@ -469,7 +470,7 @@ def _completion_probe(folder: Path, probe: _Probe, protocol: Protocol, work: Pat
     with the loss on the target only (as instruction tuning does), then continues each test prompt greedily."""
     import torch
 
-    from lmzoo.generate import generate
+    from lmzoo.generate import generate, left_pad
     from lmzoo.inference import load_lm
     from lmzoo.objectives.clm import ClmCollator
     from lmzoo.tasks.seq2seq import text_metrics
@@ -499,10 +500,12 @@ def _completion_probe(folder: Path, probe: _Probe, protocol: Protocol, work: Pat
           overwrite=True, progress=progress)
     model.eval()
     predictions = []
-    for source, _ in probe.test:
-        ids = prompt(source)
-        new = generate(model, torch.tensor([ids]), max_new_tokens=target_length)[0].tolist()
-        predictions.append(tokenizer.decode(new[: new.index(eos)] if eos in new else new).strip())
+    prompts = [prompt(source) for source, _ in probe.test]
+    for start in range(0, len(prompts), GENERATION_BATCH):  # left-padded batches (the mask keeps pads unseen)
+        ids, mask = left_pad(prompts[start:start + GENERATION_BATCH], eos)
+        for new in generate(model, ids.to(model.device), attention_mask=mask.to(model.device),
+                            max_new_tokens=target_length, eos_token_id=eos).tolist():
+            predictions.append(tokenizer.decode(new[: new.index(eos)] if eos in new else new).strip())
     references = [t for _, t in probe.test]
     if probe.name == "summarization":
         return rouge_scores(predictions, references)

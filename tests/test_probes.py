@@ -17,7 +17,9 @@ from lmzoo.data import default_corpus, iter_documents, split_sentences
 from lmzoo.presets import preset_config
 from lmzoo.tokenizer import Tokenizer, train_tokenizer
 
-FAST = probes.Protocol(steps={name: 4 for name in probes.PROBES}, batch_size=8)
+# 4 steps, short answers: the tiny random models never stop early, so decoding costs the full target length
+FAST = probes.Protocol(steps={name: 4 for name in probes.PROBES}, batch_size=8,
+                       target_lengths={name: 16 for name in probes.PROBES})
 
 
 def tiny_folder(folder: Path, preset: str, kind: str, **sizes) -> Path:
@@ -180,9 +182,10 @@ def test_every_probe_runs_end_to_end_on_a_tiny_model(tmp_path, preset, kind, nam
 
 def test_probes_through_the_cli_write_json(tmp_path, capsys):
     folder = tiny_folder(tmp_path / "bert", "bert-tiny", "wordpiece")
-    out = tmp_path / "scores.json"
+    out, text = tmp_path / "scores.json", tmp_path / "scene.txt"  # a scene, not a play: pseudo-perplexity is per token
+    text.write_text("\n\n".join(list(iter_documents(default_corpus()[-1]))[:150]) + "\n")
     code, stdout, err = run_cli(capsys, "eval", folder, "--probes", "pairs", "--probe-steps", 3, "--json", out,
-                            "--no-progress", "--data", default_corpus()[-1])
+                            "--no-progress", "--data", text)
     assert code == 0, err
     saved = json.loads(out.read_text())
     assert "pseudo_perplexity" in saved and saved["probes"]["pairs"]["steps"] == 3
@@ -232,6 +235,22 @@ def test_pretrained_minilm_beats_its_random_init_on_sentiment_and_pairs(tmp_path
         ours, theirs = scores["pretrained"][probe]["scores"], scores["scratch"][probe]["scores"]
         assert ours["accuracy"] > theirs["accuracy"] + 0.05, (probe, ours, theirs)
         assert ours["accuracy"] > scores["pretrained"][probe]["baseline"]["scores"]["accuracy"] + 0.05
+
+
+def test_completion_answers_decoded_in_batches_equal_one_by_one(tmp_path, monkeypatch):
+    """The causal LM's test prompts (of different lengths) decoded left-padded together give the
+    answers greedy decoding gives each prompt alone."""
+    folder = tiny_folder(tmp_path / "gpt", "gpt-tiny", "bpe")
+    train, test = probes.summarization_data()
+    probe = probes._Probe("summarization", train[:32], test[:12], "seq2seq")
+    assert len({len(s) for s, _ in probe.test}) > 1
+    answers = {}
+    for batch in (1, 5):
+        monkeypatch.setattr(probes, "GENERATION_BATCH", batch)
+        monkeypatch.setattr(probes, "rouge_scores", lambda predictions, references: answers.setdefault(
+            batch, predictions) and {})
+        probes._completion_probe(folder, probe, FAST, tmp_path / f"work{batch}", False)
+    assert len(answers[1]) == 12 and answers[5] == answers[1] and any(answers[1])
 
 
 def test_prompt_completion_learns_only_the_answer(tmp_path, monkeypatch):

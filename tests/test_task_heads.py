@@ -255,6 +255,12 @@ def _tagged(n: int, seed: int) -> str:
     return "\n".join(sentences)
 
 
+def _words_only(conll: str) -> str:
+    """Tagged sentences as plain text, one sentence a line (predict's input)."""
+    return "\n".join(" ".join(line.split("\t")[0] for line in block.splitlines())
+                     for block in conll.strip().split("\n\n")) + "\n"
+
+
 @pytest.mark.parametrize("family,task,arch", [
     ("gpt2", "classify", "GPT2ForSequenceClassification"),
     ("gpt2", "ner", "GPT2ForTokenClassification"),
@@ -277,11 +283,16 @@ def test_finetune_learns_with_the_new_heads(tmp_path, capsys, family, task, arch
     assert best["accuracy" if task == "classify" else "f1"] >= 0.9, best
     capsys.readouterr()
     assert main(["evaluate", "--model", str(out / "best"), "--data", str(tmp_path / f"dev.{suffix}")]) == 0
-    (tmp_path / "in.txt").write_text("alpha beta sunny gamma\n" if task == "classify" else "alpha quito beta\n")
+    # predict reads the kept model: its answers on the dev file agree with the gold labels as evaluation says
+    (tmp_path / "in.txt").write_text("\n".join(line.split(",")[0] for line in write(40, 2).splitlines()[1:])
+                                     if task == "classify" else _words_only(write(40, 2)))
     capsys.readouterr()
     assert main(["predict", "--model", str(out / "best"), "--input", str(tmp_path / "in.txt")]) == 0
-    pred = json.loads(capsys.readouterr().out)
+    preds = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     if task == "classify":
-        assert pred["label"] == "up"
+        gold = [line.split(",")[1] for line in write(40, 2).splitlines()[1:]]
+        agree = sum(p["label"] == g for p, g in zip(preds, gold)) / len(gold)
+        assert len(preds) == 40 and abs(agree - best["accuracy"]) < 1e-9, (agree, best)
     else:
-        assert pred["tags"] == ["O", "B-LOC", "O"]
+        gold = [["B-LOC" if w in PLACES else "O" for w in p["tokens"]] for p in preds]
+        assert len(preds) == 40 and sum(p["tags"] == g for p, g in zip(preds, gold)) >= 32

@@ -911,6 +911,8 @@ class _Run:
             saved = torch.load(checkpoint / "optimizer.pt", weights_only=True, map_location=self.device)
             self.weights.load_optimizer_state(self.optimizer, saved)
             _set_rng_state(rngs[info.rank % len(rngs)], self.device)
+        else:  # dropout draws from the global generators: a run with a seed is the same run in any process
+            torch.manual_seed(derive_seed(config.seed, "dropout", info.rank))
         self.scheduler = _scheduler(self.optimizer, config, self.step)
 
     def _restore(self, checkpoint: Path) -> list[dict[str, Any]]:
