@@ -468,8 +468,6 @@ def _completion_probe(folder: Path, probe: _Probe, protocol: Protocol, work: Pat
                       ) -> dict[str, float]:
     """A decoder-only LM learns a generation probe as prompt completion: ``source\nGerman: target<eos>``
     with the loss on the target only (as instruction tuning does), then continues each test prompt greedily."""
-    import torch
-
     from lmzoo.generate import generate, left_pad
     from lmzoo.inference import load_lm
     from lmzoo.objectives.clm import ClmCollator

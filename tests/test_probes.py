@@ -244,11 +244,14 @@ def test_completion_answers_decoded_in_batches_equal_one_by_one(tmp_path, monkey
     train, test = probes.summarization_data()
     probe = probes._Probe("summarization", train[:32], test[:12], "seq2seq")
     assert len({len(s) for s, _ in probe.test}) > 1
-    answers = {}
+    answers: dict[int, list[str]] = {}
     for batch in (1, 5):
+        def keep_answers(predictions, references, batch=batch):
+            answers[batch] = predictions
+            return {}
+
         monkeypatch.setattr(probes, "GENERATION_BATCH", batch)
-        monkeypatch.setattr(probes, "rouge_scores", lambda predictions, references: answers.setdefault(
-            batch, predictions) and {})
+        monkeypatch.setattr(probes, "rouge_scores", keep_answers)
         probes._completion_probe(folder, probe, FAST, tmp_path / f"work{batch}", False)
     assert len(answers[1]) == 12 and answers[5] == answers[1] and any(answers[1])
 
