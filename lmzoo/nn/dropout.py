@@ -6,8 +6,10 @@ small model's bf16 training step. ``dropout`` draws one 64-bit number per 4 elem
 each element is dropped independently with probability ``round(p * 65536) / 65536`` (within 8e-6 of
 ``p``) and the kept ones are scaled by the inverse of the keep probability, so the expectation is
 unchanged. It draws from the default CPU generator, so ``torch.manual_seed`` and checkpointed RNG
-states replay it. On other devices, and inside ``torch.compile`` (which cannot trace an int64
-``random_`` and breaks the graph there), it is ``F.dropout``.
+states replay it. Inside ``torch.compile`` the mask is the custom op ``lmzoo::keep_mask`` (dynamo
+cannot trace an int64 ``random_``; an opaque op keeps the graph whole, and inductor's own per-element
+CPU RNG would cost more than the dropout saves), so compiled and eager training draw the same masks.
+On other devices it is ``F.dropout``.
 
 ``attention`` is ``scaled_dot_product_attention``. On CPU it computes SDPA's unfused math itself in two
 cases: with dropout, where SDPA falls back to that math anyway (with ``bernoulli_``), so that it uses this
@@ -33,17 +35,30 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     return slices >= round(p * _LEVELS) - (_LEVELS >> 1)
 
 
+@torch.library.custom_op("lmzoo::keep_mask", mutates_args=(), device_types="cpu")
+def _compiled_keep_mask(like: torch.Tensor, p: float) -> torch.Tensor:
+    """``keep_mask`` of ``like``'s shape, as an op the compiler keeps opaque (it never recomputes it:
+    the op is not on the partitioner's recomputable list, so backward reuses the forward's mask)."""
+    return keep_mask(like.shape, p, like.device)
+
+
+@_compiled_keep_mask.register_fake
+def _(like: torch.Tensor, p: float) -> torch.Tensor:
+    return torch.empty(like.shape, dtype=torch.bool, device=like.device)
+
+
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """``F.dropout(x, p, training)``, with a faster mask on CPU (see the module docstring)."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or not 0.0 < p < 1.0 or torch.compiler.is_compiling():
-        return F.dropout(x, p, training)  # compiled: the compiler generates (and fuses) its own RNG
+    if x.device.type != "cpu" or not 0.0 < p < 1.0:
+        return F.dropout(x, p, training)
     dropped = round(p * _LEVELS)
     if dropped == 0:
         return x
+    keep = _compiled_keep_mask(x, p) if torch.compiler.is_compiling() else keep_mask(x.shape, p, x.device)
     # where() saves only the bool mask for backward, as native dropout does
-    return torch.where(keep_mask(x.shape, p, x.device), x * (_LEVELS / (_LEVELS - dropped)), 0.0)
+    return torch.where(keep, x * (_LEVELS / (_LEVELS - dropped)), 0.0)
 
 
 class Dropout(nn.Dropout):
