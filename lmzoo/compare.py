@@ -324,21 +324,32 @@ def claim_verdicts(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _generation_verdict(rows: dict[str, dict[str, Any]], expected: tuple[str, ...]) -> str:
-    """Only a causal LM's bits per byte is a likelihood of the text; the masked and permutation LMs'
-    come from a pseudo-log-likelihood (each token given all the others), which is not comparable."""
+    """Bits per byte of the true likelihoods: a causal LM's, and a permutation LM's in its left-to-right
+    order (the one it generates in). The masked LMs' and XLNet's pseudo-log-likelihood (each token
+    given all the others) answers an easier question and is not compared."""
     likelihood = {k: r["intrinsic"]["bits_per_byte"] for k, r in rows.items() if "perplexity" in r["intrinsic"]}
+    likelihood.update({k: r["intrinsic"]["left_to_right_bits_per_byte"] for k, r in rows.items()
+                       if "left_to_right_bits_per_byte" in r["intrinsic"]})
     pseudo = {k: r["intrinsic"]["bits_per_byte"] for k, r in rows.items() if "pseudo_perplexity" in r["intrinsic"]}
     if not likelihood:
         return ""
     best = min(likelihood, key=likelihood.get)
-    line = (f"Here {APPROACHES[best].label} assigns the held-out text {likelihood[best]:.3f} bits per byte, "
-            f"the only true likelihood among these")
+    others = {k: v for k, v in likelihood.items() if k != best}
+    if others:
+        line = (f"Here {APPROACHES[best].label} assigns the held-out text the best true likelihood, "
+                f"{likelihood[best]:.3f} bits per byte (" + ", ".join(
+                    f"{APPROACHES[k].label}{' left to right' if k in pseudo else ''} {v:.3f}"
+                    for k, v in sorted(others.items(), key=lambda kv: kv[1])) + ")")
+    else:
+        line = (f"Here {APPROACHES[best].label} assigns the held-out text {likelihood[best]:.3f} bits per byte, "
+                f"the only true likelihood among these")
     if pseudo:
-        line += (f" (the pseudo-likelihood figures, {min(pseudo.values()):.3f}–{max(pseudo.values()):.3f}, "
-                 "answer the easier question of each token given all others)")
+        line += (f"; the pseudo-likelihood figures, {min(pseudo.values()):.3f}–{max(pseudo.values()):.3f}, "
+                 "answer the easier question of each token given all others")
     agrees = "agrees" if best in expected else "disagrees"
-    return line + f"; no other approach generates from a likelihood to compare it with: {agrees}, untested. " \
-                  "The samples below show what each continuing model writes."
+    tested = f": {agrees}." if others else f"; no other approach generates from a likelihood to compare it with: " \
+                                           f"{agrees}, untested."
+    return line + tested + " The samples below show what each continuing model writes."
 
 
 def _metric(row: dict[str, Any], column: tuple[str, str, str, str] | None) -> float | None:

@@ -13,7 +13,10 @@ held-out documents, by the model's own kind of prediction.
   masking (its collator) at a fixed seed.
 - permutation LM (a forward taking ``perm_mask`` / ``target_mapping``): the same PLL through the
   query stream (each token predicted with every other one visible, its own content hidden), so it
-  compares with a masked LM's; ``plm_loss`` of the PLM objective's collator at a fixed seed.
+  compares with a masked LM's; ``plm_loss`` of the PLM objective's collator at a fixed seed; and the
+  true likelihood of the left-to-right factorization order (one of the orders XLNet trains on, the
+  one it generates in), in the causal LM's windows: ``left_to_right_loss``,
+  ``left_to_right_perplexity``, ``left_to_right_bits_per_byte``.
 - encoder-decoder LM: the family's own pretraining objective (its ``FamilySpec`` default, built
   by the objective unit) at a fixed seed: ``loss`` and ``token_accuracy`` of the reconstruction.
 
@@ -48,7 +51,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "masked": ("tokens", "words", "bytes", "pseudo_log_likelihood", "pseudo_perplexity", "bits_per_byte",
                "masked_accuracy"),
     "permutation": ("tokens", "words", "bytes", "pseudo_log_likelihood", "pseudo_perplexity", "bits_per_byte",
-                    "plm_loss"),
+                    "plm_loss", "left_to_right_loss", "left_to_right_perplexity", "left_to_right_bits_per_byte"),
     "seq2seq": ("tokens", "words", "bytes", "loss", "token_accuracy"),
 }
 
@@ -369,9 +372,11 @@ def _permutation_forward(model: Any, batch: dict[str, torch.Tensor]) -> torch.Te
 
 
 def _score_pll(model: Any, tokenizer: Any, documents: Iterable[str], *, forward: Callable, collate: Callable,
-               context: int | None, batch_size: int, seed: int, progress: bool, total: int | None) -> _Sums:
+               context: int | None, batch_size: int, seed: int, progress: bool, total: int | None,
+               per_document: Callable[[EncodedDocument, int], None] | None = None) -> _Sums:
     """Pseudo-log-likelihood of every token (``forward``: the logits of each row's predicted token)
-    and the objective's loss / accuracy (``collate``) over each document cut into disjoint windows."""
+    and the objective's loss / accuracy (``collate``) over each document cut into disjoint windows;
+    ``per_document(doc, width)``: a further score's rows of each document (``width`` tokens a row)."""
     if tokenizer.pad_id is None:
         raise UserError("pseudo-log-likelihood scoring needs a tokenizer with a pad token")
     prefix, suffix = _template_parts(tokenizer)
@@ -402,6 +407,8 @@ def _score_pll(model: Any, tokenizer: Any, documents: Iterable[str], *, forward:
         for batch in _collated(collate, windows, seed, n_examples):
             objective.add(**batch)
         n_examples += len(windows)
+        if per_document is not None:
+            per_document(doc, width)
     pll.finish()
     objective.finish()
     return sums
@@ -440,9 +447,50 @@ def score_permutation(model: Any, tokenizer: Any, documents: Iterable[str], *, c
     options = PLMConfig()
     collate = PLMCollator(pad_id=tokenizer.pad_id if tokenizer.pad_id is not None else 0, K=options.k,
                           max_span=options.max_span, special_ids=tuple(tokenizer.special_ids))
+    prefix, suffix = _template_parts(tokenizer)
+    left_to_right = _Sums()
+
+    @torch.no_grad()
+    def run(batch: dict[str, torch.Tensor]) -> None:
+        batch = _on(batch, model.device)
+        left_to_right.nll += _labelled_sums(model(**batch).logits, batch["labels"])[0]
+
+    rows = _Batcher(batch_size, {"input_ids": tokenizer.pad_id, "labels": IGNORE_INDEX}, run)
+
+    def add_rows(doc: EncodedDocument, width: int) -> None:
+        for window in left_to_right_rows(doc.ids, width, prefix, suffix):
+            rows.add(**{k: torch.from_numpy(v)[None] for k, v in window.items()})
+
     sums = _score_pll(model, tokenizer, documents, forward=_permutation_forward, collate=collate, context=context,
-                      batch_size=batch_size, seed=seed, progress=progress, total=total)
-    return {**_pll_fields(sums), "plm_loss": sums.objective_nll / max(sums.objective_total, 1)}
+                      batch_size=batch_size, seed=seed, progress=progress, total=total, per_document=add_rows)
+    rows.finish()
+    nll = left_to_right.nll
+    return {**_pll_fields(sums), "plm_loss": sums.objective_nll / max(sums.objective_total, 1),
+            "left_to_right_loss": nll / sums.tokens, "left_to_right_perplexity": _exp(nll / sums.tokens),
+            "left_to_right_bits_per_byte": nll / (sums.bytes * math.log(2))}
+
+
+def left_to_right_rows(ids: np.ndarray, width: int, prefix: np.ndarray, suffix: np.ndarray
+                       ) -> Iterator[dict[str, np.ndarray]]:
+    """A permutation LM's inputs for the left-to-right factorization order of one document, a window
+    at a time (:func:`causal_windows` read in the document's own tokens: every token predicted once,
+    from the tokens before it in its window; the first of each window from none). A window is wrapped
+    in the template's special tokens, which see no content token and are seen by all, as the PLM
+    collator's non-predicted tokens; a content token sees the ones before it. So no prediction sees
+    its own token or a later one: the predictions multiply to a probability of the document (over
+    all documents of its length they sum to one), a likelihood comparable with a causal LM's.
+    Per window: ``input_ids`` [T], ``attention_mask`` [T], ``perm_mask`` [T, T] (1: i may not see j),
+    ``target_mapping`` [P, T] and ``labels`` [P] of its P predicted tokens."""
+    for start, end, n_predicted in causal_windows(len(ids), width):
+        row = np.concatenate([prefix, ids[start:end], suffix]).astype(np.int64)
+        order = np.full(len(row), -1)  # the special tokens come first in the factorization order
+        order[len(prefix):len(prefix) + end - start] = np.arange(end - start)
+        perm_mask = (order[None, :] >= 0) & (order[None, :] >= order[:, None])
+        predicted = np.arange(len(prefix) + end - start - n_predicted, len(prefix) + end - start)
+        target_mapping = np.zeros((n_predicted, len(row)), dtype=np.float32)
+        target_mapping[np.arange(n_predicted), predicted] = 1.0
+        yield {"input_ids": row, "attention_mask": np.ones(len(row), dtype=np.int64),
+               "perm_mask": perm_mask.astype(np.float32), "target_mapping": target_mapping, "labels": row[predicted]}
 
 
 # ---------------------------------------------------------------- encoder-decoder

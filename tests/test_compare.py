@@ -106,6 +106,13 @@ def test_claim_verdicts_name_the_leader_and_compare_with_the_seed():
     assert verdicts[1].endswith("disagrees.")
     assert verdicts[2].startswith("generation") and "1.500 bits per byte" in verdicts[2] and "agrees, untested" in \
         verdicts[2] and "2.000–2.000" in verdicts[2]
+    # a permutation LM's left-to-right likelihood is a second true likelihood: the claim is tested
+    rows["plm"] = row(0.5, 0.5, {"bits_per_byte": 1.2, "pseudo_perplexity": 5.0, "left_to_right_bits_per_byte": 1.4})
+    generation = compare.claim_verdicts(rows)[2]
+    assert "CLM (GPT-2) assigns the held-out text the best true likelihood, 1.500 bits per byte" not in generation
+    assert "the best true likelihood, 1.400 bits per byte (CLM (GPT-2) 1.500)" in generation
+    assert generation.endswith(": disagrees. The samples below show what each continuing model writes.")
+    assert "1.200–2.000" in generation and "untested" not in generation
     # a tie leads nobody; a lead of 0.02 on 500 test pairs at 0.6 is within two standard errors (0.044)
     tied = {"mlm": row(0.6, 0.6, {}), "clm": row(0.6, 0.62, {}, n=500)}
     assert compare.column_leader(tied, "sentiment", "accuracy") == (None, "")

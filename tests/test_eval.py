@@ -196,6 +196,68 @@ def test_xlnet_pseudo_perplexity_equals_transformers_query_stream(tmp_path):
     assert scores["bits_per_byte"] == pytest.approx(-pll / (n_bytes * math.log(2)), rel=RTOL)
 
 
+def test_xlnet_left_to_right_likelihood_equals_transformers_one_token_at_a_time(tmp_path):
+    """Each token predicted once by the query stream, in its window (the causal LM's windows), from
+    the tokens before it; the special token sees no content token. One transformers forward per token."""
+    import transformers
+
+    folder = tmp_path / "xlnet"
+    folder.mkdir()
+    tok = tokenizer_in(folder, "unigram", 120)
+    config = tiny_config("xlnet", vocab_size=tok.vocab_size, pad_token_id=tok.pad_id)
+    hf_model(transformers.XLNetLMHeadModel, config, folder)
+    context = 16
+    width = context - 1  # A </s>
+    documents = eval_documents(tok, width)
+    scores = evaluate_model(folder, write_documents(tmp_path / "held-out.txt", documents), context=context,
+                            batch_size=5, device="cpu")
+    hf = transformers.XLNetLMHeadModel.from_pretrained(folder).eval()
+    nll, n_tokens = 0.0, 0
+    for text in documents:
+        ids = tok.encode(text, split_special_tokens=True)
+        for lo in range(0, len(ids), width):  # windows: disjoint predicted spans, the last one full
+            hi = min(lo + width, len(ids))
+            start = max(0, hi - width)
+            row = ids[start:hi] + [tok.eos_id]
+            n = len(row)
+            perm_mask = torch.zeros(1, n, n)
+            for k in range(n):
+                for j in range(hi - start):  # content j is hidden from the special token and from k <= j
+                    perm_mask[0, k, j] = float(k == n - 1 or j >= k)
+            for i in range(lo, hi):
+                target_mapping = torch.zeros(1, 1, n)
+                target_mapping[0, 0, i - start] = 1.0
+                with torch.no_grad():
+                    logits = hf(torch.tensor([row]), perm_mask=perm_mask, target_mapping=target_mapping).logits
+                nll -= log_prob(logits[0, 0], ids[i])
+        n_tokens += len(ids)
+    n_bytes = sum(len(d.encode("utf-8")) for d in documents)
+    # tighter than RTOL: the two agree within 1e-8, and a random model's loss moves by only ~1e-5 when
+    # a query is let see its own token
+    assert scores["left_to_right_loss"] == pytest.approx(nll / n_tokens, rel=1e-6)
+    assert scores["left_to_right_perplexity"] == pytest.approx(math.exp(nll / n_tokens), rel=1e-6)
+    assert scores["left_to_right_bits_per_byte"] == pytest.approx(nll / (n_bytes * math.log(2)), rel=1e-6)
+
+
+def test_xlnet_left_to_right_probabilities_of_every_document_sum_to_one():
+    """A true likelihood: over all V^3 documents of three tokens the probabilities sum to one (a
+    prediction that saw its own token or a later one would break it)."""
+    from lmzoo.models.xlnet import XLNetLMHeadModel
+    from lmzoo.presets import preset_config
+    from lmzoo.scoring import left_to_right_rows
+
+    vocab, length, eos = 10, 3, 1
+    torch.manual_seed(0)
+    model = XLNetLMHeadModel(preset_config("xlnet-tiny", vocab_size=vocab, n_layers=2)).eval()
+    documents = torch.cartesian_prod(*[torch.arange(vocab)] * length).numpy()
+    windows = [next(left_to_right_rows(d, length, np.array([], np.int64), np.array([eos]))) for d in documents]
+    batch = {k: torch.from_numpy(np.stack([w[k] for w in windows])) for k in windows[0]}
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # [V^3, 3, V]
+    log_p = torch.log_softmax(logits.double(), -1).gather(-1, batch["labels"][..., None]).sum((1, 2))
+    assert float(torch.logsumexp(log_p, 0).exp()) == pytest.approx(1.0, abs=1e-9)
+
+
 # ---------------------------------------------------------------- documents
 
 
