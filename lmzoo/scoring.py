@@ -452,8 +452,8 @@ def score_permutation(model: Any, tokenizer: Any, documents: Iterable[str], *, c
 
     @torch.no_grad()
     def run(batch: dict[str, torch.Tensor]) -> None:
-        batch = _on(batch, model.device)
-        left_to_right.nll += _labelled_sums(model(**batch).logits, batch["labels"])[0]
+        inputs = left_to_right_inputs(_on(batch, model.device))
+        left_to_right.nll += _labelled_sums(model(**inputs).logits, inputs["labels"])[0]
 
     rows = _Batcher(batch_size, {"input_ids": tokenizer.pad_id, "labels": IGNORE_INDEX}, run)
 
@@ -472,25 +472,42 @@ def score_permutation(model: Any, tokenizer: Any, documents: Iterable[str], *, c
 
 def left_to_right_rows(ids: np.ndarray, width: int, prefix: np.ndarray, suffix: np.ndarray
                        ) -> Iterator[dict[str, np.ndarray]]:
-    """A permutation LM's inputs for the left-to-right factorization order of one document, a window
-    at a time (:func:`causal_windows` read in the document's own tokens: every token predicted once,
-    from the tokens before it in its window; the first of each window from none). A window is wrapped
-    in the template's special tokens, which see no content token and are seen by all, as the PLM
-    collator's non-predicted tokens; a content token sees the ones before it. So no prediction sees
-    its own token or a later one: the predictions multiply to a probability of the document (over
-    all documents of its length they sum to one), a likelihood comparable with a causal LM's.
-    Per window: ``input_ids`` [T], ``attention_mask`` [T], ``perm_mask`` [T, T] (1: i may not see j),
-    ``target_mapping`` [P, T] and ``labels`` [P] of its P predicted tokens."""
+    """The left-to-right factorization order of one document for a permutation LM, a window at a time
+    (:func:`causal_windows` read in the document's own tokens: every token predicted once, from the
+    tokens before it in its window; the first of each window from none), each wrapped in the
+    template's special tokens. Per window ``input_ids`` [T], ``order`` [T] (each token's place in
+    the factorization order; -1: a special token, first) and ``labels`` [T] (-100 but at the
+    predicted tokens); :func:`left_to_right_inputs` makes the model's inputs of a batch of them."""
     for start, end, n_predicted in causal_windows(len(ids), width):
         row = np.concatenate([prefix, ids[start:end], suffix]).astype(np.int64)
-        order = np.full(len(row), -1)  # the special tokens come first in the factorization order
+        order = np.full(len(row), -1, dtype=np.int64)
         order[len(prefix):len(prefix) + end - start] = np.arange(end - start)
-        perm_mask = (order[None, :] >= 0) & (order[None, :] >= order[:, None])
-        predicted = np.arange(len(prefix) + end - start - n_predicted, len(prefix) + end - start)
-        target_mapping = np.zeros((n_predicted, len(row)), dtype=np.float32)
-        target_mapping[np.arange(n_predicted), predicted] = 1.0
-        yield {"input_ids": row, "attention_mask": np.ones(len(row), dtype=np.int64),
-               "perm_mask": perm_mask.astype(np.float32), "target_mapping": target_mapping, "labels": row[predicted]}
+        labels = np.full(len(row), IGNORE_INDEX, dtype=np.int64)
+        predicted = slice(len(prefix) + end - start - n_predicted, len(prefix) + end - start)
+        labels[predicted] = row[predicted]
+        yield {"input_ids": row, "order": order, "labels": labels}
+
+
+def left_to_right_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A permutation LM's inputs of :func:`left_to_right_rows` ([B, T] each): ``perm_mask`` lets a
+    content token see the ones before it and the special tokens, and the special tokens see no
+    content token (as the PLM collator's non-predicted tokens), so no prediction sees its own token
+    or a later one: the predictions multiply to a probability of the document (over all documents of
+    its length they sum to one), a likelihood comparable with a causal LM's. ``target_mapping``
+    [B, P, T] asks the query stream for the P labelled positions, ``labels`` [B, P] (built here, not
+    stored per row: a [T, T] mask per waiting row would take gigabytes at long contexts)."""
+    input_ids, order, labels = batch["input_ids"], batch["order"], batch["labels"]
+    length = input_ids.shape[1]
+    perm_mask = (order[:, None, :] >= 0) & (order[:, None, :] >= order[:, :, None])  # 1: i may not see j
+    picked = labels != IGNORE_INDEX
+    positions = torch.arange(length, device=labels.device).expand_as(labels)
+    width = max(int(picked.sum(1).max()), 1)
+    where = torch.where(picked, positions, length).sort(1).values[:, :width]  # labelled positions first
+    valid = where < length
+    where = where.clamp(max=length - 1)
+    target_mapping = F.one_hot(where, length).float() * valid[..., None]
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "perm_mask": perm_mask.float(),
+            "target_mapping": target_mapping, "labels": labels.gather(1, where).masked_fill(~valid, IGNORE_INDEX)}
 
 
 # ---------------------------------------------------------------- encoder-decoder

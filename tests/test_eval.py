@@ -244,17 +244,18 @@ def test_xlnet_left_to_right_probabilities_of_every_document_sum_to_one():
     prediction that saw its own token or a later one would break it)."""
     from lmzoo.models.xlnet import XLNetLMHeadModel
     from lmzoo.presets import preset_config
-    from lmzoo.scoring import left_to_right_rows
+    from lmzoo.scoring import left_to_right_inputs, left_to_right_rows
 
     vocab, length, eos = 10, 3, 1
     torch.manual_seed(0)
     model = XLNetLMHeadModel(preset_config("xlnet-tiny", vocab_size=vocab, n_layers=2)).eval()
     documents = torch.cartesian_prod(*[torch.arange(vocab)] * length).numpy()
     windows = [next(left_to_right_rows(d, length, np.array([], np.int64), np.array([eos]))) for d in documents]
-    batch = {k: torch.from_numpy(np.stack([w[k] for w in windows])) for k in windows[0]}
+    inputs = left_to_right_inputs({k: torch.from_numpy(np.stack([w[k] for w in windows])) for k in windows[0]})
+    assert inputs["target_mapping"].shape == (vocab**length, length, length + 1)
     with torch.no_grad():
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # [V^3, 3, V]
-    log_p = torch.log_softmax(logits.double(), -1).gather(-1, batch["labels"][..., None]).sum((1, 2))
+        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits  # [V^3, 3, V]
+    log_p = torch.log_softmax(logits.double(), -1).gather(-1, inputs["labels"][..., None]).sum((1, 2))
     assert float(torch.logsumexp(log_p, 0).exp()) == pytest.approx(1.0, abs=1e-9)
 
 
