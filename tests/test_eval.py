@@ -155,7 +155,13 @@ def test_masked_pseudo_perplexity_equals_transformers(tmp_path, family, hf_class
 # ---------------------------------------------------------------- permutation LM
 
 
-def test_xlnet_pseudo_perplexity_equals_transformers_query_stream(tmp_path):
+XLNET_CONTEXT = 16
+XLNET_WIDTH = XLNET_CONTEXT - 1  # A </s>
+
+
+def scored_xlnet(tmp_path):
+    """A random transformers XLNet folder with a Unigram tokenizer, two held-out documents (one longer
+    than the context) and lmzoo's scores of them: (tokenizer, documents, scores, transformers model)."""
     import transformers
 
     folder = tmp_path / "xlnet"
@@ -163,15 +169,18 @@ def test_xlnet_pseudo_perplexity_equals_transformers_query_stream(tmp_path):
     tok = tokenizer_in(folder, "unigram", 120)
     config = tiny_config("xlnet", vocab_size=tok.vocab_size, pad_token_id=tok.pad_id)
     hf_model(transformers.XLNetLMHeadModel, config, folder)
-    context = 16
-    width = context - 1  # A </s>
-    documents = eval_documents(tok, width)
-    scores = evaluate_model(folder, write_documents(tmp_path / "held-out.txt", documents), context=context,
+    documents = eval_documents(tok, XLNET_WIDTH)
+    scores = evaluate_model(folder, write_documents(tmp_path / "held-out.txt", documents), context=XLNET_CONTEXT,
                             batch_size=5, device="cpu")
+    return tok, documents, scores, transformers.XLNetLMHeadModel.from_pretrained(folder).eval()
+
+
+def test_xlnet_pseudo_perplexity_equals_transformers_query_stream(tmp_path):
+    tok, documents, scores, hf = scored_xlnet(tmp_path)
+    width = XLNET_WIDTH
     assert list(scores) == list(FIELDS["permutation"])
 
     # one forward per token: no position sees its content (perm_mask column), the query stream predicts it
-    hf = transformers.XLNetLMHeadModel.from_pretrained(folder).eval()
     pll, n_tokens = 0.0, 0
     for text in documents:
         ids = tok.encode(text, split_special_tokens=True)
@@ -199,19 +208,8 @@ def test_xlnet_pseudo_perplexity_equals_transformers_query_stream(tmp_path):
 def test_xlnet_left_to_right_likelihood_equals_transformers_one_token_at_a_time(tmp_path):
     """Each token predicted once by the query stream, in its window (the causal LM's windows), from
     the tokens before it; the special token sees no content token. One transformers forward per token."""
-    import transformers
-
-    folder = tmp_path / "xlnet"
-    folder.mkdir()
-    tok = tokenizer_in(folder, "unigram", 120)
-    config = tiny_config("xlnet", vocab_size=tok.vocab_size, pad_token_id=tok.pad_id)
-    hf_model(transformers.XLNetLMHeadModel, config, folder)
-    context = 16
-    width = context - 1  # A </s>
-    documents = eval_documents(tok, width)
-    scores = evaluate_model(folder, write_documents(tmp_path / "held-out.txt", documents), context=context,
-                            batch_size=5, device="cpu")
-    hf = transformers.XLNetLMHeadModel.from_pretrained(folder).eval()
+    tok, documents, scores, hf = scored_xlnet(tmp_path)
+    width = XLNET_WIDTH
     nll, n_tokens = 0.0, 0
     for text in documents:
         ids = tok.encode(text, split_special_tokens=True)
