@@ -315,11 +315,15 @@ def claim_verdicts(rows: dict[str, dict[str, Any]]) -> list[str]:
                 notes += [note] if note else []
         if not wins:
             continue
-        best = max(wins, key=wins.get)
-        agrees = "agrees" if best in expected else "disagrees"
+        most = max(wins.values())
+        leaders = [k for k in wins if wins[k] == most]  # several when they led equally many columns
+        agreeing = sum(k in expected for k in leaders)
+        agrees = "agrees" if agreeing == len(leaders) else "disagrees" if not agreeing else "partly agrees"
         caveat = f" ({', '.join(notes)})" if notes else ""
-        verdicts.append(f"{group} — the seed: \"{claim}\". Here {APPROACHES[best].label} led {wins[best]} of "
-                        f"{len(columns)} columns{caveat}: {agrees}.")
+        who = " and ".join(APPROACHES[k].label for k in leaders)
+        each = " each" if len(leaders) > 1 else ""
+        verdicts.append(f"{group} — the seed: \"{claim}\". Here {who} led {most} of {len(columns)} "
+                        f"columns{each}{caveat}: {agrees}.")
     return verdicts
 
 

@@ -113,6 +113,13 @@ def test_claim_verdicts_name_the_leader_and_compare_with_the_seed():
     assert "the best true likelihood, 1.400 bits per byte (CLM (GPT-2) 1.500)" in generation
     assert generation.endswith(": disagrees. The samples below show what each continuing model writes.")
     assert "1.200–2.000" in generation and "untested" not in generation
+    # approaches that led equally many columns of a claim are all named
+    split = {"mlm": row(0.7, 0.6, {}), "clm": row(0.6, 0.7, {}), "plm": row(0.5, 0.5, {})}
+    split["plm"]["probes"]["ner"] = {"scores": {"f1": 0.1}, "test": 0}
+    split["mlm"]["probes"]["ner"] = {"scores": {"f1": 0.0}, "test": 0}
+    understanding = compare.claim_verdicts(split)[0]
+    assert "MLM (RoBERTa recipe) and permutation LM (XLNet) led 1 of 2 columns each" in understanding
+    assert understanding.endswith(": partly agrees.")
     # a tie leads nobody; a lead of 0.02 on 500 test pairs at 0.6 is within two standard errors (0.044)
     tied = {"mlm": row(0.6, 0.6, {}), "clm": row(0.6, 0.62, {}, n=500)}
     assert compare.column_leader(tied, "sentiment", "accuracy") == (None, "")
