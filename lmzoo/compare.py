@@ -320,7 +320,8 @@ def claim_verdicts(rows: dict[str, dict[str, Any]]) -> list[str]:
         agreeing = sum(k in expected for k in leaders)
         agrees = "agrees" if agreeing == len(leaders) else "disagrees" if not agreeing else "partly agrees"
         caveat = f" ({', '.join(notes)})" if notes else ""
-        who = " and ".join(APPROACHES[k].label for k in leaders)
+        labels = [APPROACHES[k].label for k in leaders]
+        who = labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
         each = " each" if len(leaders) > 1 else ""
         verdicts.append(f"{group} — the seed: \"{claim}\". Here {who} led {most} of {len(columns)} "
                         f"columns{each}{caveat}: {agrees}.")
@@ -339,11 +340,13 @@ def _generation_verdict(rows: dict[str, dict[str, Any]], expected: tuple[str, ..
         return ""
     best = min(likelihood, key=likelihood.get)
     others = {k: v for k, v in likelihood.items() if k != best}
+    def name(key: str) -> str:  # a permutation LM's figure here is not its pseudo-likelihood one
+        return APPROACHES[key].label + (" left to right" if key in pseudo else "")
+
     if others:
-        line = (f"Here {APPROACHES[best].label} assigns the held-out text the best true likelihood, "
-                f"{likelihood[best]:.3f} bits per byte (" + ", ".join(
-                    f"{APPROACHES[k].label}{' left to right' if k in pseudo else ''} {v:.3f}"
-                    for k, v in sorted(others.items(), key=lambda kv: kv[1])) + ")")
+        line = (f"Here {name(best)} assigns the held-out text the best true likelihood, {likelihood[best]:.3f} "
+                "bits per byte (" + ", ".join(f"{name(k)} {v:.3f}"
+                                              for k, v in sorted(others.items(), key=lambda kv: kv[1])) + ")")
     else:
         line = (f"Here {APPROACHES[best].label} assigns the held-out text {likelihood[best]:.3f} bits per byte, "
                 f"the only true likelihood among these")

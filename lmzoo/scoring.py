@@ -14,9 +14,9 @@ held-out documents, by the model's own kind of prediction.
 - permutation LM (a forward taking ``perm_mask`` / ``target_mapping``): the same PLL through the
   query stream (each token predicted with every other one visible, its own content hidden), so it
   compares with a masked LM's; ``plm_loss`` of the PLM objective's collator at a fixed seed; and the
-  true likelihood of the left-to-right factorization order (one of the orders XLNet trains on, the
-  one it generates in), in the causal LM's windows: ``left_to_right_loss``,
-  ``left_to_right_perplexity``, ``left_to_right_bits_per_byte``.
+  normalized likelihood of the left-to-right factorization order (one of the orders the PLM objective
+  defines), in the causal LM's windows: ``left_to_right_loss``, ``left_to_right_perplexity``,
+  ``left_to_right_bits_per_byte``.
 - encoder-decoder LM: the family's own pretraining objective (its ``FamilySpec`` default, built
   by the objective unit) at a fixed seed: ``loss`` and ``token_accuracy`` of the reconstruction.
 
@@ -448,6 +448,8 @@ def score_permutation(model: Any, tokenizer: Any, documents: Iterable[str], *, c
     collate = PLMCollator(pad_id=tokenizer.pad_id if tokenizer.pad_id is not None else 0, K=options.k,
                           max_span=options.max_span, special_ids=tuple(tokenizer.special_ids))
     prefix, suffix = _template_parts(tokenizer)
+    if not len(prefix) + len(suffix):  # the first token of a window would see no key: attention over
+        suffix = np.array([_a_special_token(tokenizer)], dtype=np.int64)  # none falls back to all keys
     left_to_right = _Sums()
 
     @torch.no_grad()
@@ -455,7 +457,7 @@ def score_permutation(model: Any, tokenizer: Any, documents: Iterable[str], *, c
         inputs = left_to_right_inputs(_on(batch, model.device))
         left_to_right.nll += _labelled_sums(model(**inputs).logits, inputs["labels"])[0]
 
-    rows = _Batcher(batch_size, {"input_ids": tokenizer.pad_id, "labels": IGNORE_INDEX}, run)
+    rows = _Batcher(batch_size, {"input_ids": tokenizer.pad_id, "labels": IGNORE_INDEX, "order": -1}, run)
 
     def add_rows(doc: EncodedDocument, width: int) -> None:
         for window in left_to_right_rows(doc.ids, width, prefix, suffix):
@@ -470,12 +472,21 @@ def score_permutation(model: Any, tokenizer: Any, documents: Iterable[str], *, c
             "left_to_right_bits_per_byte": nll / (sums.bytes * math.log(2))}
 
 
+def _a_special_token(tokenizer: Any) -> int:
+    """A special token for rows whose template adds none (left-to-right scoring needs one visible key)."""
+    for token in (tokenizer.eos_id, tokenizer.sep_id, tokenizer.cls_id):
+        if token is not None:
+            return token
+    raise UserError("left-to-right scoring of a permutation LM needs a special token (end-of-text, separator "
+                    "or CLS); the tokenizer has none")
+
+
 def left_to_right_rows(ids: np.ndarray, width: int, prefix: np.ndarray, suffix: np.ndarray
                        ) -> Iterator[dict[str, np.ndarray]]:
     """The left-to-right factorization order of one document for a permutation LM, a window at a time
     (:func:`causal_windows` read in the document's own tokens: every token predicted once, from the
     tokens before it in its window; the first of each window from none), each wrapped in the
-    template's special tokens. Per window ``input_ids`` [T], ``order`` [T] (each token's place in
+    template's special tokens. Per window ``input_ids`` [T], ``attention_mask`` [T], ``order`` [T] (each token's place in
     the factorization order; -1: a special token, first) and ``labels`` [T] (-100 but at the
     predicted tokens); :func:`left_to_right_inputs` makes the model's inputs of a batch of them."""
     for start, end, n_predicted in causal_windows(len(ids), width):
@@ -485,7 +496,7 @@ def left_to_right_rows(ids: np.ndarray, width: int, prefix: np.ndarray, suffix: 
         labels = np.full(len(row), IGNORE_INDEX, dtype=np.int64)
         predicted = slice(len(prefix) + end - start - n_predicted, len(prefix) + end - start)
         labels[predicted] = row[predicted]
-        yield {"input_ids": row, "order": order, "labels": labels}
+        yield {"input_ids": row, "attention_mask": np.ones(len(row), dtype=np.int64), "order": order, "labels": labels}
 
 
 def left_to_right_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -506,7 +517,7 @@ def left_to_right_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     valid = where < length
     where = where.clamp(max=length - 1)
     target_mapping = F.one_hot(where, length).float() * valid[..., None]
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "perm_mask": perm_mask.float(),
+    return {"input_ids": input_ids, "attention_mask": batch["attention_mask"], "perm_mask": perm_mask.float(),
             "target_mapping": target_mapping, "labels": labels.gather(1, where).masked_fill(~valid, IGNORE_INDEX)}
 
 

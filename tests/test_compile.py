@@ -83,17 +83,23 @@ def test_training_forward_traces_without_a_break_before_the_loss(family, documen
     assert explained.graph_count <= 2, reasons
 
 
-STEPS = [("gpt2", True, 0.0), ("roberta", False, 0.0), ("roberta", False, 0.1)]
+STEPS = [("gpt2", True, 0.0, False), ("roberta", False, 0.0, False), ("roberta", False, 0.1, False),
+         ("roberta", False, 0.1, True)]
 
 
-@pytest.mark.parametrize("family, documents, dropout", STEPS, ids=["gpt2-packed", "roberta", "roberta-dropout"])
-def test_compiled_training_step_equals_eager(family, documents, dropout):
-    """With dropout too: a compiled graph draws lmzoo's CPU masks from the same generator, once
-    (backward reuses them), so one seed gives the eager step's loss and gradients."""
+@pytest.mark.parametrize("family, documents, dropout, checkpointed", STEPS,
+                         ids=["gpt2-packed", "roberta", "roberta-dropout", "roberta-dropout-checkpointed"])
+def test_compiled_training_step_equals_eager(family, documents, dropout, checkpointed):
+    """With dropout too: a compiled graph draws lmzoo's CPU masks from the same generator, and a
+    mask recomputed in backward (activation checkpointing) replays the forward's RNG state, so one
+    seed gives the eager step's loss and gradients."""
+    from lmzoo.nn.stack import set_activation_checkpointing
+
     reason = compile_unavailable()
     if reason:
         pytest.skip(reason)
-    model = pretraining_model(family, n_layers=1, dropout=dropout, attention_dropout=dropout)
+    model = pretraining_model(family, n_layers=2 if checkpointed else 1, dropout=dropout, attention_dropout=dropout)
+    set_activation_checkpointing(model, checkpointed)
     batch = pretraining_batch(family, model.config, documents=documents)
 
     def step(forward):

@@ -35,10 +35,13 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
     return slices >= round(p * _LEVELS) - (_LEVELS >> 1)
 
 
-@torch.library.custom_op("lmzoo::keep_mask", mutates_args=(), device_types="cpu")
+# nondeterministic_seeded: the compiler must neither merge two calls nor drop one, and where it
+# recomputes the op in backward (activation checkpointing) it replays the forward's RNG state
+@torch.library.custom_op("lmzoo::keep_mask", mutates_args=(), device_types="cpu",
+                         tags=(torch.Tag.nondeterministic_seeded,))
 def _compiled_keep_mask(like: torch.Tensor, p: float) -> torch.Tensor:
-    """``keep_mask`` of ``like``'s shape, as an op the compiler keeps opaque (it never recomputes it:
-    the op is not on the partitioner's recomputable list, so backward reuses the forward's mask)."""
+    """``keep_mask`` of ``like``'s shape, as an op the compiler keeps opaque (backward reuses the
+    forward's mask, or replays its RNG state where it recomputes it)."""
     return keep_mask(like.shape, p, like.device)
 
 
