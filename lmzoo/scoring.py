@@ -448,8 +448,9 @@ def score_permutation(model: Any, tokenizer: Any, documents: Iterable[str], *, c
     collate = PLMCollator(pad_id=tokenizer.pad_id if tokenizer.pad_id is not None else 0, K=options.k,
                           max_span=options.max_span, special_ids=tuple(tokenizer.special_ids))
     prefix, suffix = _template_parts(tokenizer)
+    added = 0
     if not len(prefix) + len(suffix):  # the first token of a window would see no key: attention over
-        suffix = np.array([_a_special_token(tokenizer)], dtype=np.int64)  # none falls back to all keys
+        suffix, added = np.array([_a_special_token(tokenizer)], dtype=np.int64), 1  # none falls back to all
     left_to_right = _Sums()
 
     @torch.no_grad()
@@ -460,7 +461,9 @@ def score_permutation(model: Any, tokenizer: Any, documents: Iterable[str], *, c
     rows = _Batcher(batch_size, {"input_ids": tokenizer.pad_id, "labels": IGNORE_INDEX, "order": -1}, run)
 
     def add_rows(doc: EncodedDocument, width: int) -> None:
-        for window in left_to_right_rows(doc.ids, width, prefix, suffix):
+        if width - added < 1:
+            raise UserError("left-to-right scoring of this permutation LM needs --context >= 2")
+        for window in left_to_right_rows(doc.ids, width - added, prefix, suffix):
             rows.add(**{k: torch.from_numpy(v)[None] for k, v in window.items()})
 
     sums = _score_pll(model, tokenizer, documents, forward=_permutation_forward, collate=collate, context=context,

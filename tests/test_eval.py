@@ -257,6 +257,21 @@ def test_xlnet_left_to_right_probabilities_of_every_document_sum_to_one():
     assert float(torch.logsumexp(log_p, 0).exp()) == pytest.approx(1.0, abs=1e-9)
 
 
+def test_xlnet_left_to_right_without_template_tokens_reads_behind_the_end_of_text(tmp_path):
+    """A template that adds no special token would leave each window's first query no key to attend
+    to; the end-of-text token takes the template's place, so the score is the "A </s>" template's."""
+    from lmzoo.hf import load_pretrained
+    from lmzoo.scoring import score_permutation
+
+    tok, documents, scores, _ = scored_xlnet(tmp_path)
+    assert tok.template == "eos"
+    tok.template = "plain"
+    plain = score_permutation(load_pretrained(tmp_path / "xlnet").eval(), tok, documents, context=XLNET_CONTEXT,
+                              batch_size=5)
+    for name in ("left_to_right_loss", "left_to_right_bits_per_byte"):
+        assert plain[name] == pytest.approx(scores[name], rel=1e-9)
+
+
 # ---------------------------------------------------------------- documents
 
 
