@@ -330,32 +330,31 @@ def claim_verdicts(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 def _generation_verdict(rows: dict[str, dict[str, Any]], expected: tuple[str, ...]) -> str:
     """Bits per byte of the true likelihoods: a causal LM's, and a permutation LM's in its left-to-right
-    order (the one it generates in). The masked LMs' and XLNet's pseudo-log-likelihood (each token
-    given all the others) answers an easier question and is not compared."""
-    likelihood = {k: r["intrinsic"]["bits_per_byte"] for k, r in rows.items() if "perplexity" in r["intrinsic"]}
-    likelihood.update({k: r["intrinsic"]["left_to_right_bits_per_byte"] for k, r in rows.items()
-                       if "left_to_right_bits_per_byte" in r["intrinsic"]})
-    pseudo = {k: r["intrinsic"]["bits_per_byte"] for k, r in rows.items() if "pseudo_perplexity" in r["intrinsic"]}
+    order. The masked LMs' and XLNet's pseudo-log-likelihood (each token given all the others)
+    answers an easier question and is not compared."""
+    likelihood: dict[str, tuple[str, float]] = {}  # approach: (how it is named, bits per byte)
+    for key, row in rows.items():
+        scores, label = row["intrinsic"], APPROACHES[key].label
+        if "perplexity" in scores:
+            likelihood[key] = (label, scores["bits_per_byte"])
+        if "left_to_right_bits_per_byte" in scores:
+            likelihood[key] = (f"{label} left to right", scores["left_to_right_bits_per_byte"])
+    pseudo = [r["intrinsic"]["bits_per_byte"] for r in rows.values() if "pseudo_perplexity" in r["intrinsic"]]
     if not likelihood:
         return ""
-    best = min(likelihood, key=likelihood.get)
-    others = {k: v for k, v in likelihood.items() if k != best}
-    def name(key: str) -> str:  # a permutation LM's figure here is not its pseudo-likelihood one
-        return APPROACHES[key].label + (" left to right" if key in pseudo else "")
-
+    ranked = sorted(likelihood, key=lambda k: likelihood[k][1])
+    (name, value), others = likelihood[ranked[0]], [likelihood[k] for k in ranked[1:]]
     if others:
-        line = (f"Here {name(best)} assigns the held-out text the best true likelihood, {likelihood[best]:.3f} "
-                "bits per byte (" + ", ".join(f"{name(k)} {v:.3f}"
-                                              for k, v in sorted(others.items(), key=lambda kv: kv[1])) + ")")
+        line = (f"Here {name} assigns the held-out text the best true likelihood, {value:.3f} bits per byte ("
+                + ", ".join(f"{n} {v:.3f}" for n, v in others) + ")")
     else:
-        line = (f"Here {APPROACHES[best].label} assigns the held-out text {likelihood[best]:.3f} bits per byte, "
-                f"the only true likelihood among these")
+        line = f"Here {name} assigns the held-out text {value:.3f} bits per byte, the only true likelihood among these"
     if pseudo:
-        line += (f"; the pseudo-likelihood figures, {min(pseudo.values()):.3f}–{max(pseudo.values()):.3f}, "
+        line += (f"; the pseudo-likelihood figures, {min(pseudo):.3f}–{max(pseudo):.3f}, "
                  "answer the easier question of each token given all others")
-    agrees = "agrees" if best in expected else "disagrees"
-    tested = f": {agrees}." if others else f"; no other approach generates from a likelihood to compare it with: " \
-                                           f"{agrees}, untested."
+    agrees = "agrees" if ranked[0] in expected else "disagrees"
+    tested = f": {agrees}." if others else \
+        f"; no other approach generates from a likelihood to compare it with: {agrees}, untested."
     return line + tested + " The samples below show what each continuing model writes."
 
 

@@ -373,10 +373,10 @@ def _permutation_forward(model: Any, batch: dict[str, torch.Tensor]) -> torch.Te
 
 def _score_pll(model: Any, tokenizer: Any, documents: Iterable[str], *, forward: Callable, collate: Callable,
                context: int | None, batch_size: int, seed: int, progress: bool, total: int | None,
-               per_document: Callable[[EncodedDocument, int], None] | None = None) -> _Sums:
+               per_document: Callable[[EncodedDocument], None] | None = None) -> _Sums:
     """Pseudo-log-likelihood of every token (``forward``: the logits of each row's predicted token)
     and the objective's loss / accuracy (``collate``) over each document cut into disjoint windows;
-    ``per_document(doc, width)``: a further score's rows of each document (``width`` tokens a row)."""
+    ``per_document(doc)``: a further score's rows of each document."""
     if tokenizer.pad_id is None:
         raise UserError("pseudo-log-likelihood scoring needs a tokenizer with a pad token")
     prefix, suffix = _template_parts(tokenizer)
@@ -408,7 +408,7 @@ def _score_pll(model: Any, tokenizer: Any, documents: Iterable[str], *, forward:
             objective.add(**batch)
         n_examples += len(windows)
         if per_document is not None:
-            per_document(doc, width)
+            per_document(doc)
     pll.finish()
     objective.finish()
     return sums
@@ -448,9 +448,9 @@ def score_permutation(model: Any, tokenizer: Any, documents: Iterable[str], *, c
     collate = PLMCollator(pad_id=tokenizer.pad_id if tokenizer.pad_id is not None else 0, K=options.k,
                           max_span=options.max_span, special_ids=tuple(tokenizer.special_ids))
     prefix, suffix = _template_parts(tokenizer)
-    added = 0
-    if not len(prefix) + len(suffix):  # the first token of a window would see no key: attention over
-        suffix, added = np.array([_a_special_token(tokenizer)], dtype=np.int64), 1  # none falls back to all
+    if not len(prefix) + len(suffix):  # a window's first query would see no key (attention over none
+        suffix = np.array([_a_special_token(tokenizer)], dtype=np.int64)  # falls back to all keys)
+    width = _context(model, context, minimum=len(prefix) + len(suffix) + 1) - len(prefix) - len(suffix)
     left_to_right = _Sums()
 
     @torch.no_grad()
@@ -460,10 +460,8 @@ def score_permutation(model: Any, tokenizer: Any, documents: Iterable[str], *, c
 
     rows = _Batcher(batch_size, {"input_ids": tokenizer.pad_id, "labels": IGNORE_INDEX, "order": -1}, run)
 
-    def add_rows(doc: EncodedDocument, width: int) -> None:
-        if width - added < 1:
-            raise UserError("left-to-right scoring of this permutation LM needs --context >= 2")
-        for window in left_to_right_rows(doc.ids, width - added, prefix, suffix):
+    def add_rows(doc: EncodedDocument) -> None:
+        for window in left_to_right_rows(doc.ids, width, prefix, suffix):
             rows.add(**{k: torch.from_numpy(v)[None] for k, v in window.items()})
 
     sums = _score_pll(model, tokenizer, documents, forward=_permutation_forward, collate=collate, context=context,
@@ -489,9 +487,9 @@ def left_to_right_rows(ids: np.ndarray, width: int, prefix: np.ndarray, suffix: 
     """The left-to-right factorization order of one document for a permutation LM, a window at a time
     (:func:`causal_windows` read in the document's own tokens: every token predicted once, from the
     tokens before it in its window; the first of each window from none), each wrapped in the
-    template's special tokens. Per window ``input_ids`` [T], ``attention_mask`` [T], ``order`` [T] (each token's place in
-    the factorization order; -1: a special token, first) and ``labels`` [T] (-100 but at the
-    predicted tokens); :func:`left_to_right_inputs` makes the model's inputs of a batch of them."""
+    template's special tokens. Per window ``input_ids``, ``attention_mask``, ``order`` (each token's
+    place in the factorization order; -1: a special token, first) and ``labels`` (-100 but at the
+    predicted tokens), all [T]; :func:`left_to_right_inputs` makes a batch of them the model's inputs."""
     for start, end, n_predicted in causal_windows(len(ids), width):
         row = np.concatenate([prefix, ids[start:end], suffix]).astype(np.int64)
         order = np.full(len(row), -1, dtype=np.int64)
