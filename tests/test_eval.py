@@ -237,23 +237,34 @@ def test_xlnet_left_to_right_likelihood_equals_transformers_one_token_at_a_time(
     assert scores["left_to_right_bits_per_byte"] == pytest.approx(nll / (n_bytes * math.log(2)), rel=1e-6)
 
 
-def test_xlnet_left_to_right_probabilities_of_every_document_sum_to_one():
-    """A true likelihood: over all V^3 documents of three tokens the probabilities sum to one (a
-    prediction that saw its own token or a later one would break it)."""
+@pytest.mark.parametrize("vocab, length, width, prefix, suffix", [
+    (10, 3, 3, [], [1]),  # one window, an end-of-text suffix (XLNet's template)
+    (6, 4, 3, [2], [3]),  # two windows (the second predicts one token after two read), [CLS] ... [SEP]
+], ids=["one-window-eos", "two-windows-cls-sep"])
+def test_xlnet_left_to_right_probabilities_of_every_document_sum_to_one(vocab, length, width, prefix, suffix):
+    """A true likelihood: over all V^L documents of L tokens the probabilities sum to one (a
+    prediction that saw its own token or a later one, or a token predicted twice or never, would
+    break it)."""
     from lmzoo.models.xlnet import XLNetLMHeadModel
     from lmzoo.presets import preset_config
     from lmzoo.scoring import left_to_right_inputs, left_to_right_rows
 
-    vocab, length, eos = 10, 3, 1
     torch.manual_seed(0)
     model = XLNetLMHeadModel(preset_config("xlnet-tiny", vocab_size=vocab, n_layers=2)).eval()
     documents = torch.cartesian_prod(*[torch.arange(vocab)] * length).numpy()
-    windows = [next(left_to_right_rows(d, length, np.array([], np.int64), np.array([eos]))) for d in documents]
-    inputs = left_to_right_inputs({k: torch.from_numpy(np.stack([w[k] for w in windows])) for k in windows[0]})
-    assert inputs["target_mapping"].shape == (vocab**length, length, length + 1)
+    windows = [list(left_to_right_rows(d, width, np.array(prefix, np.int64), np.array(suffix, np.int64)))
+               for d in documents]
+    per_document = len(windows[0])
+    assert per_document == math.ceil(length / width)
+    rows = [w for document in windows for w in document]
+    inputs = left_to_right_inputs({k: torch.from_numpy(np.stack([w[k] for w in rows])) for k in rows[0]})
+    assert inputs["target_mapping"].shape == (len(rows), width, width + len(prefix) + len(suffix))
     with torch.no_grad():
-        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits  # [V^3, 3, V]
-    log_p = torch.log_softmax(logits.double(), -1).gather(-1, inputs["labels"][..., None]).sum((1, 2))
+        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits  # [rows, width, V]
+    labels = inputs["labels"]
+    log_p = torch.log_softmax(logits.double(), -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+    log_p = log_p.masked_fill(labels < 0, 0.0).sum(1).view(len(documents), per_document).sum(1)
+    assert int((labels >= 0).sum()) == len(documents) * length  # every token predicted exactly once
     assert float(torch.logsumexp(log_p, 0).exp()) == pytest.approx(1.0, abs=1e-9)
 
 
