@@ -31,6 +31,7 @@ TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".py", ".csv")  # .py: source code is 
 COLUMNAR_SUFFIXES = (".parquet",)
 DATASET_FILES = ("state.json", "dataset_info.json")  # what datasets.Dataset.save_to_disk writes beside its .arrow files
 ARROW_BATCH_ROWS = 1024
+CSV_FIELD_LIMIT = 1 << 30  # the csv module's default (128 KiB) refuses a long document in one field
 DOCUMENT_SPLITS = ("blank_line", "file")
 
 
@@ -86,11 +87,12 @@ def resolve_paths(spec: str | os.PathLike | list) -> list[Path]:
 
 
 def _open_lines(path: Path) -> Iterator[str]:
-    """Lines of a text file (``.gz`` transparently) without their line ending; UserError for
-    binary or non-UTF-8 content, naming the file."""
+    """Lines of a text file (``.gz`` transparently) without their line ending and without a leading
+    byte-order mark (spreadsheet "CSV UTF-8" exports write one); UserError for binary or non-UTF-8
+    content, naming the file."""
     raw = gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
     try:
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline=None)
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline=None)
         for number, line in enumerate(text, 1):
             if "\x00" in line:
                 raise UserError(f"{path}:{number}: binary file (NUL byte), expected UTF-8 text")
@@ -145,7 +147,10 @@ def _column_documents(path: Path, text_field: str) -> Iterator[str]:
                             "name the text column with --text-column")
         for batch in batches():
             column = batch.column(batch.schema.get_field_index(text_field))
-            if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+            if pa.types.is_dictionary(column.type):  # pandas' categorical strings
+                column = column.dictionary_decode()
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+                    or pa.types.is_string_view(column.type)):
                 raise UserError(f"{path}: column {text_field!r} holds {column.type}, not text")
             yield from (text for text in column.to_pylist() if text and text.strip())
     except (pa.ArrowException, OSError) as e:
@@ -153,10 +158,12 @@ def _column_documents(path: Path, text_field: str) -> Iterator[str]:
 
 
 def _csv_documents(path: Path, text_field: str) -> Iterator[str]:
-    """Column ``text_field`` of a CSV file with a header row, row by row."""
+    """Column ``text_field`` of a CSV file with a header row, row by row. Strict: a quote left open
+    is an error, not the rest of the file read as one field; a field may be as long as a document."""
     import csv
 
-    rows = csv.DictReader(line + "\n" for line in _open_lines(path))  # quoted fields may span lines
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    rows = csv.DictReader((line + "\n" for line in _open_lines(path)), strict=True)  # quoted fields may span lines
     if rows.fieldnames is None or text_field not in rows.fieldnames:
         raise UserError(f"{path}: no column {text_field!r} in the header ({', '.join(rows.fieldnames or [])}); "
                         "name the text column with --text-column")
@@ -176,16 +183,18 @@ def _file_documents(path: Path, document_split: str, text_field: str) -> Iterato
     if name.endswith(".csv"):
         yield from _csv_documents(path, text_field)
         return
-    if name.endswith(".jsonl"):
+    if name.endswith((".jsonl", ".json")):  # .json: datasets' to_json writes JSON Lines under that name
         for number, line in enumerate(_open_lines(path), 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{number}: bad JSON ({e.msg})") from None
+                raise UserError(f"{path}:{number}: bad JSON ({e.msg}); expected JSON Lines, one object a line") \
+                    from None
             if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                raise UserError(f"{path}:{number}: expected an object with a string field {text_field!r}")
+                raise UserError(f"{path}:{number}: expected JSON Lines, an object a line with a string field "
+                                f"{text_field!r}")
             if record[text_field].strip():
                 yield record[text_field]
         return
@@ -211,7 +220,8 @@ def iter_documents(spec: str | os.PathLike | list, *, document_split: str = "bla
 
     ``document_split="blank_line"``: documents are separated by one or more blank lines;
     ``"file"``: one document per file (leading blank lines and trailing whitespace dropped).
-    ``.jsonl`` files always give one document per line, the string in ``text_field``; so do the
+    ``.jsonl`` files (and a file named explicitly as ``.json``: JSON Lines too) always give one
+    document per line, the string in ``text_field``; so do the
     rows of .csv (with a header), .parquet and datasets folders, from their column ``text_field``.
     ``.md`` files get :func:`clean_markdown_line` on every line.
     """

@@ -70,3 +70,41 @@ def test_columnar_mistakes_are_one_line(sources, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # the extra not installed
     with pytest.raises(UserError, match=r"pip install 'lmzoo\[data\]'"):
         list(iter_documents(sources / "corpus.parquet"))
+
+
+def test_exports_of_other_tools_read_as_their_text(tmp_path):
+    """What spreadsheets, pandas and datasets write: a byte-order mark, categorical or string-view
+    columns, a document longer than the csv module's default field limit, JSON Lines named .json."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bom = "\ufeff"
+    (tmp_path / "bom.txt").write_text(bom + "hello there\n\nsecond one\n")
+    (tmp_path / "bom.csv").write_text(bom + "text,label\nhello there,1\n")
+    (tmp_path / "bom.jsonl").write_text(bom + '{"text": "hello there"}\n')
+    assert list(iter_documents(tmp_path / "bom.txt")) == ["hello there", "second one"]
+    assert list(iter_documents(tmp_path / "bom.csv")) == ["hello there"]
+    assert list(iter_documents(tmp_path / "bom.jsonl")) == ["hello there"]
+
+    texts = ["the old king", "the mad king", "the old king"]
+    pq.write_table(pa.table({"text": pa.array(texts).dictionary_encode()}), tmp_path / "categorical.parquet")
+    pq.write_table(pa.table({"text": pa.array(texts, pa.string_view())}), tmp_path / "view.parquet")
+    for name in ("categorical.parquet", "view.parquet"):
+        assert list(iter_documents(tmp_path / name)) == texts, name
+
+    long_document = "word " * 40_000  # 200 KB in one field
+    (tmp_path / "long.csv").write_text(f'text\n"{long_document}"\nshort\n')
+    assert list(iter_documents(tmp_path / "long.csv")) == [long_document, "short"]
+
+    datasets.Dataset.from_list([{"text": t} for t in texts]).to_json(str(tmp_path / "export.json"))
+    assert list(iter_documents(tmp_path / "export.json")) == texts
+
+
+def test_a_quote_left_open_in_a_csv_is_an_error_not_one_long_document(tmp_path):
+    (tmp_path / "open.csv").write_text('text,label\n"hello world,1\nsecond,0\nthird,1\n')
+    with pytest.raises(UserError, match=r"open.csv:\d+: bad CSV \(unexpected end of data\)"):
+        list(iter_documents(tmp_path / "open.csv"))
+    (tmp_path / "array.json").write_text('[{"text": "a"}]\n')
+    with pytest.raises(UserError, match="array.json:1: expected JSON Lines"):
+        list(iter_documents(tmp_path / "array.json"))
