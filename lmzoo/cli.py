@@ -109,13 +109,14 @@ def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--preset", choices=list(PRESETS), help="a named model size and family (random init)")
     m.add_argument("--config", help="an HF config.json or lmzoo config file: a custom size (random init)")
     m.add_argument("--model", help="an lmzoo or HF model folder: continue pretraining it, with its tokenizer")
-    m.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+    m.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="model config fields set on top, typed (e.g. --set n_layers=4 dropout=0.0)")
     p.add_argument("--run-config", help="replay OUT/run_config.json of an earlier run; flags given here override it")
     p.add_argument("--objective", help=f"one of {', '.join(OBJECTIVES)} (default: the family's own)")
-    p.add_argument("--data", nargs="+", help="files, folders (also datasets save_to_disk folders) or globs of "
-                   ".txt .md .jsonl .csv .parquet; default: the bundled Shakespeare plays")
-    p.add_argument("--data-weights", nargs="+", type=float,
+    p.add_argument("--data", nargs="+", action="extend",
+                   help="files, folders (also datasets save_to_disk folders) or globs of .txt .md .jsonl .csv "
+                   ".parquet; default: the bundled Shakespeare plays")
+    p.add_argument("--data-weights", nargs="+", action="extend", type=float,
                    help="one weight per --data entry: examples are drawn from each source in proportion")
     p.add_argument("--text-column", default="text", help="the text column of .jsonl .csv .parquet and datasets")
     p.add_argument("--out", required=True, help="run folder: model, tokenizer, metrics, checkpoints")
@@ -231,7 +232,7 @@ def _refuse_file_out(out: str) -> None:
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for the demo's models")
-    p.add_argument("--only", nargs="+", help="run only these sections")
+    p.add_argument("--only", nargs="+", action="extend", help="run only these sections")
 
 
 @verb("demo", "pretrain tiny models on the bundled plays and show each approach working", _demo_arguments)
@@ -636,7 +637,7 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
     from lmzoo.data import DOCUMENT_SPLITS
 
     p.add_argument("model", help="a model folder with its tokenizer (from pretrain, finetune, or Hugging Face)")
-    p.add_argument("--data", nargs="+",
+    p.add_argument("--data", nargs="+", action="extend",
                    help="files, folders or globs, read and split into documents as pretrain reads them "
                         "(intrinsic scores; the pairs probe's text, default the bundled plays)")
     p.add_argument("--probes", help="comma-separated downstream probes to fine-tune and score: "
@@ -696,13 +697,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _compare_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", nargs="+", help="pretraining corpus: files, folders or globs (default: the bundled "
-                   "plays, the last one held out)")
+    p.add_argument("--data", nargs="+", action="extend",
+                   help="pretraining corpus: files, folders or globs (default: the bundled plays, the last one held out)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--flops", type=float, help="training FLOPs per approach, counted from the configs "
                         "(default: the small budget in docs/compare.md)")
     budget.add_argument("--minutes", type=float, help="equal wall-clock per approach instead of equal FLOPs")
-    p.add_argument("--approaches", nargs="+", help="a subset of: mlm, mlm+nsp, clm, span, denoise, plm (default all)")
+    p.add_argument("--approaches", nargs="+", action="extend",
+                   help="a subset of: mlm, mlm+nsp, clm, span, denoise, plm (default all)")
     p.add_argument("--probes", default="all", help="comma-separated probes run on each model (default all, "
                    "'none' for intrinsic scores only)")
     p.add_argument("--probe-steps", type=int, help="optimizer steps of each probe (default: the protocol's)")
@@ -834,7 +836,8 @@ def _both_forms(p: argparse.ArgumentParser) -> None:
         if not action.option_strings and f"--{name}" not in p._option_string_actions:
             required = action.nargs in (None, "+")
             action.nargs, action.required = ("*" if many else "?"), False
-            p.add_argument(f"--{name}", dest=f"_{name}_flag", nargs="+" if many else None, metavar=name.upper(),
+            p.add_argument(f"--{name}", dest=f"_{name}_flag", metavar=name.upper(),
+                           **({"nargs": "+", "action": "extend"} if many else {}),
                            help=f"the same as the positional {name}")
             # with the flag form, `text2text --model M A B` gives A to the (optional) positional model
             after = positionals[positionals.index(action) + 1:]

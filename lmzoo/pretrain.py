@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -77,13 +78,15 @@ class Plan:
     tokenizer_path: str | None
     vocab_size: int
     lowercase: bool
+    files: str = ""  # the files the sources name (see data_files_signature)
 
     @property
     def signature(self) -> dict[str, Any]:
         """The options a resume must keep, beside the loop's own (batch size, seed ...): the objective's
         options too (their field names are their flags), since a resumed run must draw the same batches."""
-        weights = {"data_weights": self.weights} if self.weights else {}
-        return {**self.source.signature, "objective": self.unit.name, "seq_len": self.seq_len, **weights,
+        return {**self.source.signature, "objective": self.unit.name, "seq_len": self.seq_len,
+                "data": self.files, "data_weights": self.weights or [], "text_column": self.text_field,
+                "eval_fraction": self.eval_fraction, "document_split": self.document_split,
                 **dataclasses.asdict(self.options)}
 
 
@@ -147,13 +150,23 @@ def plan_pretraining(*, source: ModelSource, objective: str | None, options: Any
     if data_weights is not None:
         sources = [data] if isinstance(data, (str, os.PathLike)) else list(data)
         weights = check_weights(data_weights, len(sources))
-    for spec in sources:
-        resolve_paths(spec)  # missing files or folders without text
+    files = data_files_signature([resolve_paths(spec) for spec in sources])  # missing files or folders: refused
     if source.model and not tokenizer_path:
         Tokenizer.load(source.model)  # the folder's own tokenizer: "no tokenizer in ..." before a write
     return Plan(source=source, config=config, unit=unit, options=options, sources=sources, weights=weights,
                 text_field=text_field, seq_len=seq_len, eval_fraction=eval_fraction, document_split=document_split,
-                tokenizer_path=tokenizer_path, vocab_size=vocab_size, lowercase=lowercase)
+                tokenizer_path=tokenizer_path, vocab_size=vocab_size, lowercase=lowercase, files=files)
+
+
+def data_files_signature(files: list[list[Path]]) -> str:
+    """The files of each source as a resume compares them: names and sizes, so a run folder moved or
+    copied with its corpus resumes, and another or a changed corpus is refused; for many files,
+    their count and a digest."""
+    text = " + ".join(" ".join(f"{f.name} ({f.stat().st_size} bytes)" for f in source) for source in files)
+    if len(text) <= 400:
+        return text
+    digest = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    return f"{sum(len(source) for source in files)} files (digest of names and sizes {digest})"
 
 
 def pretrain(*, preset: str | None = None, data: Any, out: str | Path, train_config: TrainConfig,

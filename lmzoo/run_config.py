@@ -51,7 +51,7 @@ class ModelSource:
         else:  # a path, compared wherever the resume runs from
             name = "config" if self.config else "model"
             named = {name: str(Path(getattr(self, name)).expanduser().resolve())}
-        return {**named, **({"set": dict(self.overrides)} if self.overrides else {})}
+        return {**named, "set": dict(self.overrides)}  # also when empty: a resume that adds --set differs
 
 
 def _field_types() -> dict[str, str]:

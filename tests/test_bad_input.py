@@ -360,6 +360,13 @@ CASES = [
     ([*RESUME, "--objective", "mlm+nsp"], "--objective mlm+nsp contradicts the checkpoint"),
     ([*RESUME, "--mask-prob", "0.3"], "--mask-prob 0.3 contradicts the checkpoint RUN/checkpoints/step-00000002 "
                                       "(0.15)"),
+    # the options a resume could drop or add: a run's model overrides, its data and how it is split
+    ([*RESUME, "--set", "dropout=0.0"], "--set dropout=0.0 contradicts the checkpoint RUN/checkpoints/step-00000002 "
+                                        "(none)"),
+    ([*RESUME, "--data", "train.csv"], "bytes) train.csv ("),
+    ([*RESUME, "--eval-fraction", "0.5"], "--eval-fraction 0.5 contradicts the checkpoint"),
+    ([*RESUME, "--document-split", "file"], "--document-split file contradicts the checkpoint"),
+    ([*RESUME, "--data-weights", "1"], "--data-weights 1.0 contradicts the checkpoint"),
     (["pretrain", *PRETRAIN, "--out", "RUN"], "RUN already holds a run; pass --resume to continue it or --overwrite"),
 ]
 

@@ -90,6 +90,12 @@ def test_no_abbreviated_flags(capsys):
     (["train-tokenizer", "--data", "a", "b", "--kind", "bpe", "--out", "o"], {"data": ["a", "b"]}),
     (["train-tokenizer", "--kind", "bpe", "--out", "o"], {"data": None}),
     (["generate", "M", "hello", "--model", "M"], {"model": "M", "prompt": "hello"}),  # the same value twice: fine
+    # a list flag given twice keeps both (argparse's default keeps the last: a source dropped silently)
+    (["pretrain", "--preset", "bert-tiny", "--out", "o", "--data", "a", "--data", "b", "c", "--set", "n_layers=1",
+      "--set", "dropout=0.0", "--data-weights", "1", "--data-weights", "2", "3"],
+     {"data": ["a", "b", "c"], "set": ["n_layers=1", "dropout=0.0"], "data_weights": [1.0, 2.0, 3.0]}),
+    (["train-tokenizer", "--data", "a", "--data", "b", "--kind", "bpe", "--out", "o"], {"data": ["a", "b"]}),
+    (["eval", "M", "--data", "a", "--data", "b"], {"data": ["a", "b"]}),
 ])
 def test_inputs_positionally_or_as_flags(argv, expected):
     args = parse_args(argv)

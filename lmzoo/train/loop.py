@@ -786,8 +786,17 @@ def _check_resume_options(path: Path, state: Mapping[str, Any], signature: Mappi
                     f"{value * world_size}): resume with --batch-size {saved[key] * saved_world // world_size}")
             continue
         if saved.get(key) is not None and saved[key] != value:
-            raise UserError(f"--{key.replace('_', '-')} {value} contradicts the checkpoint {path} "
-                            f"({saved[key]}); resume with the same value or start over with --overwrite")
+            raise UserError(f"--{key.replace('_', '-')} {_shown(value)} contradicts the checkpoint {path} "
+                            f"({_shown(saved[key])}); resume with the same value or start over with --overwrite")
+
+
+def _shown(value: Any) -> str:
+    """An option's value as it is typed: ``KEY=VALUE`` pairs, space-separated lists, "none" when empty."""
+    if isinstance(value, dict):
+        value = [f"{k}={v}" for k, v in value.items()]
+    if isinstance(value, list):
+        return " ".join(map(str, value)) or "none"
+    return str(value)
 
 
 def _schedule_note(state: Mapping[str, Any], config: TrainConfig) -> None:
