@@ -165,15 +165,14 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from lmzoo.run_config import ModelSource, base_config, parse_overrides, replay_args
     from lmzoo.train.distributed import is_main_process
 
-    if args.run_config:  # options left at their defaults take the recorded run's values
-        defaults = argparse.ArgumentParser(add_help=False)
-        _pretrain_arguments(defaults)
-        replay_args(args, vars(defaults.parse_args(["--out", args.out])), args.run_config)
+    if args.run_config:  # options not given here take the recorded run's values
+        replay_args(args, args._given, args.run_config)
     overrides = parse_overrides(args.set)
     source = ModelSource(preset=args.preset, config=args.config, model=args.model, overrides=tuple(overrides.items()))
     unit = objective_for(base_config(source).family, args.objective)
     recorded = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in (
-        "verb", "out", "resume", "overwrite", "run_config", "no_progress")} | {"objective": unit.name}
+        "verb", "out", "resume", "overwrite", "run_config", "no_progress")}  # the objective as given: a replay
+    # with another --preset takes that family's default
     for key in ("data", "tokenizer", "model", "config"):  # the replay may run from another folder
         value = recorded[key]
         recorded[key] = [os.path.abspath(v) for v in value] if isinstance(value, list) else (
@@ -913,10 +912,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     verbs = parser.get_default("_verbs")
     if argv and argv[0] in verbs:
         args = verbs[argv[0]].parse_intermixed_args(argv[1:])
+        args._given = _given_flags(verbs[argv[0]], argv[1:])
     else:
         args = parser.parse_args(argv)
     _merge_twins(args)
     return args
+
+
+def _given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the flags typed in ``argv`` (``--flag value`` or ``--flag=value``; no
+    abbreviations: see _Parser), also those given at their default value."""
+    typed = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
+    return {action.dest for action in parser._actions if typed.intersection(action.option_strings)}
 
 
 def main(argv: list[str] | None = None) -> int:

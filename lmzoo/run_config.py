@@ -158,15 +158,16 @@ def read_run_args(path: str | Path) -> dict[str, Any]:
 MODEL_OPTIONS = ("preset", "config", "model")  # one names the model: one given here replaces the file's
 
 
-def replay_args(args: Any, defaults: dict[str, Any], path: str | Path) -> None:
-    """Fill ``args`` (an argparse namespace) from the run config at ``path``: every option left at its
-    default takes the recorded value, so flags given on the command line override the file (a model
-    named here replaces the recorded one). An option this version does not know is a UserError."""
+def replay_args(args: Any, given: set[str], path: str | Path) -> None:
+    """Fill ``args`` (an argparse namespace) from the run config at ``path``: every option not in
+    ``given`` (the destinations of the flags typed on the command line) takes the recorded value, so
+    a flag given here overrides the file, also at its default value (a model named here replaces the
+    recorded one). An option this version does not know is a UserError."""
     recorded = read_run_args(path)
-    if any(getattr(args, key) != defaults[key] for key in MODEL_OPTIONS):
+    if given & set(MODEL_OPTIONS):
         recorded = {k: v for k, v in recorded.items() if k not in MODEL_OPTIONS}
     for key, value in recorded.items():
-        if key not in defaults:
+        if not hasattr(args, key) or key.startswith("_"):
             raise UserError(f"{path}: unknown option {key!r} (written by another lmzoo version?)")
-        if getattr(args, key) == defaults[key]:
+        if key not in given:
             setattr(args, key, value)

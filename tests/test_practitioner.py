@@ -157,6 +157,17 @@ def test_custom_config_set_overrides_and_run_config_replay(tmp_path, capsys):
     assert replayed["args"] == {**record["args"], "max_steps": 3}
     assert losses(replay)[:2] == pytest.approx(losses(first), abs=1e-6)
 
+    # a flag typed at its default value still overrides the file; a model named here replaces the
+    # recorded one; the objective is recorded as given (none: a replay takes the family's default)
+    assert record["args"]["objective"] is None and record["args"]["schedule"] == "constant"
+    other = tmp_path / "other"
+    code, _, err = run(capsys, "pretrain", "--run-config", first / "run_config.json", "--out", other,
+                       "--max-steps", 1, "--schedule", "linear", "--preset", "bert-tiny")
+    assert code == 0, err
+    replayed = json.loads((other / "run_config.json").read_text())
+    assert replayed["args"]["schedule"] == "linear" and replayed["args"]["config"] is None
+    assert replayed["model"]["preset"] == "bert-tiny" and replayed["objective"]["name"] == "mlm+nsp"
+
 
 BAD = [
     (["--preset", "bert-tiny", "--set", "n_layer=2"], "--set n_layer: unknown model config field"),
