@@ -53,9 +53,9 @@ def _weight_names(folder: Path) -> set[str] | None:
     if (folder / "model.safetensors").is_file():
         files = [folder / "model.safetensors"]
     elif (folder / "model.safetensors.index.json").is_file():
-        from lmzoo.config import read_json
+        from lmzoo.weights import index_weight_map
 
-        return set(read_json(folder / "model.safetensors.index.json")["weight_map"])
+        return set(index_weight_map(folder / "model.safetensors.index.json"))
     else:
         return None
     names: set[str] = set()

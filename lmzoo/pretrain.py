@@ -335,10 +335,10 @@ def _build_model(plan: Plan, tokenizer: Tokenizer, seed: int, *, say: bool) -> P
     cls = model_class_for(plan.config.family, plan.unit.name)
     torch.manual_seed(seed)
     if not plan.source.model:
-        return cls(_sized_config(plan.config, tokenizer, dict(plan.source.overrides)))
-    if tokenizer.vocab_size > plan.config.vocab_size:
-        raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens but {plan.source.model} embeds only "
-                        f"{plan.config.vocab_size}; use the folder's own tokenizer")
+        config = _sized_config(plan.config, tokenizer, dict(plan.source.overrides))
+        _check_fits(config, tokenizer, plan.unit, None)
+        return cls(config)
+    _check_fits(plan.config, tokenizer, plan.unit, plan.source.model)
     model = cls(plan.config)
     state = convert_from_hf(model, read_state_dict(plan.source.model), source=plan.source.model)
     model.load_state_dict(state, strict=False)
@@ -349,6 +349,19 @@ def _build_model(plan: Plan, tokenizer: Tokenizer, seed: int, *, say: bool) -> P
         print(f"note: {plan.source.model} has no {', '.join(created)}: created for {cls.hf_architecture}"
               + (f" ({'; '.join(tied)}, as {plan.config.family} ties them)" if tied else ""), file=sys.stderr)
     return model
+
+
+def _check_fits(config: ModelConfig, tokenizer: Tokenizer, unit: Objective, model: str | None) -> None:
+    """A UserError when the model cannot embed what the run feeds it: the tokenizer's ids, the
+    objective's token types (``model``: the folder the config comes from, else --set made it)."""
+    if tokenizer.vocab_size > config.vocab_size:
+        fix = f"use {model}'s own tokenizer" if model else "leave --set vocab_size out: the tokenizer sizes it"
+        raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model embeds only "
+                        f"{config.vocab_size}; {fix}")
+    if unit.segment_types > config.type_vocab_size:
+        raise UserError(f"objective {unit.name} gives its examples {unit.segment_types} token types but the model "
+                        f"embeds {config.type_vocab_size}; choose another objective"
+                        + ("" if model else f" or --set type_vocab_size={unit.segment_types}"))
 
 
 def _sized_config(base: ModelConfig, tokenizer: Tokenizer, overrides: dict[str, Any]) -> ModelConfig:

@@ -74,6 +74,16 @@ def config_of(model_class: Any, hf: dict[str, Any], folder: str | Path) -> Model
         raise UserError(f"{folder}/config.json: {e}") from None
 
 
+def index_weight_map(index: Path) -> dict[str, str]:
+    """The ``weight_map`` (weight name → shard file) of a sharded folder's
+    ``model.safetensors.index.json``; a UserError naming the file when it is not such an index."""
+    weight_map = read_json(index).get("weight_map")
+    if not (isinstance(weight_map, dict) and weight_map
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
+        raise UserError(f"{index}: not a safetensors index (no 'weight_map' of weight names to shard files)")
+    return weight_map
+
+
 def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     """All weights of a folder: model.safetensors, sharded safetensors, or pytorch_model.bin (weights only)."""
     folder = Path(folder)
@@ -82,7 +92,7 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
         if (folder / "model.safetensors").is_file():
             return load_file(folder / "model.safetensors")
         if index.is_file():
-            shards = sorted(set(read_json(index)["weight_map"].values()))
+            shards = sorted(set(index_weight_map(index).values()))
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
                 state.update(load_file(folder / shard))

@@ -218,3 +218,26 @@ def test_bart_reconstruct_writes_mask_texts_whole(tmp_path, monkeypatch):
     assert out == seq2seq.generate_texts(model, tokenizer, ["Good <mask> lord"], max_new_tokens=6)[0]
     with pytest.raises(UserError, match="write <mask>"):
         reconstruct_texts(model, tokenizer, ["Good <extra_id_0> lord"])
+
+
+def test_sharded_hf_folder_loads_and_a_broken_index_is_one_line(tmp_path):
+    """transformers writes large checkpoints as shards plus model.safetensors.index.json: lmzoo reads
+    every shard (the same logits as transformers); an index without its weight map is a UserError."""
+    from conftest import hf_model, tiny_config
+
+    from lmzoo.hf import load_pretrained
+    from lmzoo.weights import read_state_dict
+
+    folder = tmp_path / "sharded"
+    hf = hf_model(transformers.BertForMaskedLM, tiny_config("bert"), tmp_path / "whole")
+    hf.save_pretrained(folder, max_shard_size="20KB")
+    assert len(list(folder.glob("model-*.safetensors"))) > 1 and not (folder / "model.safetensors").exists()
+    ids = torch.randint(5, hf.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        expected = hf(ids).logits
+        ours = load_pretrained(folder).eval()(ids).logits
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    assert read_state_dict(folder).keys() == read_state_dict(tmp_path / "whole").keys()
+    (folder / "model.safetensors.index.json").write_text('{"metadata": {}}')
+    with pytest.raises(UserError, match="model.safetensors.index.json: not a safetensors index"):
+        read_state_dict(folder)

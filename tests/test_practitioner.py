@@ -175,6 +175,10 @@ BAD = [
     (["--preset", "bert-tiny", "--set", "pre_norm=maybe"], "expected true or false"),
     (["--preset", "bert-tiny", "--set", "d_model"], "--set takes key=value"),
     (["--preset", "bert-tiny", "--set", "n_heads=3"], "not divisible by n_heads 3"),
+    (["--preset", "bert-tiny", "--set", "vocab_size=50"], "tokens but the model embeds only 50; "
+                                                          "leave --set vocab_size out"),
+    (["--preset", "bert-tiny", "--set", "type_vocab_size=1"], "objective mlm+nsp gives its examples 2 token types but "
+                                                              "the model embeds 1"),
     (["--preset", "bert-tiny", "--model", "somewhere"], "exactly one of --preset, --config or --model"),
     ([], "exactly one of --preset, --config or --model"),
     (["--config", "MISSING.json"], "not found"),

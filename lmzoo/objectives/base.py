@@ -37,10 +37,12 @@ class Objective:
     its CLI flags (``lmzoo.options``), validated in its ``__post_init__``; two objectives may
     share one (mlm and mlm+nsp). ``build(tokenizer, train, eval, options, seq_len=, seed=)``
     makes the datasets (rows of at most ``seq_len`` tokens; ``seed`` fixes any data drawn once,
-    such as NSP pairs). ``extra_ids``: sentinel tokens a tokenizer trained for it needs."""
+    such as NSP pairs). ``extra_ids``: sentinel tokens a tokenizer trained for it needs;
+    ``segment_types``: the token types its examples use (sentence pairs: A and B)."""
 
     name: str  # --objective NAME
     title: str  # its CLI flag group, e.g. "masked LM"
     options: type
     build: Builder
     extra_ids: int = 0
+    segment_types: int = 1

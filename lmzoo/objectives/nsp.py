@@ -185,4 +185,4 @@ def build_mlm_nsp(tokenizer: "Tokenizer", train_corpus: "TokenizedCorpus", eval_
 
 
 OBJECTIVE = Objective(name="mlm+nsp", title="masked LM + next-sentence prediction", options=MLMConfig,
-                      build=build_mlm_nsp)
+                      build=build_mlm_nsp, segment_types=2)
