@@ -78,8 +78,10 @@ def _data_spec(data: list[str] | None):
 
 
 def _tokenizer_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", nargs="*", help="files, folders or globs (.txt .md .jsonl, optionally .gz); "
-                   "default: the bundled Shakespeare plays")
+    p.add_argument("data", nargs="*", help="files, folders (also datasets save_to_disk folders) or globs of .txt "
+                   ".md .jsonl .csv .parquet (text ones optionally .gz); default: the bundled Shakespeare plays")
+    p.add_argument("--text-column", default="text", help="the text column of .jsonl .csv .parquet and datasets")
+    p.add_argument("--document-split", default="blank_line", choices=["blank_line", "file"])
     p.add_argument("--kind", required=True, choices=["wordpiece", "bpe", "unigram"],
                    help="wordpiece (BERT), byte-level bpe (RoBERTa/GPT-2/BART), unigram (T5/XLNet)")
     p.add_argument("--vocab-size", type=int, default=8000)
@@ -97,7 +99,8 @@ def cmd_train_tokenizer(args: argparse.Namespace) -> None:
 
     tok = train_tokenizer(_data_spec(args.data), kind=args.kind, vocab_size=args.vocab_size, out_dir=args.out,
                           lowercase=args.lowercase, min_frequency=args.min_frequency, extra_ids=args.extra_ids,
-                          special_tokens=args.special_token, overwrite=args.overwrite)
+                          special_tokens=args.special_token, overwrite=args.overwrite, text_field=args.text_column,
+                          document_split=args.document_split)
     print(f"{args.kind} tokenizer with {tok.vocab_size} tokens written to {args.out}")
 
 

@@ -358,7 +358,7 @@ def _check_fits(config: ModelConfig, tokenizer: Tokenizer, unit: Objective, mode
         fix = f"use {model}'s own tokenizer" if model else "leave --set vocab_size out: the tokenizer sizes it"
         raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model embeds only "
                         f"{config.vocab_size}; {fix}")
-    if unit.segment_types > config.type_vocab_size:
+    if unit.segment_types > max(1, config.type_vocab_size):  # 0: a family without token-type embeddings
         raise UserError(f"objective {unit.name} gives its examples {unit.segment_types} token types but the model "
                         f"embeds {config.type_vocab_size}; choose another objective"
                         + ("" if model else f" or --set type_vocab_size={unit.segment_types}"))

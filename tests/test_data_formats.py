@@ -108,3 +108,23 @@ def test_a_quote_left_open_in_a_csv_is_an_error_not_one_long_document(tmp_path):
     (tmp_path / "array.json").write_text('[{"text": "a"}]\n')
     with pytest.raises(UserError, match="array.json:1: expected JSON Lines"):
         list(iter_documents(tmp_path / "array.json"))
+
+
+def test_train_tokenizer_reads_a_named_column(sources, tmp_path, capsys):
+    """`lmzoo train-tokenizer shards.parquet --text-column body` (its own error names that flag)
+    gives the tokenizer the same text in a .txt file gives."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lmzoo.cli import main
+    from lmzoo.tokenizer import Tokenizer
+
+    pq.write_table(pa.table({"body": DOCUMENTS}), tmp_path / "shard.parquet")
+    common = ["--kind", "bpe", "--vocab-size", "300"]
+    assert main(["train-tokenizer", str(tmp_path / "shard.parquet"), *common, "--out", str(tmp_path / "t")]) == 2
+    assert "--text-column" in capsys.readouterr().err
+    assert main(["train-tokenizer", str(tmp_path / "shard.parquet"), "--text-column", "body", *common,
+                 "--out", str(tmp_path / "column")]) == 0
+    assert main(["train-tokenizer", str(sources / "plain.txt"), *common, "--out", str(tmp_path / "plain")]) == 0
+    column, plain = Tokenizer.load(tmp_path / "column"), Tokenizer.load(tmp_path / "plain")
+    assert column.backend.get_vocab() == plain.backend.get_vocab()
