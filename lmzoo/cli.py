@@ -170,6 +170,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     if args.run_config:  # options not given here take the recorded run's values
         replay_args(args, args._given, args.run_config)
+    if args.tokenizer or args.model:  # those flags shape a tokenizer trained here: say they would do nothing
+        for name in sorted({"vocab_size", "lowercase"} & args._given):
+            raise UserError(f"--{name.replace('_', '-')} shapes the tokenizer trained on --data; the run uses the "
+                            f"tokenizer of --{'tokenizer' if args.tokenizer else 'model'} as it is")
     overrides = parse_overrides(args.set)
     source = ModelSource(preset=args.preset, config=args.config, model=args.model, overrides=tuple(overrides.items()))
     unit = objective_for(base_config(source).family, args.objective)

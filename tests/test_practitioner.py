@@ -179,6 +179,9 @@ BAD = [
                                                           "leave --set vocab_size out"),
     (["--preset", "bert-tiny", "--set", "type_vocab_size=1"], "objective mlm+nsp gives its examples 2 token types but "
                                                               "the model embeds 1"),
+    (["--model", "NO_TOKENIZER", "--vocab-size", "500"], "--vocab-size shapes the tokenizer trained on --data; the "
+                                                         "run uses the tokenizer of --model as it is"),
+    (["--preset", "bert-tiny", "--tokenizer", "NO_TOKENIZER", "--lowercase"], "--lowercase shapes the tokenizer"),
     (["--preset", "bert-tiny", "--model", "somewhere"], "exactly one of --preset, --config or --model"),
     ([], "exactly one of --preset, --config or --model"),
     (["--config", "MISSING.json"], "not found"),
