@@ -284,6 +284,86 @@ def test_a_client_that_disconnects_mid_stream_stops_its_generation(served):
     assert post(server, "/v1/completions", {"model": "gpt", "prompt": "a", "max_tokens": 3}).status_code == 200
 
 
+def test_a_queued_request_whose_client_left_is_dropped_before_it_runs(served):
+    """A non-streaming request waiting behind another job: its client gives up, and the server drops
+    it from the queue (counted as cancelled) instead of generating for nobody. In-process uvicorn, so
+    the test holds the model's worker itself."""
+    import threading
+
+    import uvicorn
+
+    from lmzoo.serve.app import create_app
+    from lmzoo.serve.registry import load_model
+
+    _, folders = served
+    gpt = load_model("gpt", str(folders["gpt"]))
+    server = uvicorn.Server(uvicorn.Config(create_app({"gpt": gpt}), host="127.0.0.1", port=free_port(),
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{server.config.port}/v1/completions"
+        gate = threading.Event()
+        gpt.worker.submit(gate.wait)  # the job ahead in the queue
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(url, timeout=0.5, json={"model": "gpt", "prompt": "a", "max_tokens": 20, "temperature": 0})
+        deadline = time.monotonic() + 10
+        while gpt.stats["cancelled"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the queued request notices its client left
+        gate.set()
+        gpt.worker.submit(lambda: None).result()  # the queue has drained
+        assert gpt.stats == {"requests": 1, "cancelled": 1, "tokens": 0}
+        assert httpx.post(url, timeout=30, json={"model": "gpt", "prompt": "a", "max_tokens": 3}).status_code == 200
+    finally:
+        gate.set()
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_each_choice_counts_the_tokens_it_generated_and_why_it_ended(served):
+    """n sampled rows with stop strings, and chat replies (whose text has its whitespace collapsed):
+    ``tokens`` ends at the eos or at the token completing a stop string (not the batch's padding), and
+    finish_reason is "stop" exactly when one of those ended the row, "length" when max_tokens did."""
+    from lmzoo.generate import continuation_text
+    from lmzoo.serve import inference
+    from lmzoo.serve.registry import load_model
+
+    _, folders = served
+    m = load_model("gpt", str(folders["gpt"]))
+    eos = m.model.config.eos_token_id
+    seen = set()
+    for seed in range(12):
+        options = inference.sampling_options(1.0, None, None, 1.0, seed)
+        jobs = [(inference.prepare_generate(m, "the king", 12, {**options, "num_return_sequences": 4}, ["a", "the"]),
+                 ["a", "the"]),
+                (inference.prepare_chat(m, [("ROMEO", "good morrow")], "Juliet", 6, options, stop=["king"]),
+                 ["\n\n", "king"])]
+        for g, stops in jobs:
+            for c in inference.run_generation(m, g)["choices"]:
+                ids = c["token_ids"]
+                text = (lambda t: continuation_text(m.tokenizer, g.prompt_ids, t) if g.prompt_ids
+                        else m.tokenizer.decode(t))
+                assert c["tokens"] == len(ids) >= 1
+                assert not any(s in text(ids[:-1]) for s in stops), (c, text(ids))  # nothing after a stop
+                if c["finish_reason"] == "stop":
+                    assert ids[-1] == eos or any(s in text(ids) for s in stops), (c, text(ids))
+                    assert eos not in ids[:-1], c
+                else:
+                    assert c["tokens"] == g.options["max_new_tokens"] and eos not in ids, c
+                    assert not any(s in text(ids) for s in stops), (c, text(ids))
+                seen.add((len(g.prompt_ids) > 0, c["finish_reason"]))
+    assert {(True, "stop"), (True, "length"), (False, "length")} <= seen, seen
+    # a reply of words ("knight knight ...", spaces collapsed by the chat) cut by max_tokens
+    word = next(i for i in range(m.tokenizer.vocab_size) if m.tokenizer.decode([5, i]).count(" ") == 1
+                and m.tokenizer.decode([i]).strip().isalpha())
+    g = inference.prepare_chat(m, [("ROMEO", "good morrow")], "Juliet", 4, {})
+    g.allowed_tokens = lambda row, new: [word]
+    (c,) = inference.run_generation(m, g)["choices"]
+    assert c["tokens"] == 4 and c["finish_reason"] == "length", c
+
+
 # --- bad requests ------------------------------------------------------------------------------
 
 LONG = "the king " * 200  # 400 tokens: more than the gpt context of 256
@@ -307,6 +387,11 @@ BAD = [
      "decoder-only"),
     ("/api/explain", {"model": "gpt", "objective": "span", "text": "x y"}, 400, "pretrains with clm"),
     ("/api/reconstruct", {"model": "bart", "texts": ["no gap"]}, 400, "no gap to fill"),
+    ("/v1/completions", {"model": "gpt", "prompt": "x", "seed": 2**64}, 400, "seed: Input should be less than"),
+    ("/api/generate", {"model": "gpt", "prompt": "x", "temperature": 1, "seed": 2**64}, 400, "seed"),
+    ("/v1/completions", {"model": "gpt", "prompt": ["a"] * 300}, 400, "prompt: List should have at most 256"),
+    ("/v1/completions", {"model": "gpt", "prompt": "x", "stop": "s" * 100_001}, 400, "stop: String should have at most"),
+    ("/api/predict", {"model": "cls", "texts": ["a" * 100_001]}, 400, "texts.0: String should have at most"),
 ]
 
 
@@ -322,7 +407,7 @@ def test_bad_requests_are_4xx_json_with_one_clear_message(served, path, body, st
 def test_undecodable_bodies_and_the_openai_client_errors(served):
     server, _ = served
     for raw, message in ((b'{"model": "gpt", "prompt": "\xff\xfe"}', "not valid UTF-8"),
-                         (b'{"model": ', "not valid JSON")):
+                         (b'{"model": ', "not valid JSON"), (b"", "the request body is missing")):
         r = httpx.post(server.url + "/v1/completions", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
     api = client(server)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -23,7 +23,7 @@ import lmzoo.serve.schemas as schemas
 from lmzoo.errors import UserError
 from lmzoo.serve.http import NotFound, error_response, event_stream, lookup, stream_events, validation_message
 from lmzoo.serve.openai_api import add_openai_routes
-from lmzoo.serve.registry import ServedModel
+from lmzoo.serve.registry import CLIENT, ClientGone, ServedModel
 
 STATIC = Path(__file__).parent / "static"
 
@@ -41,6 +41,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, str(message), "not_found_error" if exc.status_code == 404 else
                               "invalid_request_error")
 
+    @app.exception_handler(ClientGone)
+    async def client_gone(_: Request, exc: ClientGone) -> JSONResponse:
+        # nobody reads it: the status says so in the access log (nginx's "client closed request")
+        return error_response(499, "the client went away before the request ran", "cancelled")
+
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
         return error_response(404, str(exc), "not_found_error", "model")
@@ -55,10 +60,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
 
 
+async def watch_client(request: Request) -> None:
+    """Every route's dependency: the request in :data:`CLIENT`, so a queued job sees its client leave."""
+    CLIENT.set(request)
+
+
 def create_app(models: dict[str, ServedModel]) -> FastAPI:
     """The application serving ``models`` (see :func:`lmzoo.serve.registry.load_models`)."""
     # no /docs or /redoc: FastAPI's pages load their scripts from a CDN; the schema itself is served
-    app = FastAPI(title="lmzoo serve", version="1", docs_url=None, redoc_url=None,
+    app = FastAPI(title="lmzoo serve", version="1", docs_url=None, redoc_url=None, dependencies=[Depends(watch_client)],
                   description="lmzoo's inference verbs over HTTP, an OpenAI-compatible API and a playground page.")
     app.state.models = models
     install_error_handlers(app)

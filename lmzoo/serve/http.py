@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from lmzoo.errors import UserError
 from lmzoo.serve.registry import ServedModel
 
-UNION_MEMBER = re.compile(r"^(str|int|float|bool|list\[.*\]|dict\[.*\])$")
+UNION_MEMBER = re.compile(r"^((constrained-)?(str|int|float)|bool|list\[.*\]|dict\[.*\])$")
 
 
 class NotFound(UserError):
@@ -29,13 +29,18 @@ def error_response(status: int, message: str, kind: str = "invalid_request_error
 
 
 def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
-    """The first problem of a refused body, in one line, and the field it concerns."""
-    error = exc.errors()[0]
+    """The first problem of a refused body, in one line, and the field it concerns. Of a union (one
+    prompt or a list of them) pydantic reports every member: the one of the right type whose limit
+    was broken is the problem, not "should be a string" of the other member."""
+    errors = exc.errors()
+    error = next((e for e in errors if not str(e.get("type", "")).endswith("_type")), errors[0])
     # pydantic names the member of a union it tried ("prompt", "str"): the field is what a client wrote
     where = [str(p) for p in error.get("loc", ()) if p != "body" and not UNION_MEMBER.match(str(p))]
     if error.get("type") == "json_invalid":
         return "the request body is not valid JSON", None
     if error.get("type") == "missing":
+        if not where:
+            return "the request body is missing: send a JSON object", None
         return f"missing field {'.'.join(where)}", ".".join(where)
     field = ".".join(where) if where else "the body"
     return f"{field}: {error.get('msg', 'invalid value')}", ".".join(where) or None

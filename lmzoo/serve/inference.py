@@ -158,9 +158,10 @@ def prepare_generate(m: ServedModel, prompt: str, max_new_tokens: int, options: 
 
 
 def prepare_chat(m: ServedModel, turns: Sequence[tuple[str, str]], bot: str, max_new_tokens: int,
-                 options: dict[str, Any], system: str = "") -> Generation:
+                 options: dict[str, Any], system: str = "", stop: Sequence[str] = ()) -> Generation:
     """The chat verb's prompt: the turns in speaker-turn format, then the bot's name; the most recent
-    tokens that fit the context with ``max_new_tokens``; what people typed is text, never a special token."""
+    tokens that fit the context with ``max_new_tokens``; what people typed is text, never a special
+    token. The reply ends at the turn's end or at one of ``stop`` (not part of it)."""
     from lmzoo.objectives.clm import TURN_END, chat_turn
 
     require(m, "chat")
@@ -171,8 +172,9 @@ def prepare_chat(m: ServedModel, turns: Sequence[tuple[str, str]], bot: str, max
     history = (" ".join(system.split()) + TURN_END if system.strip() else "")
     history += "".join(chat_turn(speaker, text) for speaker, text in turns)
     ids = m.tokenizer.encode(history + bot.strip().upper() + "\n", split_special_tokens=True)[-budget:]
+    stops = [TURN_END, *stop]
     return Generation(ids, [], {**options, "max_new_tokens": max_new_tokens},
-                      [TURN_END], finish=lambda text: " ".join(truncate_at_stop(text, [TURN_END]).split()))
+                      stops, finish=lambda text: " ".join(truncate_at_stop(text, stops).split()))
 
 
 def prepare_complete(m: ServedModel, prefix: str, until: str, context: int | None, max_new_tokens: int,
@@ -226,11 +228,9 @@ def run_generation(m: ServedModel, g: Generation, cancel: threading.Event | None
     eos = set(_eos_ids(m))
     choices = []
     for row in rows:
-        raw = continuation_text(m.tokenizer, g.prompt_ids, row) if g.prompt_ids else m.tokenizer.decode(row)
-        text = g.finish(raw)
-        stopped = len(text) < len(raw) or any(t in eos for t in row) or len(row) < g.options["max_new_tokens"]
-        n = _until_eos(row, eos)
-        choices.append({"text": text, "token_ids": row[:n], "tokens": n,
+        n, stopped = _generated(m, g, row, eos)
+        raw = _new_text(m, g, row)
+        choices.append({"text": g.finish(raw), "token_ids": row[:n], "tokens": n,
                         "finish_reason": "stop" if stopped else "length"})
     if writer is not None:
         writer.close(choices[0]["text"])
@@ -242,12 +242,27 @@ def _eos_ids(m: ServedModel) -> list[int]:
     return [] if eos is None else list(eos) if isinstance(eos, (list, tuple)) else [int(eos)]
 
 
-def _until_eos(row: list[int], eos: set[int]) -> int:
-    """How many tokens were generated (the padding after an eos is not)."""
-    for n, token in enumerate(row):
-        if token in eos:
-            return n + 1
-    return len(row)
+def _new_text(m: ServedModel, g: Generation, tokens: list[int]) -> str:
+    return continuation_text(m.tokenizer, g.prompt_ids, tokens) if g.prompt_ids else m.tokenizer.decode(tokens)
+
+
+def _generated(m: ServedModel, g: Generation, row: list[int], eos: set[int]) -> tuple[int, bool]:
+    """(tokens the row generated, whether it stopped rather than ran out of ``max_new_tokens``). A row
+    ends at its first eos, or at the token that completed a stop string (``stop_when``): what follows
+    is the padding of a batch whose other rows ran longer (the pad id may be the eos id)."""
+    n = next((i + 1 for i, token in enumerate(row) if token in eos), len(row))
+
+    def ended(k: int) -> bool:
+        text = _new_text(m, g, row[:k])
+        return g.stop_when(text) if g.stop_when is not None else any(s in text for s in g.stop)
+
+    if (g.stop or g.stop_when is not None) and ended(n):
+        lo = 1  # the first prefix that ends it: a stop string, once written, stays in the text
+        while lo < n:
+            mid = (lo + n) // 2
+            lo, n = (lo, mid) if ended(mid) else (mid + 1, n)
+        return n, True
+    return n, n > 0 and row[n - 1] in eos
 
 
 class _DeltaWriter:

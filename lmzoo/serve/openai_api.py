@@ -121,7 +121,7 @@ def _prepare_chat(m: ServedModel, r: schemas.ChatCompletionRequest) -> tuple[inf
     if not turns:
         raise UserError("messages: at least one user or assistant message")
     max_new = r.max_completion_tokens or r.max_tokens or min(256, m.context // 2)
-    return inference.prepare_chat(m, turns, bot, max_new, openai_options(r), system), bot
+    return inference.prepare_chat(m, turns, bot, max_new, openai_options(r), system, stops(r)), bot
 
 
 def _completion_stream(m: ServedModel, g: inference.Generation, head: dict, echo: str):

@@ -9,6 +9,7 @@ that out and keeps the CPU / GPU busy with one request per model instead of thra
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,6 +19,15 @@ from typing import Any, Callable, TypeVar
 from lmzoo.errors import UserError
 
 T = TypeVar("T")
+
+# The HTTP request being answered (set for every route by app.watch_client), so a queued job can see
+# its client leave; None outside a request.
+CLIENT: contextvars.ContextVar[Any] = contextvars.ContextVar("lmzoo_serve_client", default=None)
+QUEUE_POLL_S = 0.1  # how often a queued request asks whether its client is still there
+
+
+class ClientGone(Exception):
+    """The client of a queued request disconnected: the request was dropped before it ran."""
 
 # tool name → what the playground shows for it (the page asks /api/models which tools a model has)
 TOOL_TITLES = {
@@ -61,12 +71,24 @@ class ServedModel:
 
     async def run(self, job: Callable[[], T], *, request: bool = True) -> T:
         """Run ``job`` on this model's worker (after the requests before it) and await its result.
-        A request cancelled while it waits is dropped from the queue without running. Everything
-        that touches the model or its tokenizer runs here: a ``Tokenizer`` is not for concurrent
-        threads (``encode`` sets an option of its backend around each call). ``request``: count it."""
+        A request whose client leaves while it waits is dropped from the queue without running
+        (:class:`ClientGone`). Everything that touches the model or its tokenizer runs here: a
+        ``Tokenizer`` is not for concurrent threads (``encode`` sets an option of its backend around
+        each call). ``request``: count it."""
         if request:
             self.count("requests")
-        return await asyncio.wrap_future(self.worker.submit(job))
+        future = self.worker.submit(job)
+        result = asyncio.wrap_future(future)
+        client = CLIENT.get()
+        # only before the response starts (here, in the handler) may the receive channel be read
+        while client is not None and not future.running() and not future.done():
+            await asyncio.wait({result}, timeout=QUEUE_POLL_S)
+            if not future.done() and await client.is_disconnected() and future.cancel():
+                if not request:  # dropped while preparing: the job that would have counted it never comes
+                    self.count("requests")
+                self.count("cancelled")
+                raise ClientGone
+        return await result
 
     def count(self, key: str, n: int = 1) -> None:
         with self._stats_lock:

@@ -7,11 +7,15 @@ OpenAI-compatible ones ignore them, as clients send options this server does not
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Text = Field(min_length=1, max_length=100_000)
+MAX_TEXT = 100_000  # characters of one text
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit integer
+Text = Field(min_length=1, max_length=MAX_TEXT)
+ListedText = Annotated[str, Field(max_length=MAX_TEXT)]  # an item of a list of texts
+Seed = Field(None, ge=0, le=MAX_SEED)
 
 
 class Request(BaseModel):
@@ -30,7 +34,7 @@ class Sampling(Request):
     top_k: int | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
     repetition_penalty: float = Field(1.0, gt=0)
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Seed
 
 
 class FillMaskRequest(Request):
@@ -48,7 +52,7 @@ class GenerateRequest(Sampling):
     num_beams: int = Field(1, ge=1, le=16)
     num_return_sequences: int = Field(1, ge=1, le=16)
     length_penalty: float = 1.0
-    stop: list[str] = Field(default_factory=list, max_length=8)
+    stop: list[ListedText] = Field(default_factory=list, max_length=8)
     stream: bool = Field(False, description="server-sent events: {'text': delta} ..., then {'done': true}")
 
 
@@ -74,7 +78,7 @@ class CompleteRequest(Sampling):
 
 
 class Text2TextRequest(Request):
-    texts: list[str] = Field(min_length=1, max_length=64)
+    texts: list[ListedText] = Field(min_length=1, max_length=64)
     max_new_tokens: int = Field(64, ge=1)
     num_beams: int = Field(1, ge=1, le=16)
 
@@ -82,14 +86,14 @@ class Text2TextRequest(Request):
 class PredictRequest(Request):
     """Texts to label (a pair model: ``text_pairs`` too, one per text; a tagger: words split by spaces)."""
 
-    texts: list[str] = Field(min_length=1, max_length=256)
-    text_pairs: list[str] | None = Field(None, max_length=256)
+    texts: list[ListedText] = Field(min_length=1, max_length=256)
+    text_pairs: list[ListedText] | None = Field(None, max_length=256)
 
 
 class ExplainRequest(Request):
     objective: str = Field(min_length=1, description="one of the model family's objectives")
     text: str = Text
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 # --- OpenAI-compatible ------------------------------------------------------------------------
@@ -104,14 +108,15 @@ class OpenAIRequest(BaseModel):
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1, le=16)
-    stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0)
+    stop: Annotated[str, Field(max_length=MAX_TEXT)] | list[ListedText] | None = None
+    seed: int | None = Seed
     stream: bool = False
     user: str | None = None
 
 
 class CompletionRequest(OpenAIRequest):
-    prompt: str | list[str] = Field(description="one prompt, or a list of them (one choice each per n)")
+    prompt: Annotated[str, Field(max_length=MAX_TEXT)] | Annotated[list[ListedText], Field(max_length=256)] = Field(
+        description="one prompt, or a list of them (one choice each per n)")
     max_tokens: int | None = Field(16, ge=1)
     echo: bool = False
 
