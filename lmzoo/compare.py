@@ -138,10 +138,13 @@ def pretrain_approach(approach: Approach, corpus: list[str], out: Path, budget: 
     from lmzoo.train.loop import TrainConfig
 
     folder = out / approach.folder
-    record = folder / PRETRAIN_FILE
+    record, plan, stale = folder / PRETRAIN_FILE, {"budget": budget.describe(), "seed": seed}, False
     if record.is_file() and (folder / "model.safetensors").is_file():
-        return json.loads(record.read_text(encoding="utf-8"))  # pretrained before an interruption in scoring
-    resume = (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
+        done = json.loads(record.read_text(encoding="utf-8"))
+        if {k: done.get(k) for k in plan} == plan:
+            return done  # pretrained with these settings before an interruption in scoring
+        stale = True  # another budget or seed: train again
+    resume = not stale and (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
     config = TrainConfig(max_steps=10, batch_size=BATCH_SIZE, lr=LR, precision="bf16", seed=seed,
                          eval_batches=10, log_every=25, save_every=100, keep_checkpoints=1)
     if resume:  # the steps the interrupted run planned (the same batches plan them again)
@@ -165,7 +168,8 @@ def pretrain_approach(approach: Approach, corpus: list[str], out: Path, budget: 
                       resume=resume, overwrite=not resume, progress=progress,
                       model_overrides=model_overrides(approach), plan_steps=plan_steps)
     model_config, _ = read_config(folder)
-    row = {"steps": planned["steps"], "train_flops": planned["flops"], "pretrain_seconds": time.perf_counter() - start,
+    row = {**plan, "steps": planned["steps"], "train_flops": planned["flops"],
+           "pretrain_seconds": time.perf_counter() - start,
            "parameters": _total_parameters(folder), "matmul_parameters": parameter_count(model_config),
            "train_loss": result.train_loss, "held_out": result.eval_metrics}
     atomic_write_json(record, row)
@@ -204,7 +208,8 @@ def score_approach(approach: Approach, out: Path, held_out: Path, probes: list[s
 
     folder = folder or out / approach.folder
     start = time.perf_counter()
-    intrinsic = evaluate_model(folder, [str(held_out)], seed=seed, progress=progress)
+    # the length every approach trained at, also for its random-init copy (which has no run record)
+    intrinsic = evaluate_model(folder, [str(held_out)], context=SEQ_LEN, seed=seed, progress=progress)
     results = run_probes(folder, probes, data=[pairs_text], steps=probe_steps, probe_data=probe_data,
                          seed=seed, work_dir=folder / "probes", progress=progress) if probes else {}
     return {"intrinsic": intrinsic, "probes": results, "sample": sample_continuation(folder),
@@ -472,11 +477,11 @@ def _row(approach: Approach, corpus: list[str], out: Path, held_out: tuple[Path,
     path = out / approach.folder / ROW_FILE
     if path.is_file():
         row = json.loads(path.read_text(encoding="utf-8"))
-        if row.get("budget") == budget.describe() and row.get("probe_names") == probes:
+        if row.get("budget") == budget.describe() and _same_scoring(row, probes, args):
             print(f"{approach.label}: kept from {path}", file=sys.stderr)
             return row
     print(f"\n=== {approach.label}: {approach.preset} with {approach.objective}, {budget.describe()}", file=sys.stderr)
-    row = {"budget": budget.describe(), "probe_names": probes, "preset": approach.preset,
+    row = {"budget": budget.describe(), **_scoring(probes, args), "preset": approach.preset,
            "objective": approach.objective}
     row.update(pretrain_approach(approach, corpus, out, budget, args.seed, not args.no_progress))
     row.update(score_approach(approach, out, held_out[0], probes, args.probe_steps, args.probe_data, args.seed,
@@ -495,15 +500,29 @@ def _random_init_row(approach: Approach, out: Path, held_out: tuple[Path, str], 
     path = folder / ROW_FILE
     if path.is_file():
         row = json.loads(path.read_text(encoding="utf-8"))
-        if row.get("probe_names") == probes:
+        if _same_scoring(row, probes, args) and row.get("trained_row") == _trained_row_time(out, approach):
             return row
-    if not (folder / "model.safetensors").is_file():
-        random_init_copy(out / approach.folder, folder, seed=args.seed)
-    row = {"probe_names": probes, "parameters": _total_parameters(folder)}
+    random_init_copy(out / approach.folder, folder, seed=args.seed)  # of the model trained now (seed too)
+    row = {**_scoring(probes, args), "trained_row": _trained_row_time(out, approach),
+           "parameters": _total_parameters(folder)}
     row.update(score_approach(approach, out, held_out[0], probes, args.probe_steps, args.probe_data, args.seed,
                               not args.no_progress, pairs_text=held_out[1], folder=folder))
     atomic_write_json(path, row)
     return row
+
+
+def _scoring(probes: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """What a finished row was scored with: a resume keeps the row only when these agree."""
+    return {"probe_names": probes, "probe_steps": args.probe_steps, "seed": args.seed}
+
+
+def _same_scoring(row: dict[str, Any], probes: list[str], args: argparse.Namespace) -> bool:
+    return {k: row.get(k) for k in ("probe_names", "probe_steps", "seed")} == _scoring(probes, args)
+
+
+def _trained_row_time(out: Path, approach: Approach) -> int:
+    """When the approach's pretrained model was written: its random-init twin follows a retrained one."""
+    return (out / approach.folder / "model.safetensors").stat().st_mtime_ns
 
 
 def _approach_keys(names: list[str] | None) -> list[str]:

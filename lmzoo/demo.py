@@ -53,12 +53,14 @@ class DemoRun:
         ``lmzoo eval`` on the held-out play: bits per byte where the model predicts text, else the
         objective's loss (encoder-decoders)."""
         from lmzoo.hf import random_init_copy
-        from lmzoo.scoring import evaluate_model
+        from lmzoo.scoring import evaluate_model, trained_length
 
-        trained = evaluate_model(folder, str(self.held_out))
+        context = trained_length(folder, limit=1 << 30)  # both at the length the model trained at
+        trained = evaluate_model(folder, str(self.held_out), context=context)
         field = "bits_per_byte" if "bits_per_byte" in trained else "loss"
         random_folder = random_init_copy(folder, folder.parent / f"{folder.name}-random-init")
-        return field, float(trained[field]), float(evaluate_model(random_folder, str(self.held_out))[field])
+        random_init = evaluate_model(random_folder, str(self.held_out), context=context)
+        return field, float(trained[field]), float(random_init[field])
 
 
 @dataclass

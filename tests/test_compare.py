@@ -54,7 +54,13 @@ def test_a_flops_budget_sets_the_steps_from_the_measured_batches():
     assert "1.00e+12 training FLOPs" == budget.describe()
 
 
-def test_compare_writes_the_table_and_a_resume_keeps_finished_approaches(tmp_path, capsys):
+def test_compare_writes_the_table_and_a_resume_keeps_finished_approaches(tmp_path, capsys, monkeypatch):
+    import lmzoo.scoring
+
+    contexts = []
+    evaluate = lmzoo.scoring.evaluate_model
+    monkeypatch.setattr(lmzoo.scoring, "evaluate_model",
+                        lambda folder, data, **kw: contexts.append(kw.get("context")) or evaluate(folder, data, **kw))
     data = small_corpus(tmp_path / "data")
     out = tmp_path / "cmp"
     argv = ["compare", "--data", *data, "--out", out, "--flops", 3e10, "--approaches", "clm", "mlm+nsp",
@@ -89,6 +95,15 @@ def test_compare_writes_the_table_and_a_resume_keeps_finished_approaches(tmp_pat
     code, _, err = run_cli(capsys, *argv, "--resume")
     assert code == 0 and "kept from" in err and weights.stat().st_mtime_ns == before
     assert json.loads((out / "compare.json").read_text())["rows"] == rows
+    # every row, random init too, scored at the length the models trained at (the copy has no run record)
+    assert contexts == [compare.SEQ_LEN] * 4
+
+    # a resume with other probe settings scores again (the pretrained models are kept: same budget)
+    code, _, err = run_cli(capsys, *argv[:-2], 4, "--no-progress", "--resume")
+    assert code == 0 and "kept from" not in err and weights.stat().st_mtime_ns == before
+    report = json.loads((out / "compare.json").read_text())
+    assert all(r["probe_steps"] == 4 for r in [*report["rows"].values(), *report["random_init"].values()])
+    assert report["rows"]["clm"]["steps"] == rows["clm"]["steps"]
 
 
 def test_claim_verdicts_name_the_leader_and_compare_with_the_seed():
