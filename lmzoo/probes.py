@@ -157,14 +157,18 @@ def pair_data(documents: Sequence[str], *, seed: int = 0, n_train: int = 2000, n
     Test pairs come from documents the training pairs never touch (a fifth, chosen by hash)."""
     from lmzoo.data import is_heldout, split_sentences
 
-    sentences = [[s for s in split_sentences(d) if len(s.split()) >= 3] for d in documents]
+    sentences = [split_sentences(d) for d in documents]
+    # a pair's sentences say something: three words or more, A and B of either label alike
+    kept = [[s for s in doc if len(s.split()) >= 3] for doc in sentences]
     rows: dict[bool, list[dict]] = {False: [], True: []}
     for heldout in (False, True):
-        indices = [i for i, s in enumerate(sentences) if s and is_heldout(i, 0.2, seed) == heldout]
+        indices = [i for i, s in enumerate(kept) if s and is_heldout(i, 0.2, seed) == heldout]
         if len(indices) < 2:
             continue
         rng = random.Random(seed * 2 + heldout)
-        candidates = [(i, j) for i in indices for j in range(len(sentences[i]) - 1)]
+        # "next": B is the very next sentence of A's document, not the next one kept
+        candidates = [(i, j) for i in indices for j in range(len(sentences[i]) - 1)
+                      if len(sentences[i][j].split()) >= 3 and len(sentences[i][j + 1].split()) >= 3]
         rng.shuffle(candidates)
         for i, j in candidates[: n_test if heldout else n_train]:
             if rng.random() < 0.5:
@@ -172,7 +176,7 @@ def pair_data(documents: Sequence[str], *, seed: int = 0, n_train: int = 2000, n
             else:
                 other = rng.choice(indices[:-1])
                 other = indices[-1] if other == i else other  # any document but A's, uniformly
-                rows[heldout].append({"text": sentences[i][j], "text_pair": rng.choice(sentences[other]),
+                rows[heldout].append({"text": sentences[i][j], "text_pair": rng.choice(kept[other]),
                                       "label": "random"})
     if len(rows[False]) < 20 or len(rows[True]) < 20:
         raise UserError("the pairs probe needs text with more consecutive sentences (>= 3 words each) in several "
@@ -389,7 +393,8 @@ def _text_probe(folder: Path, probe: _Probe, protocol: Protocol, work: Path, pro
     predictions = generate_texts(model, tokenizer, sources, max_new_tokens=target_length)
     references = [t for _, t in test]
     if probe.kind == "ner":
-        tags = [_fit_tags(p.split(), len(s.words)) for p, s in zip(predictions, probe.test)]
+        known = {t.lower(): t for s in probe.train for t in s.tags}
+        tags = [_fit_tags(p.split(), len(s.words), known) for p, s in zip(predictions, probe.test)]
         metrics = ner_metrics([s.tags for s in probe.test], tags)
         return {k: v for k, v in metrics.items() if isinstance(v, float)}
     if probe.kind in ("classify", "pair"):
@@ -413,9 +418,10 @@ def clip_to_tokens(tokenizer: Any, text: str, max_tokens: int) -> str:
     return text[:low]
 
 
-def _fit_tags(tags: list[str], n: int) -> list[str]:
-    """A generated tag sequence made one tag per word: unknown words become "O", missing tags "O"."""
-    tags = [t if t == "O" or re.fullmatch(r"[BI]-\S+", t) else "O" for t in tags[:n]]
+def _fit_tags(tags: list[str], n: int, known: dict[str, str]) -> list[str]:
+    """A generated tag sequence made one tag per word: each read as the training tag it spells in any
+    case (a lowercasing tokenizer writes "b-person"), anything else "O", missing tags "O"."""
+    tags = [known.get(t.lower(), "O") for t in tags[:n]]
     return tags + ["O"] * (n - len(tags))
 
 

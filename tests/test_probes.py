@@ -97,7 +97,7 @@ def test_docstring_pairs_keep_prose_and_drop_code():
 def test_pairs_are_consecutive_sentences_or_from_another_document_with_disjoint_splits():
     documents = list(iter_documents(default_corpus()[-1]))
     train, test = probes.pair_data(documents, seed=3)
-    sentences = [[s for s in split_sentences(d) if len(s.split()) >= 3] for d in documents]
+    sentences = [split_sentences(d) for d in documents]  # "next" is the next sentence, short ones counted
     where = {}
     for i, doc in enumerate(sentences):
         for j, s in enumerate(doc):
@@ -106,6 +106,7 @@ def test_pairs_are_consecutive_sentences_or_from_another_document_with_disjoint_
         labels = Counter(r["label"] for r in rows)
         assert abs(labels["next"] - labels["random"]) < 0.12 * len(rows)  # half each, drawn
         for r in rows:
+            assert len(r["text"].split()) >= 3 and len(r["text_pair"].split()) >= 3  # either label alike
             a, b = where[r["text"]], where[r["text_pair"]]
             follows = any(i == k and l == j + 1 for i, j in a for k, l in b)
             if r["label"] == "next":
@@ -148,7 +149,10 @@ def test_clip_keeps_the_longest_prefix_that_fits(tmp_path):
     clipped = probes.clip_to_tokens(tok, text, 30)
     assert text.startswith(clipped) and len(tok.encode(clipped)) + tok.num_special_tokens_to_add() <= 30
     assert len(tok.encode(text[:len(clipped) + 1])) + tok.num_special_tokens_to_add() > 30
-    assert probes._fit_tags(["B-person", "junk", "I-person"], 5) == ["B-person", "O", "I-person", "O", "O"]
+    known = {t.lower(): t for t in ("O", "B-person", "I-person")}
+    assert probes._fit_tags(["B-person", "junk", "I-person"], 5, known) == ["B-person", "O", "I-person", "O", "O"]
+    # a lowercasing tokenizer writes the tags in lower case: they still count
+    assert probes._fit_tags(["o", "b-person", "i-person", "b-place"], 4, known) == ["O", "B-person", "I-person", "O"]
 
 
 # ---------------------------------------------------------------- end to end
