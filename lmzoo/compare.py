@@ -278,7 +278,7 @@ def _baselines(rows: dict[str, dict[str, Any]]) -> list[str]:
     for row in rows.values():
         for probe, result in row.get("probes", {}).items():
             if "baseline" in result and probe not in seen:
-                scores = ", ".join(f"{k} {v:.3f}" if v <= 1 else f"{k} {v:.1f}"
+                scores = ", ".join(f"{k} {v:.1f}" if k in HUNDRED_SCALE else f"{k} {v:.3f}"
                                    for k, v in result["baseline"]["scores"].items())
                 seen[probe] = f"{probe} ({result['baseline']['name']}): {scores}"
     return list(seen.values())

@@ -159,3 +159,11 @@ def test_one_data_file_is_refused_before_anything_is_written(tmp_path, capsys):
     data = small_corpus(tmp_path / "data", n_files=1)
     code, _, err = run_cli(capsys, "compare", "--data", *data, "--out", tmp_path / "cmp")
     assert code == 2 and "at least two files" in err and not (tmp_path / "cmp").exists()
+
+
+def test_baselines_print_each_score_on_its_own_scale():
+    rows = {"clm": {"probes": {"translation": {"baseline": {"name": "copy the source",
+                                                             "scores": {"bleu": 0.8, "chrf": 29.14}}},
+                               "pairs": {"baseline": {"name": "majority class", "scores": {"accuracy": 0.5034}}}}}}
+    assert compare._baselines(rows) == ["translation (copy the source): bleu 0.8, chrf 29.1",
+                                        "pairs (majority class): accuracy 0.503"]

@@ -466,3 +466,20 @@ def test_pretrain_resume_contradiction_and_file_modes(tmp_path, capsys):
 
 if __name__ == "__main__":  # the child run of the signal and lock tests: OUT PAUSE
     child_run(sys.argv[1], pause=float(sys.argv[2]))
+
+
+def test_json_files_are_strict_json_with_null_for_a_score_that_overflowed(tmp_path):
+    """`lmzoo eval --json` of text with few spaces has an infinite word perplexity: the file says
+    null, which strict JSON readers (JavaScript, jq) accept; Infinity and NaN they refuse."""
+    import math
+
+    from lmzoo.io import atomic_write_json
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    atomic_write_json(tmp_path / "scores.json", {"word_perplexity": math.inf, "loss": 1.5,
+                                                 "rows": [math.nan, 2.0, {"x": -math.inf}], "steps": (1, 2)})
+    text = (tmp_path / "scores.json").read_text()
+    assert json.loads(text, parse_constant=refuse) == {"word_perplexity": None, "loss": 1.5,
+                                                       "rows": [None, 2.0, {"x": None}], "steps": [1, 2]}
