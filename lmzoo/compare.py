@@ -141,7 +141,7 @@ def pretrain_approach(approach: Approach, corpus: list[str], out: Path, budget: 
     record, plan, stale = folder / PRETRAIN_FILE, {"budget": budget.describe(), "seed": seed}, False
     if record.is_file() and (folder / "model.safetensors").is_file():
         done = json.loads(record.read_text(encoding="utf-8"))
-        if {k: done.get(k) for k in plan} == plan:
+        if all(done.get(k, v) == v for k, v in plan.items()):  # (records of older versions lack the keys)
             return done  # pretrained with these settings before an interruption in scoring
         stale = True  # another budget or seed: train again
     resume = not stale and (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
