@@ -231,8 +231,9 @@ def test_pretrained_minilm_beats_its_random_init_on_sentiment_and_pairs(tmp_path
     torch.manual_seed(0)
     BertModel(config).save_pretrained(scratch)
     Tokenizer.load(pretrained).save(scratch)
-    # pairs needs 60 steps at this rate (40 leaves the pretrained model within 0.07 of chance)
-    protocol = probes.Protocol(steps={"sentiment": 40, "pairs": 60}, lr=1e-4,
+    # pairs needs 100 steps at this rate (60 left the pretrained model at 0.54 against the majority's
+    # 0.52; 60 at lr 2e-4 at 0.52)
+    protocol = probes.Protocol(steps={"sentiment": 40, "pairs": 100}, lr=1e-4,
                                source_lengths={"sentiment": 48, "pairs": 64})
     scores = {name: probes.run_probes(folder, ["sentiment", "pairs"], protocol=protocol, progress=False)
               for name, folder in (("pretrained", pretrained), ("scratch", scratch))}
