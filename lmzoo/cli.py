@@ -78,10 +78,12 @@ def _data_spec(data: list[str] | None):
 
 
 def _tokenizer_arguments(p: argparse.ArgumentParser) -> None:
+    from lmzoo.data import DOCUMENT_SPLITS
+
     p.add_argument("data", nargs="*", help="files, folders (also datasets save_to_disk folders) or globs of .txt "
                    ".md .jsonl .csv .parquet (text ones optionally .gz); default: the bundled Shakespeare plays")
     p.add_argument("--text-column", default="text", help="the text column of .jsonl .csv .parquet and datasets")
-    p.add_argument("--document-split", default="blank_line", choices=["blank_line", "file"])
+    p.add_argument("--document-split", default="blank_line", choices=list(DOCUMENT_SPLITS))
     p.add_argument("--kind", required=True, choices=["wordpiece", "bpe", "unigram"],
                    help="wordpiece (BERT), byte-level bpe (RoBERTa/GPT-2/BART), unigram (T5/XLNet)")
     p.add_argument("--vocab-size", type=int, default=8000)
@@ -170,10 +172,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     if args.run_config:  # options not given here take the recorded run's values
         replay_args(args, args._given, args.run_config)
-    if args.tokenizer or args.model:  # those flags shape a tokenizer trained here: say they would do nothing
-        for name in sorted({"vocab_size", "lowercase"} & args._given):
-            raise UserError(f"--{name.replace('_', '-')} shapes the tokenizer trained on --data; the run uses the "
-                            f"tokenizer of --{'tokenizer' if args.tokenizer else 'model'} as it is")
+    ignored = sorted({"vocab_size", "lowercase"} & args._given) if args.tokenizer or args.model else []
+    if ignored:  # those flags shape a tokenizer trained here: say they would do nothing
+        raise UserError(f"--{ignored[0].replace('_', '-')} shapes the tokenizer trained on --data; the run uses the "
+                        f"tokenizer of --{'tokenizer' if args.tokenizer else 'model'} as it is")
     overrides = parse_overrides(args.set)
     source = ModelSource(preset=args.preset, config=args.config, model=args.model, overrides=tuple(overrides.items()))
     unit = objective_for(base_config(source).family, args.objective)

@@ -517,7 +517,7 @@ def _scoring(probes: list[str], args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _same_scoring(row: dict[str, Any], probes: list[str], args: argparse.Namespace) -> bool:
-    return {k: row.get(k) for k in ("probe_names", "probe_steps", "seed")} == _scoring(probes, args)
+    return all(row.get(k) == v for k, v in _scoring(probes, args).items())
 
 
 def _trained_row_time(out: Path, approach: Approach) -> int:
