@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from lmzoo.errors import UserError
+from lmzoo.options import Switch
 
 if TYPE_CHECKING:
     from lmzoo.objectives import Objective
@@ -48,11 +49,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: at the end)")
     g.add_argument("--keep-checkpoints", type=int, default=2)
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--fsdp", action="store_true", help="shard with FSDP2 under torchrun (default DDP)")
-    g.add_argument("--activation-checkpointing", action="store_true",
+    g.add_argument("--compile", action=Switch, default=False, help="torch.compile the model")
+    g.add_argument("--fsdp", action=Switch, default=False, help="shard with FSDP2 under torchrun (default DDP)")
+    g.add_argument("--activation-checkpointing", action=Switch, default=False,
                    help="recompute each layer's activations in the backward pass (less memory, ~30%% more compute)")
-    g.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUT/tensorboard")
+    g.add_argument("--tensorboard", action=Switch, default=False, help="also write TensorBoard events to OUT/tensorboard")
     g.add_argument("--peak-flops", type=float, help="FLOP/s of one device for MFU (default: a cached matmul probe)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -127,7 +128,7 @@ def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder: model, tokenizer, metrics, checkpoints")
     p.add_argument("--tokenizer", help="an HF tokenizer folder (default: train one on --data)")
     p.add_argument("--vocab-size", type=int, default=8000, help="for a tokenizer trained here")
-    p.add_argument("--lowercase", action="store_true", help="for a tokenizer trained here")
+    p.add_argument("--lowercase", action=Switch, default=False, help="for a tokenizer trained here")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per example")
     p.add_argument("--eval-fraction", type=float, default=0.02, help="share of documents held out")
     p.add_argument("--document-split", default="blank_line", choices=["blank_line", "file"])

@@ -169,6 +169,23 @@ def test_custom_config_set_overrides_and_run_config_replay(tmp_path, capsys):
     assert replayed["model"]["preset"] == "bert-tiny" and replayed["objective"]["name"] == "mlm+nsp"
 
 
+
+def test_a_replayed_switch_can_be_turned_either_way(tmp_path):
+    """Every on/off option has --x and --no-x, so a value recorded in a run config is overridable."""
+    from lmzoo.cli import parse_args
+    from lmzoo.run_config import replay_args, write_run_config
+
+    write_run_config(tmp_path, {"args": {"whole_word": True, "tensorboard": True, "lowercase": True,
+                                         "permute_sentences": False, "compile": False}})
+    path = tmp_path / "run_config.json"
+    args = parse_args(["pretrain", "--out", "x", "--run-config", str(path), "--no-whole-word", "--no-tensorboard",
+                       "--permute-sentences", "--compile"])
+    replay_args(args, args._given, path)
+    assert (args.whole_word, args.tensorboard, args.permute_sentences, args.compile) == (False, False, True, True)
+    assert args.lowercase is True  # not typed: the recorded value
+    old_spelling = parse_args(["pretrain", "--out", "x", "--no-permute-sentences", "--whole-word"])
+    assert (old_spelling.permute_sentences, old_spelling.whole_word, old_spelling.lowercase) == (False, True, False)
+
 BAD = [
     (["--preset", "bert-tiny", "--set", "n_layer=2"], "--set n_layer: unknown model config field"),
     (["--preset", "bert-tiny", "--set", "d_model=abc"], "--set d_model=abc: expected an integer"),

@@ -49,11 +49,14 @@ def tiny_folder(folder: Path, preset: str, kind: str, **sizes) -> Path:
 
 
 def test_probe_data_comes_from_the_installed_packages_with_fixed_splits():
-    for load, train_size, test_size in ((probes.ner_data, 1916, 239), (probes.translation_data, 690, 81)):
+    for load, train_size, test_size in ((probes.ner_data, 1916, 225), (probes.translation_data, 690, 81)):
         train, test = load()
         assert (len(train), len(test)) == (train_size, test_size)
         again_train, again_test = load()
         assert again_test == test and again_train == train  # the split is seeded, not drawn anew
+    train, test = probes.ner_data()
+    words = [tuple(s.words) for s in test]
+    assert len(set(words)) == len(words) and not set(words) & {tuple(s.words) for s in train}
     train, test = probes.summarization_data()
     assert len(test) == 300 and len(train) > 500
     assert not set(s for s, _ in train) & set(s for s, _ in test)

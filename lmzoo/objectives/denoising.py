@@ -39,8 +39,7 @@ class DenoisingConfig:
     poisson_lambda: float = option(3.0, "mean infilled span length")
     mask_rate: float = option(0.0, "token masking rate")
     delete_rate: float = option(0.0, "token deletion rate")
-    # True by default, so its flag is --no-permute-sentences and the help says what that flag does
-    permute_sentences: bool = option(True, "keep sentence order (default: sentences shuffled)")
+    permute_sentences: bool = option(True, "shuffle each window's sentences (on by default, as BART)")
     rotate: bool = option(False, "document rotation")
 
     def __post_init__(self) -> None:
