@@ -48,6 +48,7 @@ PARAMETER_TOLERANCE = 0.15
 ROW_FILE = "compare_row.json"  # a finished approach: pretrained and scored
 RANDOM_INIT_SUFFIX = "-random-init"  # its architecture at random initialization, scored alike
 PRETRAIN_FILE = "compare_pretrain.json"  # its pretraining part
+PLAN_FILE = "compare_plan.json"  # the budget and seed a pretraining started with (a resume must share them)
 PROMPT = "KING.\n"
 
 
@@ -144,7 +145,9 @@ def pretrain_approach(approach: Approach, corpus: list[str], out: Path, budget: 
         if all(done.get(k, v) == v for k, v in plan.items()):  # (records of older versions lack the keys)
             return done  # pretrained with these settings before an interruption in scoring
         stale = True  # another budget or seed: train again
-    resume = not stale and (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
+    started = json.loads((folder / PLAN_FILE).read_text(encoding="utf-8")) if (folder / PLAN_FILE).is_file() else plan
+    resume = (not stale and started == plan and (folder / "checkpoints").is_dir()
+              and any((folder / "checkpoints").iterdir()))
     config = TrainConfig(max_steps=10, batch_size=BATCH_SIZE, lr=LR, precision="bf16", seed=seed,
                          eval_batches=10, log_every=25, save_every=100, keep_checkpoints=1)
     if resume:  # the steps the interrupted run planned (the same batches plan them again)
@@ -157,8 +160,10 @@ def pretrain_approach(approach: Approach, corpus: list[str], out: Path, budget: 
         from lmzoo.train.throughput import batch_flops
 
         step_flops = sum(batch_flops(model.config, b) for b in batches) / len(batches) * train_config.grad_accum
-        steps = budget.steps(step_flops, train_config, batches, model)
+        # a resume keeps the interrupted run's steps: a time budget measured again would plan others
+        steps = train_config.max_steps if resume else budget.steps(step_flops, train_config, batches, model)
         planned.update(steps=steps, flops=step_flops * steps)
+        atomic_write_json(folder / PLAN_FILE, plan)
         return dataclasses.replace(train_config, max_steps=steps, warmup_steps=steps // 20,
                                    eval_every=max(1, steps // 4))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import run_cli
 
 from lmzoo import compare
@@ -104,6 +105,28 @@ def test_compare_writes_the_table_and_a_resume_keeps_finished_approaches(tmp_pat
     report = json.loads((out / "compare.json").read_text())
     assert all(r["probe_steps"] == 4 for r in [*report["rows"].values(), *report["random_init"].values()])
     assert report["rows"]["clm"]["steps"] == rows["clm"]["steps"]
+
+
+def test_an_interrupted_pretraining_resumes_only_with_its_own_budget(tmp_path):
+    """A pretraining cut before its record was written resumes with the same budget; with another
+    it starts over (the weights equal a fresh run's), not continue the old run to the new steps."""
+    from safetensors.torch import load_file
+
+    corpus = [str(p) for p in small_corpus(tmp_path / "data")]
+    approach, out = compare.APPROACHES["clm"], tmp_path / "cmp"
+    weights = out / approach.folder / "model.safetensors"
+    interrupted = out / approach.folder / compare.PRETRAIN_FILE
+    first = compare.pretrain_approach(approach, corpus, out, compare.Budget(flops=1e10), 0, False)
+    interrupted.unlink()  # as if stopped after its last checkpoint
+    again = compare.pretrain_approach(approach, corpus, out, compare.Budget(flops=1e10), 0, False)
+    assert again["steps"] == first["steps"] == 10
+    interrupted.unlink()
+    bigger = compare.Budget(flops=3e11)
+    other = compare.pretrain_approach(approach, corpus, out, bigger, 0, False)
+    fresh = compare.pretrain_approach(approach, corpus, tmp_path / "fresh", bigger, 0, False)
+    assert other["steps"] == fresh["steps"] > 10
+    trained, expected = load_file(weights), load_file(tmp_path / "fresh" / approach.folder / "model.safetensors")
+    assert all(torch.equal(trained[k], expected[k]) for k in expected)
 
 
 def test_claim_verdicts_name_the_leader_and_compare_with_the_seed():
