@@ -330,6 +330,9 @@ def cmd_text2text(args: argparse.Namespace) -> None:
 
     if bool(args.text) == bool(args.input):
         raise UserError("give the input texts either on the command line or as --input FILE")
+    if args.text and args.source_column != "source":
+        raise UserError("--source-column names the inputs' column in an --input file; the texts came on the "
+                        "command line")
     sources = args.text or read_sources(args.input, source_column=args.source_column)
     outputs = predict_texts(args.model, sources, prefix=args.prefix, max_new_tokens=args.max_new_tokens,
                             num_beams=args.num_beams, compile=args.compile)
@@ -342,10 +345,12 @@ def cmd_text2text(args: argparse.Namespace) -> None:
 @verb("reconstruct", "fill the <mask> spans of a text with a BART model (T5: <extra_id_N> sentinels)",
       _text2text_arguments)
 def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from lmzoo.inference import decoder_room
     from lmzoo.tasks.seq2seq import load_seq2seq_model, reconstruct_texts
 
     model, tokenizer = load_seq2seq_model(args.model, compile=args.compile)
-    for output in reconstruct_texts(model, tokenizer, args.text, max_new_tokens=args.max_new_tokens,
+    max_new_tokens = decoder_room(model.config, args.max_new_tokens)
+    for output in reconstruct_texts(model, tokenizer, args.text, max_new_tokens=max_new_tokens,
                                     num_beams=args.num_beams):
         print(output)
 
@@ -391,7 +396,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise UserError("--num-beams and --num-return-sequences must be >= 1")
     if not math.isfinite(args.length_penalty):
         raise UserError(f"--length-penalty must be a finite number, got {args.length_penalty}")
+    if args.length_penalty != 1.0 and args.num_beams == 1:
+        raise UserError("--length-penalty scores beam hypotheses: it needs --num-beams > 1")
     options = sampling_options(args)
+    if args.seed is not None and not options["do_sample"]:
+        raise UserError("--seed seeds sampling: give --temperature, --top-k or --top-p too (greedy and beam "
+                        "search are deterministic)")
     model, tokenizer = load_lm(args.model, args.bf16, args.quantize, args.compile)
     ids, max_new = encode_prompt(model, tokenizer, args.prompt, args.max_new_tokens)
     stream = args.num_beams == 1 and args.num_return_sequences == 1 and not args.stop

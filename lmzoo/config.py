@@ -71,13 +71,17 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     decoder_start_token_id: int | None = None
+    # generation: the first / last new token forced to these ids (BART checkpoints set them; HF's
+    # ForcedBOS / ForcedEOS logits processors)
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | None = None
     id2label: dict[int, str] | None = None  # task heads: label names, as HF stores them
     problem_type: str | None = None  # "single_label_classification" | "multi_label_classification" | "regression"
     summary_type: str = "last"  # XLNet sequence summary: which state the classifier reads ("last", "first", "mean")
     summary_use_proj: bool = True  # XLNet sequence summary: a d_model x d_model projection before the activation
     summary_activation: str | None = "tanh"  # XLNet sequence summary: "tanh", or None / "linear" for none
     # HF config.json fields lmzoo does not read, written back unchanged so a folder round-trips
-    # (e.g. BART's forced_bos_token_id); nothing in lmzoo may read this
+    # (e.g. BART's init_std); nothing in lmzoo may read this
     hf_passthrough: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

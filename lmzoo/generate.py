@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Sequence, TextIO
 
 import torch
@@ -59,6 +59,9 @@ class GenerationConfig:
     length_penalty: float = 1.0  # beam score = sum log p / generated_length ** length_penalty
     early_stopping: bool | str = False  # True, False or "never" (as HF)
     eos_token_id: int | tuple[int, ...] | None = None  # None = the model config's
+    # the first / last new token forced to this id (HF's ForcedBOS / ForcedEOS); None = the model config's
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | None = None
     pad_token_id: int | None = None  # None = the model config's, else the eos id, else 0
     stop_strings: tuple[str, ...] = ()  # stop a row once its new text contains one (needs a tokenizer)
     seed: int | None = None  # seeded sampling is reproducible
@@ -108,6 +111,13 @@ def repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float)
     return torch.where(seen, penalised, scores)
 
 
+def _force(scores: torch.Tensor, token: int) -> torch.Tensor:
+    """Every score -inf but ``token``'s, which becomes 0 (log 1: a beam's sum is unchanged)."""
+    forced = torch.full_like(scores, float("-inf"))
+    forced[:, token] = 0.0
+    return forced
+
+
 def top_k_filter(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k highest scores (ties with the k-th kept too), the rest -inf."""
     k = min(k, scores.shape[-1])
@@ -134,6 +144,10 @@ def process_scores(scores: torch.Tensor, config: GenerationConfig, seen: torch.T
         scores = repetition_penalty(scores, seen, config.repetition_penalty)
     if step < config.min_new_tokens and eos:
         scores = scores.index_fill(-1, torch.tensor(list(eos), device=scores.device), float("-inf"))
+    if step == 0 and config.forced_bos_token_id is not None:
+        scores = _force(scores, config.forced_bos_token_id)
+    if step == config.max_new_tokens - 1 and config.forced_eos_token_id is not None:
+        scores = _force(scores, config.forced_eos_token_id)
     if config.do_sample:
         if config.temperature != 1.0:
             scores = scores / config.temperature
@@ -265,12 +279,15 @@ def heal_trailing_whitespace(prefix: str, tokenizer: Any
     prompt ending in a bare newline token is one the model never saw. Returns (prompt, tail,
     allowed_tokens): the prompt without the trailing whitespace ``tail``, and an ``allowed_tokens``
     constraint for ``generate`` under which the new text must first reproduce ``tail`` (a token may
-    run past it, e.g. newline + indentation + code). Nothing to heal: (prefix, "", None).
+    run past it, e.g. newline + indentation + code). Nothing to heal, or a vocabulary whose tokens
+    cannot write ``tail`` (WordPiece and Unigram normalize whitespace away): (prefix, "", None).
     """
     tail = prefix[len(prefix.rstrip()):]
     if not tail or not prefix.strip():
         return prefix, "", None
     pieces = [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
+    if not _can_write(tail, {piece for piece in pieces if piece}):
+        return prefix, "", None
 
     def allowed(row: int, new_tokens: list[int]) -> list[int] | None:
         text = tokenizer.decode(new_tokens)
@@ -280,6 +297,21 @@ def heal_trailing_whitespace(prefix: str, tokenizer: Any
                 if piece and ((text + piece).startswith(tail) or tail.startswith(text + piece))]
 
     return prefix[:len(prefix) - len(tail)], tail, allowed
+
+
+def _can_write(tail: str, pieces: set[str]) -> bool:
+    """Whether some sequence of ``pieces`` starts with exactly ``tail`` (the last one may run past it)."""
+    reachable, frontier = {0}, [0]
+    while frontier:
+        start = frontier.pop()
+        rest = tail[start:]
+        for piece in pieces:
+            if piece.startswith(rest):
+                return True
+            if rest.startswith(piece) and start + len(piece) not in reachable:
+                reachable.add(start + len(piece))
+                frontier.append(start + len(piece))
+    return False
 
 
 def code_block_end(prefix: str, until: str = "block") -> Callable[[str], int | None]:
@@ -373,6 +405,9 @@ def generate(
         raise UserError("stop_when / allowed_tokens work with greedy decoding and sampling, not beam search")
     stop = _TextStop(config.stop_strings, stop_when, tokenizer) if config.stop_strings or stop_when else None
     model_config = model.config
+    forced = ("forced_bos_token_id", "forced_eos_token_id")
+    config = replace(config, **{name: getattr(model_config, name, None) for name in forced
+                                if getattr(config, name) is None})
     eos = _eos_ids(config, model_config)
     pad = _pad_id(config, model_config, eos)
     device = input_ids.device
@@ -408,6 +443,11 @@ def generate(
         generator = torch.Generator(device=device)
         generator.manual_seed(config.seed if config.seed is not None else int(torch.randint(2**62, ()).item()))
     return _sample(model, state, logits, config, eos, pad, seen, generator, streamer, stop, allowed_tokens)
+
+
+def _length_norm(length: int, length_penalty: float) -> float:
+    """``length ** length_penalty``, inf rather than OverflowError when a large penalty overflows."""
+    return float(torch.tensor(float(length), dtype=torch.float64) ** length_penalty)
 
 
 def _constrain(scores: torch.Tensor, allowed_tokens: Callable, new_tokens: torch.Tensor) -> torch.Tensor:
@@ -496,7 +536,7 @@ def _beam_search(model, state, logits, config, batch, eos, pad, seen) -> torch.T
 
         # candidates among the top `beams` that finished compete with the finished hypotheses
         just_finished = hits & top_beams[None]
-        scored = cand_scores / ((cur + 1) ** config.length_penalty)
+        scored = cand_scores / _length_norm(cur + 1, config.length_penalty)
         full = is_finished.all(-1, keepdim=True) & (config.early_stopping is True)
         scored = scored + full.float() * neg + (~can_improve).float() * neg + (~just_finished).float() * neg
         merged_scores = torch.cat([finished_scores, scored], 1)
@@ -514,7 +554,7 @@ def _beam_search(model, state, logits, config, batch, eos, pad, seen) -> torch.T
             best_length = max_new
         else:
             best_length = cur + 1
-        best_running = running_scores[:, :1] / (best_length ** config.length_penalty)
+        best_running = running_scores[:, :1] / _length_norm(best_length, config.length_penalty)
         worst_finished = torch.where(is_finished, finished_scores.min(1, keepdim=True).values,
                                      torch.full_like(finished_scores, neg))
         can_improve = can_improve & (best_running > worst_finished).any(-1, keepdim=True)

@@ -31,8 +31,20 @@ def load_lm(folder: str, bf16: bool = False, quantize: str | None = None, compil
     return (compile_decoding(model) if compile else model), tokenizer
 
 
+def decoder_room(config: Any, max_new_tokens: int) -> int:
+    """max_new_tokens cut (with a note) to what an encoder-decoder's decoder positions hold: with
+    learned positions (BART) the start token and the first n - 1 new tokens fill n positions;
+    relative positions (T5) have no end."""
+    if config.positions == "learned" and max_new_tokens > config.max_positions:
+        print(f"note: generating at most {config.max_positions} tokens, all the model's positions allow",
+              file=sys.stderr)
+        return config.max_positions
+    return max_new_tokens
+
+
 def encode_prompt(model, tokenizer, text: str, max_new_tokens: int) -> tuple[list[int], int]:
-    """Prompt ids, and max_new_tokens cut to what the context has room for (decoder-only)."""
+    """Prompt ids, and max_new_tokens cut to what the context has room for. An encoder-decoder's
+    source is wrapped in its special tokens, as ``text2text`` and transformers do."""
     if max_new_tokens <= 0:
         raise UserError(f"--max-new-tokens must be > 0, got {max_new_tokens}")
     ids = tokenizer.encode(text) if text else []
@@ -40,9 +52,10 @@ def encode_prompt(model, tokenizer, text: str, max_new_tokens: int) -> tuple[lis
         raise UserError("empty prompt: give some text to continue")
     context = model.config.max_positions
     if model.config.is_encoder_decoder:
-        if len(ids) > context:
+        ids = tokenizer.build_inputs(ids)[0]
+        if len(ids) > context and model.config.positions == "learned":
             raise UserError(f"prompt of {len(ids)} tokens is longer than the model's context of {context}")
-        return ids, max_new_tokens
+        return ids, decoder_room(model.config, max_new_tokens)
     if len(ids) >= context:
         raise UserError(f"prompt of {len(ids)} tokens is longer than the model's context of {context} "
                         "(it needs room for at least one new token)")

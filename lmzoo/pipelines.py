@@ -161,8 +161,9 @@ def _top_predictions(logits: torch.Tensor, tokenizer: Tokenizer, top_k: int) -> 
     results = []
     for row in logits:
         probs = row.float().softmax(-1)
-        probs[[i for i in tokenizer.special_ids if i < probs.numel()]] = 0.0  # never propose [CLS], [PAD], ...
-        top = probs.topk(min(top_k, probs.numel()))
+        special = [i for i in tokenizer.special_ids if i < probs.numel()]
+        probs[special] = -1.0  # never propose [CLS], [PAD], ...: ranked last, then cut off
+        top = probs.topk(min(top_k, probs.numel() - len(set(special))))
         row_predictions = []
         for p, i in zip(top.values.tolist(), top.indices.tolist()):
             text = tokenizer.decode([i])

@@ -142,3 +142,27 @@ def test_beams_share_their_input_encoder_side_until_a_general_reorder():
         assert state.encoder_states.shape[0] == 4 and state.cross_caches[0].kv[0].shape[0] == 4
         history = torch.cat([history[general], dec[:4, 5:6]], 1)
         assert_close(model.generation_step(dec[:4, 5:6], state), last_logits(expand[beam_step][general], history))
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_forced_bos_and_eos_tokens_as_transformers(tmp_path, beams):
+    """BART checkpoints force the last new token to eos (config.json's forced_eos_token_id, HF's ForcedEOS
+    processor) and some the first to bos (forced_bos_token_id: transformers 5 reads it from
+    generation_config.json only, so it is passed to both here); an lmzoo folder keeps both."""
+    hf = hf_model(transformers.BartForConditionalGeneration, tiny_config("bart", forced_eos_token_id=2),
+                  tmp_path / "hf")
+    ours = lmzoo.from_pretrained(tmp_path / "hf")
+    assert ours.config.forced_eos_token_id == 2
+    ids, mask, _ = batch(8)
+    with torch.no_grad():
+        ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                          num_beams=beams, early_stopping=False, forced_bos_token_id=0)
+        mine = generate(ours, ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, num_beams=beams,
+                        forced_bos_token_id=0)
+    assert torch.equal(mine, ref[:, 1:]) and (mine[:, 0] == 0).all() and (mine[:, -1] == 2).all()
+    forced = ours.config.replace(forced_bos_token_id=0)
+    BartForConditionalGeneration(forced).save_pretrained(tmp_path / "ours")
+    again = lmzoo.from_pretrained(tmp_path / "ours").config
+    assert (again.forced_bos_token_id, again.forced_eos_token_id) == (0, 2)
+    assert transformers.BartForConditionalGeneration.from_pretrained(tmp_path / "ours").generation_config \
+        .forced_eos_token_id == 2

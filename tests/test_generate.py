@@ -356,3 +356,81 @@ def test_code_block_end():
     line = code_block_end("x = fo", until="line")
     assert line("o(1)\nbar\n") == 4 and line("o(1") is None
     assert code_block_end("import os\n")("import sys\nimport re\n") == len("import sys")
+
+
+# ---- review mends: healing, beam scores, seq2seq prompts, flags that would be ignored ----------------
+
+
+@pytest.fixture(scope="module")
+def seq2seq_folders(tmp_path_factory):
+    """Random tiny run folders: a GPT-2 with a WordPiece tokenizer (it has no whitespace tokens), a T5 and a
+    BART with 40 learned decoder positions."""
+    from conftest import corpus, tiny_folder
+
+    root = tmp_path_factory.mktemp("s2s")
+    text = corpus(root / "text.txt")
+    return {"gpt_wordpiece": tiny_folder(root / "gpt", text, "gpt-tiny", scale=0.5, kind="wordpiece"),
+            "t5": tiny_folder(root / "t5", text, "t5-tiny", scale=0.5, extra_ids=10),
+            "bart": tiny_folder(root / "bart", text, "bart-tiny", scale=0.5, max_positions=40)}
+
+
+def test_healing_is_skipped_when_no_token_can_write_the_whitespace(seq2seq_folders, capsys, tmp_path):
+    from lmzoo.generate import _can_write, heal_trailing_whitespace
+    from lmzoo.tokenizer import Tokenizer
+
+    assert _can_write("\n    ", {"\n", "  ", "x"}) and _can_write("\n ", {"\n  x"})
+    assert not _can_write("\n", {"a", " "}) and not _can_write("\n  ", {"\n", "x"})
+    tokenizer = Tokenizer.load(seq2seq_folders["gpt_wordpiece"])
+    assert heal_trailing_whitespace("the king\n", tokenizer) == ("the king\n", "", None)
+    prefix = tmp_path / "prefix.txt"
+    prefix.write_text("the king and the queen\n")
+    for sampling in ([], ["--temperature", "0.8"], ["--top-k", "5"]):  # sampling used to crash on all -inf scores
+        code, out, err = cli(capsys, "complete", seq2seq_folders["gpt_wordpiece"], "--file", prefix,
+                             "--max-new-tokens", 6, *sampling)
+        assert code == 0 and out.strip(), (sampling, err)
+
+
+def test_a_large_length_penalty_scores_beams_without_overflow(models):
+    _, ours = models
+    ids, mask = prompts()
+    out = generate(ours, ids, attention_mask=mask, max_new_tokens=8, num_beams=3, length_penalty=1000.0)
+    assert out.shape == (3, 8)
+
+
+def test_forced_first_and_last_tokens():
+    config = GenerationConfig(max_new_tokens=4, forced_bos_token_id=3, forced_eos_token_id=5)
+    scores = torch.randn(2, 10)
+    for step, token in ((0, 3), (3, 5)):
+        forced = process_scores(scores, config, None, step)
+        assert forced[:, token].eq(0).all() and torch.isinf(forced).sum() == 2 * 9
+    assert torch.equal(process_scores(scores, config, None, 1), scores)
+
+
+def test_generate_wraps_a_seq2seq_prompt_as_text2text_does(seq2seq_folders, capsys):
+    for name in ("t5", "bart"):
+        folder = seq2seq_folders[name]
+        code, generated, err = cli(capsys, "generate", folder, "the king and queen", "--max-new-tokens", 6)
+        assert code == 0, err
+        code, text2text, err = cli(capsys, "text2text", folder, "the king and queen", "--max-new-tokens", 6)
+        assert code == 0, err
+        assert generated.strip() == text2text.strip(), name
+
+
+@pytest.mark.parametrize("verb", ["generate", "reconstruct", "text2text"])
+def test_seq2seq_new_tokens_are_capped_at_the_decoder_positions(seq2seq_folders, capsys, verb):
+    text = "the <mask> and queen" if verb == "reconstruct" else "the king"
+    code, out, err = cli(capsys, verb, seq2seq_folders["bart"], text, "--max-new-tokens", 100)
+    assert code == 0, err
+    assert "note: generating at most 40 tokens" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "{gpt}", "the king", "--length-penalty", "2"], "--length-penalty scores beam hypotheses"),
+    (["generate", "{gpt}", "the king", "--seed", "3"], "--seed seeds sampling"),
+    (["generate", "{gpt}", "the king", "--num-beams", "2", "--seed", "3"], "--seed seeds sampling"),
+    (["text2text", "{t5}", "the king", "--source-column", "src"], "--source-column names the inputs' column"),
+])
+def test_flags_that_would_be_ignored_are_refused(seq2seq_folders, capsys, argv, message):
+    folders = {"gpt": seq2seq_folders["gpt_wordpiece"], "t5": seq2seq_folders["t5"]}
+    code, out, err = cli(capsys, *[a.format(**folders) for a in argv])
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err

@@ -241,3 +241,14 @@ def test_sharded_hf_folder_loads_and_a_broken_index_is_one_line(tmp_path):
     (folder / "model.safetensors.index.json").write_text('{"metadata": {}}')
     with pytest.raises(UserError, match="model.safetensors.index.json: not a safetensors index"):
         read_state_dict(folder)
+
+
+def test_fill_mask_never_lists_special_tokens_even_for_a_huge_top_k(tmp_path):
+    from conftest import corpus, tiny_folder
+
+    folder = tiny_folder(tmp_path / "bert", corpus(tmp_path / "text.txt"), "bert-tiny")
+    model, tokenizer = load_model_and_tokenizer(folder)
+    [predictions] = fill_mask(model, tokenizer, "the [MASK] and queen", top_k=100_000)
+    special = set(tokenizer.special_ids)
+    assert len(predictions) == tokenizer.vocab_size - len(special)
+    assert not {p.token_id for p in predictions} & special

@@ -23,6 +23,7 @@ ROBERTA = {"max_positions": 64, "position_offset": 2}  # HF's 66 positions: 64 a
 # XLNet has no embedding norm: at the default init (0.02) layer 0's attention is so flat that a
 # wrongly mapped q / k / r_w_bias changes the outputs by < 1e-5; at 0.1 each one shows
 XLNET = {"initializer_range": 0.1}
+UNTIED = {"tie_word_embeddings": False}
 
 
 def case(family: str, arch: str, overrides: dict | None = None, expected: dict | None = None, suffix: str = ""):
@@ -54,6 +55,12 @@ CASES = [
     case("xlnet", "XLNetModel", XLNET),
     case("xlnet", "XLNetLMHeadModel", XLNET),
     case("xlnet", "XLNetForSequenceClassification", {**XLNET, **LABEL_MAPS}, {"id2label": LABELS}),
+    # untied LM heads (tie_word_embeddings false; BART then also unties each stack's embed_tokens)
+    case("bert", "BertForPreTraining", UNTIED, {"tie_embeddings": False}, "-untied"),
+    case("roberta", "RobertaForMaskedLM", UNTIED, {"tie_embeddings": False}, "-untied"),
+    case("gpt2", "GPT2LMHeadModel", UNTIED, {"tie_embeddings": False}, "-untied"),
+    case("bart", "BartForConditionalGeneration", UNTIED, {"tie_embeddings": False}, "-untied"),
+    case("xlnet", "XLNetLMHeadModel", {**XLNET, **UNTIED}, {"tie_embeddings": False}, "-untied"),
 ]
 # our keyword → transformers' (everything else is spelled the same)
 HF_NAMES = {"nsp_labels": "next_sentence_label"}
@@ -156,7 +163,7 @@ def compare(ours, batch: dict, ref: dict, keep: torch.Tensor | None) -> None:
 @pytest.mark.parametrize("family,arch,overrides,expected", CASES)
 def test_parity_and_round_trip(tmp_path, capsys, family, arch, overrides, expected):
     hf_cls = getattr(transformers, arch)
-    hf = hf_model(hf_cls, tiny_config(family, **overrides), tmp_path / "hf", untie=family == "t5-v1.1")
+    hf = hf_model(hf_cls, tiny_config(family, **overrides), tmp_path / "hf", untie=family == "t5-v1.1" or overrides.get("tie_word_embeddings") is False)
     capsys.readouterr()  # transformers' progress bars
     ours = load_pretrained(tmp_path / "hf")
     assert capsys.readouterr().err == ""  # no missing or ignored weights (they would be noted)

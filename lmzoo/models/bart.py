@@ -26,7 +26,12 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     """HF BartConfig dict → ModelConfig."""
     if hf.get("normalize_before") or hf.get("add_final_layer_norm"):
         raise UserError("unsupported BART variant (pre-norm / final layer norm: mBART)")
-    kept = ("forced_bos_token_id", "forced_eos_token_id", "activation_dropout", "init_std")
+    kept = ("activation_dropout", "init_std")
+    # absent = not forced: what transformers' generate does with such a folder (BartConfig() itself writes eos 2)
+    forced = {k: hf.get(k) for k in ("forced_bos_token_id", "forced_eos_token_id")}
+    for name, value in forced.items():
+        if value is not None and not isinstance(value, int):
+            raise UserError(f"config.json: {name} must be one token id or null, got {value!r}")
     heads, ffn = hf.get("encoder_attention_heads", 16), hf.get("encoder_ffn_dim", 4096)
     decoder_heads, decoder_ffn = hf.get("decoder_attention_heads", 16), hf.get("decoder_ffn_dim", 4096)
     return ModelConfig(
@@ -40,6 +45,7 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         d_ff=ffn,
         d_decoder_ff=0 if decoder_ffn == ffn else decoder_ffn,
         max_positions=hf.get("max_position_embeddings", 1024),
+        tie_embeddings=hf.get("tie_word_embeddings", True) is not False,
         position_offset=2,
         norm_eps=1e-5,
         embedding_norm=True,
@@ -51,6 +57,7 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         bos_token_id=hf.get("bos_token_id", 0),
         eos_token_id=hf.get("eos_token_id", 2),
         decoder_start_token_id=hf.get("decoder_start_token_id", 2),
+        **forced,
         hf_passthrough={k: hf[k] for k in kept if k in hf},
     )
 
@@ -76,18 +83,23 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "bos_token_id": config.bos_token_id,
         "eos_token_id": config.eos_token_id,
         "decoder_start_token_id": config.decoder_start_token_id,
+        "forced_bos_token_id": config.forced_bos_token_id,
+        "forced_eos_token_id": config.forced_eos_token_id,
         "is_encoder_decoder": True,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": config.tie_embeddings,
         **config.hf_passthrough,
     }
 
 
 class BartStack(nn.Module):
-    """Encoder or decoder: + positions → LayerNorm → dropout → post-LN blocks (token embeddings come in)."""
+    """Encoder or decoder: + positions → LayerNorm → dropout → post-LN blocks (token embeddings come in).
+    ``tokens``: the stack's own token table, only when tie_embeddings is off (HF then unties each
+    stack's ``embed_tokens`` from ``shared``); otherwise the model's ``shared`` table is used."""
 
     def __init__(self, config: ModelConfig, *, decoder: bool) -> None:
         super().__init__()
         self.config = config
+        self.tokens = None if config.tie_embeddings else nn.Embedding(config.vocab_size, config.d_model)
         self.positions = nn.Embedding(config.max_positions + config.position_offset, config.d_model)
         self.embed_norm = make_norm(config)
         n_layers = config.n_decoder_layers if decoder else config.n_layers
@@ -116,7 +128,7 @@ class BartStack(nn.Module):
                            encoder_mask=encoder_mask, cross_caches=None if state is None else state.cross_caches)
 
 
-def stack_key_map(hf: str, ours: str, *, decoder: bool) -> list[tuple[str, str | None]]:
+def stack_key_map(hf: str, ours: str, *, decoder: bool, tied: bool) -> list[tuple[str, str | None]]:
     layer = f"{hf}.layers.{{}}"
     mine = f"{ours}.layers.{{}}"
     attn = [(f"{layer}.self_attn.{p}_proj", f"{mine}.attn.{p}") for p in "qkv"]
@@ -127,7 +139,7 @@ def stack_key_map(hf: str, ours: str, *, decoder: bool) -> list[tuple[str, str |
         cross += [(f"{layer}.encoder_attn.out_proj", f"{mine}.cross_attn.o"),
                   (f"{layer}.encoder_attn_layer_norm", f"{mine}.cross_norm")]
     return [
-        (f"{hf}.embed_tokens", None),  # tied to shared
+        (f"{hf}.embed_tokens", None if tied else f"{ours}.tokens"),  # tied: the same tensor as shared
         (f"{hf}.embed_positions", f"{ours}.positions"),
         (f"{hf}.layernorm_embedding", f"{ours}.embed_norm"),
         *attn,
@@ -162,20 +174,21 @@ class BartModel(BartPreTrainedModel):
 
     @classmethod
     def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
-        return [("shared", "shared"), *stack_key_map("encoder", "encoder", decoder=False),
-                *stack_key_map("decoder", "decoder", decoder=True)]
+        tied = config.tie_embeddings
+        return [("shared", "shared"), *stack_key_map("encoder", "encoder", decoder=False, tied=tied),
+                *stack_key_map("decoder", "decoder", decoder=True, tied=tied)]
 
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.shared(ids) * self.embed_scale
+    def embed(self, ids: torch.Tensor, stack: BartStack) -> torch.Tensor:
+        return (self.shared if stack.tokens is None else stack.tokens)(ids) * self.embed_scale
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.encoder(self.embed(input_ids), attention_mask)
+        return self.encoder(self.embed(input_ids, self.encoder), attention_mask)
 
     def decode(self, decoder_input_ids: torch.Tensor, decoder_attention_mask: torch.Tensor | None,
                encoder_states: torch.Tensor, encoder_mask: torch.Tensor | None,
                state: EncoderDecoderState | None = None) -> torch.Tensor:
-        return self.decoder(self.embed(decoder_input_ids), decoder_attention_mask, encoder_states=encoder_states,
-                            encoder_mask=encoder_mask, state=state)
+        return self.decoder(self.embed(decoder_input_ids, self.decoder), decoder_attention_mask,
+                            encoder_states=encoder_states, encoder_mask=encoder_mask, state=state)
 
     def forward(
         self,
@@ -192,21 +205,27 @@ class BartModel(BartPreTrainedModel):
 
 
 class BartForConditionalGeneration(EncoderDecoderLM, BartPreTrainedModel):
-    """BartModel + tied LM head + final_logits_bias; ``labels`` give teacher forcing and the loss."""
+    """BartModel + LM head (the shared embeddings unless tie_embeddings is off) + final_logits_bias;
+    ``labels`` give teacher forcing and the loss."""
 
     hf_architecture = "BartForConditionalGeneration"
     base_prefix = "model"
-    head_modules = ("final_logits_bias",)
+    head_modules = ("final_logits_bias", "lm_head")
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         self.model = BartModel(config)
         self.register_buffer("final_logits_bias", torch.zeros(config.vocab_size))  # saved, never trained
+        # only an untied head is a module of its own, so tied models keep their state-dict keys
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if self.lm_head is not None:
+            nn.init.normal_(self.lm_head.weight, std=0.02)
 
     @classmethod
     def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
         body = [(f"model.{h}", None if o is None else f"model.{o}") for h, o in BartModel.hf_key_map(config)]
-        return [*body, ("final_logits_bias", "final_logits_bias"), ("lm_head", None)]
+        return [*body, ("final_logits_bias", "final_logits_bias"),
+                ("lm_head", None if config.tie_embeddings else "lm_head")]
 
     @classmethod
     def hf_tensors_in(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -232,8 +251,9 @@ class BartForConditionalGeneration(EncoderDecoderLM, BartPreTrainedModel):
         return self.model.decode(decoder_input_ids, decoder_attention_mask, encoder_states, encoder_mask, state)
 
     def lm_head_parts(self) -> tuple[None, torch.Tensor, torch.Tensor]:
-        """Tied to the embeddings, plus final_logits_bias."""
-        return None, self.model.shared.weight, self.final_logits_bias
+        """The shared embeddings (or the untied head's weight), plus final_logits_bias."""
+        weight = self.model.shared.weight if self.lm_head is None else self.lm_head.weight
+        return None, weight, self.final_logits_bias
 
 
 SPEC = FamilySpec(

@@ -32,6 +32,7 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         n_heads=hf["num_attention_heads"],
         d_ff=hf["intermediate_size"],
         max_positions=hf.get("max_position_embeddings", 512),
+        tie_embeddings=hf.get("tie_word_embeddings", True) is not False,
         type_vocab_size=hf.get("type_vocab_size", 2),
         norm_eps=hf.get("layer_norm_eps", 1e-12),
         embedding_norm=True,
@@ -63,7 +64,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "pad_token_id": config.pad_token_id,
         "position_embedding_type": "absolute",
         "classifier_dropout": config.classifier_dropout,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": config.tie_embeddings,
         **label_map_to_hf(config),
     }
 
@@ -148,7 +149,7 @@ class EncoderHeadModel(BertPreTrainedModel):
 
 
 class MLMHead(nn.Module):
-    """dense → activation → LayerNorm → tied decoder + bias."""
+    """dense → activation → LayerNorm → decoder (tied to the word embeddings unless tie_embeddings is off) + bias."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -168,10 +169,27 @@ class BertForMaskedLM(EncoderHeadModel):
     head_key_map: list[tuple[str, str | None]] = [
         ("cls.predictions.transform.dense", "mlm_head.dense"),
         ("cls.predictions.transform.LayerNorm", "mlm_head.norm"),
-        ("cls.predictions.bias", "mlm_head.decoder.bias"),
-        ("cls.predictions.decoder.bias", None),  # the same tensor as cls.predictions.bias
-        ("cls.predictions.decoder.weight", None),  # tied to the word embeddings
     ]
+    output_prefix = "cls.predictions"
+
+    @classmethod
+    def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
+        """Tied (HF's default): the decoder's weight is the word embeddings and its bias is ``bias``, neither
+        stored twice. Untied (tie_word_embeddings false): HF's decoder has a weight and bias of its own
+        and leaves ``bias`` unused."""
+        out = cls.output_prefix
+        if config.tie_embeddings:
+            output = [(f"{out}.bias", "mlm_head.decoder.bias"), (f"{out}.decoder", None)]
+        else:
+            output = [(f"{out}.bias", None), (f"{out}.decoder", "mlm_head.decoder")]
+        return [*super().hf_key_map(config), *output]
+
+    @classmethod
+    def hf_tensors_out(cls, config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if config.tie_embeddings:
+            return state
+        # HF's unused ``bias`` parameter, written so that its loader finds every key it expects
+        return {**state, f"{cls.output_prefix}.bias": state[f"{cls.output_prefix}.decoder.bias"].clone()}
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -179,10 +197,11 @@ class BertForMaskedLM(EncoderHeadModel):
         self.mlm_head = MLMHead(config)
         self.nsp_head = nn.Linear(config.d_model, 2) if self.with_nsp else None
         self.init_weights()
-        self.mlm_head.decoder.weight = self.encoder.embed.tokens.weight
+        if config.tie_embeddings:
+            self.mlm_head.decoder.weight = self.encoder.embed.tokens.weight
 
     def tied_parameters(self) -> dict[str, str]:
-        return {"mlm_head.decoder.weight": "encoder.embed.tokens.weight"}
+        return {"mlm_head.decoder.weight": "encoder.embed.tokens.weight"} if self.config.tie_embeddings else {}
 
     def forward(
         self,

@@ -68,10 +68,8 @@ class RobertaForMaskedLM(RobertaFamily, BertForMaskedLM):
     head_key_map = [
         ("lm_head.dense", "mlm_head.dense"),
         ("lm_head.layer_norm", "mlm_head.norm"),
-        ("lm_head.bias", "mlm_head.decoder.bias"),
-        ("lm_head.decoder.bias", None),  # the same tensor as lm_head.bias
-        ("lm_head.decoder.weight", None),  # tied to the word embeddings
     ]
+    output_prefix = "lm_head"
 
 
 class RobertaForSequenceClassification(RobertaFamily, BertForSequenceClassification):

@@ -62,6 +62,7 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         n_heads=n_heads,
         d_ff=hf["d_inner"],
         max_positions=hf.get("lmzoo_max_positions", 512),
+        tie_embeddings=hf.get("tie_word_embeddings", True) is not False,
         positions="relative_sinusoidal",
         norm_eps=hf.get("layer_norm_eps", 1e-12),
         activation=activation_from_hf(hf.get("ff_activation", "gelu")),
@@ -112,7 +113,7 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "pad_token_id": config.pad_token_id,
         "bos_token_id": config.bos_token_id,
         "eos_token_id": config.eos_token_id,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": config.tie_embeddings,
         "lmzoo_max_positions": config.max_positions,
         **label_map_to_hf(config),
     }
@@ -433,7 +434,7 @@ class XLNetGenerationState:
 
 
 class XLNetLMHeadModel(XLNetPreTrainedModel):
-    """XLNet with the tied LM head; trained with permutation LM (``lmzoo.objectives.plm``).
+    """XLNet with the LM head (tied to the embeddings unless tie_embeddings is off); trained with permutation LM (``lmzoo.objectives.plm``).
 
     With ``labels`` (B, P) the loss is the mean CE over labels != -100 and ``logits`` are only
     computed for those rows: (n_labelled, vocab); in training mode with grad enabled the head is
@@ -450,14 +451,16 @@ class XLNetLMHeadModel(XLNetPreTrainedModel):
         self.transformer = XLNetModel(config, init=False)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size)
         self.init_weights()
-        self.lm_head.weight = self.transformer.embed.tokens.weight
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.embed.tokens.weight
 
     @classmethod
     def hf_key_map(cls, config: ModelConfig) -> list[tuple[str, str | None]]:
-        return prefixed(BODY_KEY_MAP, "transformer", "transformer") + [("lm_loss.weight", None), ("lm_loss", "lm_head")]
+        tied_weight = [("lm_loss.weight", None)] if config.tie_embeddings else []  # HF re-ties it
+        return prefixed(BODY_KEY_MAP, "transformer", "transformer") + tied_weight + [("lm_loss", "lm_head")]
 
     def tied_parameters(self) -> dict[str, str]:
-        return {"lm_head.weight": "transformer.embed.tokens.weight"}
+        return {"lm_head.weight": "transformer.embed.tokens.weight"} if self.config.tie_embeddings else {}
 
     def forward(
         self,
