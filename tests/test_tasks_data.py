@@ -40,6 +40,16 @@ def test_tables_with_column_mapping(tmp_path):
     assert read_text_examples(tmp_path / "d.jsonl", label_column=None)[0].label is None
 
 
+def test_tsv_quotes_are_text(tmp_path):
+    """TSV has no quoting: a cell starting with a quote, or an unbalanced one, is read verbatim and
+    never swallows the rows after it."""
+    (tmp_path / "q.tsv").write_text('text\tlabel\n"Jaws" is great\tpos\n"what a film\tpos\nawful plot\tneg\n'
+                                    'superb" acting, 10/10\tpos\ndismal ending\tneg\n')
+    ex = read_text_examples(tmp_path / "q.tsv")
+    assert [(e.text, e.label) for e in ex] == [('"Jaws" is great', "pos"), ('"what a film', "pos"), ("awful plot", "neg"),
+                                              ('superb" acting, 10/10', "pos"), ("dismal ending", "neg")]
+
+
 @pytest.mark.parametrize("name,content,kwargs,message", [
     ("a.csv", "text,label\nhi,pos\n", {"label_column": "gold"}, "a.csv:2: no column 'gold'"),
     ("a.csv", "text,label\n", {}, "holds no examples"),

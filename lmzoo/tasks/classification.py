@@ -53,6 +53,10 @@ DEFAULT_METRIC = {"single_label_classification": "macro_f1", "multi_label_classi
                   "regression": "mse", "ner": "f1"}
 METRICS = ("accuracy", "macro_f1", "micro_f1", "mse", "mae", "pearson", "f1", "precision", "recall",
            "token_accuracy")
+# the scores each problem's evaluation gives (lmzoo.tasks.metrics), so --metric is checked before training
+PROBLEM_METRICS = {"single_label_classification": ("accuracy", "macro_f1"),
+                   "multi_label_classification": ("accuracy", "micro_f1", "macro_f1"),
+                   "regression": ("mse", "mae", "pearson"), "ner": ("f1", "precision", "recall", "token_accuracy")}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -394,14 +398,28 @@ def evaluate_model(folder: str | Path, data_path: str | Path, *, options: TaskOp
     options = options or TaskOptions.from_json(saved, **overrides)
     check_prediction_options(model, options, batch_size)
     examples = read_examples(data_path, options, problem_type=model.config.problem_type)
-    if model.config.problem_type != "regression":
-        check_labels(labels_of(examples), {v: k for k, v in (model.config.id2label or {}).items()}, data_path)
+    check_gold(examples, model.config, options, folder, data_path)
     metrics = score(examples, predict_examples(model, tokenizer, examples, options, batch_size=batch_size),
                     model.config, options)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         write_reports(metrics, model.config, out)
     return metrics
+
+
+def check_gold(examples: Sequence[Any], config: Any, options: TaskOptions, folder: str | Path,
+               data_path: str | Path) -> None:
+    """The gold labels of an evaluation file must be ones the model can be scored on: BIO tags (NER),
+    one label per example for a single-label classifier, labels it was trained with."""
+    if options.task == "ner":
+        ner.check_bio(examples, data_path)
+    elif config.problem_type in (None, "single_label_classification"):
+        listed = next((e.label for e in examples if isinstance(e.label, list)), None)
+        if listed is not None:  # a label split by --label-separator, or a JSON list
+            raise UserError(f"{data_path}: label {listed!r} is a list, but {folder} is a single-label classifier: "
+                            "give one label per example (without --label-separator)")
+    if config.problem_type != "regression":
+        check_labels(labels_of(examples), {v: k for k, v in (config.id2label or {}).items()}, data_path)
 
 
 # --- fine-tuning --------------------------------------------------------------------------------
@@ -424,11 +442,14 @@ def finetune(*, model: str | Path, train_path: str | Path, eval_path: str | Path
     from lmzoo.pipelines import check_vocab_fits
     from lmzoo.tokenizer import Tokenizer
     from lmzoo.train.distributed import process_count
-    from lmzoo.train.loop import fit_batch_to_data, train
+    from lmzoo.train.loop import check_finetune_out, fit_batch_to_data, train
 
     out = Path(out)
+    check_finetune_out(out, model, resume=resume, overwrite=overwrite)
     tokenizer = Tokenizer.load(model)
     options, problem, id2label, train_examples, eval_examples = read_labelled(train_path, eval_path, options)
+    metric = task_metric(options, problem)
+    torch.manual_seed(train_config.seed)  # the new head's initial weights: a rerun (and every rank) gets the same
     net = load_for_finetuning(model, options.task, id2label, problem)
     check_vocab_fits(tokenizer, net, model)
     if options.max_length is not None and options.max_length > net.config.max_positions:
@@ -440,7 +461,6 @@ def finetune(*, model: str | Path, train_path: str | Path, eval_path: str | Path
     collate = make_collator(tokenizer, net, options)
     if net.config.pad_token_id is None:  # saved with the model: transformers' GPT-2 classifier finds the last
         net.config = net.config.replace(pad_token_id=collate.pad_id)  # token by it and refuses batches without
-    metric = options.metric or DEFAULT_METRIC["ner" if options.task == "ner" else problem]
     select = task_selection(tokenizer, eval_examples, options, metric) if eval_examples else None
     result = train(net, train_data, collate, out_dir=out, config=train_config,
                    eval_data=eval_data, metrics_fn=loop_metrics, select=select, resume=resume,
@@ -452,11 +472,24 @@ def finetune(*, model: str | Path, train_path: str | Path, eval_path: str | Path
                           stopped_early=result.stopped_early, out_dir=out, compile_s=result.compile_s)
 
 
+def task_metric(options: TaskOptions, problem: str) -> str:
+    """The metric that picks the best model: ``options.metric`` if this task's evaluation scores it
+    (a UserError naming those it does otherwise), else the problem's default."""
+    kind = "ner" if options.task == "ner" else problem
+    if options.metric is not None and options.metric not in PROBLEM_METRICS[kind]:
+        what = "--task ner" if kind == "ner" else f"--problem-type {problem}"
+        raise UserError(f"--metric {options.metric} does not fit {what}; choose one of "
+                        f"{', '.join(PROBLEM_METRICS[kind])}")
+    return options.metric or DEFAULT_METRIC[kind]
+
+
 def read_labelled(train_path: str | Path, eval_path: str | Path | None, options: TaskOptions
                   ) -> tuple[TaskOptions, str, dict[int, str], list[Any], list[Any]]:
     """(options with the problem type filled in, problem type, id2label, train examples, eval
     examples) of the labelled files; labels of the eval file must occur in the training file."""
     train_examples = read_examples(train_path, options)
+    if options.task == "ner":
+        ner.check_bio(train_examples, train_path)
     problem = infer_problem_type(options, train_examples)
     if options.task != "ner":  # saved with the model, so evaluate / predict read labels the same way
         options = dataclasses.replace(options, problem_type=problem)
@@ -467,6 +500,8 @@ def read_labelled(train_path: str | Path, eval_path: str | Path | None, options:
         if len(id2label) < 2 and problem == "single_label_classification":
             raise UserError(f"{train_path}: only one label ({id2label[0]!r}); classification needs at least two")
     eval_examples = read_examples(eval_path, options) if eval_path else []
+    if eval_examples and options.task == "ner":
+        ner.check_bio(eval_examples, eval_path)
     if eval_examples and problem != "regression":
         check_labels(labels_of(eval_examples), {v: k for k, v in id2label.items()}, eval_path)
     return options, problem, id2label, train_examples, eval_examples
@@ -495,14 +530,27 @@ def save_task_files(folder: Path, tokenizer: Any, options: TaskOptions) -> None:
     atomic_write_json(folder / TASK_FILE, options.to_json())
 
 
+def is_conll(path: Path) -> bool:
+    """Whether a NER input file is CoNLL (a token, maybe tags, per line) rather than a sentence per line:
+    a .conll file, one with tabs, or one whose every line ends in a BIO tag after its token, as the
+    space-separated CoNLL files finetune / evaluate read do."""
+    if path.suffix.lower() == ".conll":
+        return True
+    if not path.is_file():
+        return False
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if "\t" in text:
+        return True
+    rows = [line.split() for line in text.splitlines() if line.strip() and not line.startswith("-DOCSTART-")]
+    return bool(rows) and all(len(row) >= 2 and ner.is_bio(row[-1]) for row in rows)
+
+
 def read_prediction_input(source: str, options: TaskOptions) -> list[Any]:
-    """Unlabelled examples: a .csv / .tsv / .jsonl file (ner: also CoNLL, i.e. a .conll file or one
-    with tabs), or plain lines from stdin ("-") or another file: one text per line (pair:
+    """Unlabelled examples: a .csv / .tsv / .jsonl file (ner: also CoNLL, see :func:`is_conll`), or plain lines from stdin ("-") or another file: one text per line (pair:
     text<TAB>text_pair; ner: a sentence of whitespace-separated tokens)."""
     if source != "-" and Path(source).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"):
         return read_examples(source, options, with_labels=False)  # ner: a table, or CoNLL in a .tsv
-    if source != "-" and options.task == "ner" and (Path(source).suffix.lower() == ".conll" or (
-            Path(source).is_file() and "\t" in Path(source).read_text(encoding="utf-8", errors="replace"))):
+    if source != "-" and options.task == "ner" and is_conll(Path(source)):
         return read_tagged_sentences(source, tags_column=None)  # CoNLL: a token (and maybe a tag) per line
     if source == "-":
         lines = sys.stdin.read().splitlines()

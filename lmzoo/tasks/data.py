@@ -55,7 +55,10 @@ def table_rows(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
                         raise UserError(f"{path}:{n}: not a JSON object")
                     yield n, row
             else:
-                reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+                # TSV has no quoting convention: a quote in a cell is text (with csv's quoting, a cell
+                # starting with " would swallow the rows up to the next quote)
+                tsv = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if suffix == ".tsv" else {}
+                reader = csv.DictReader(f, **tsv)
                 for row in reader:
                     if None in row:  # more fields than the header names
                         raise UserError(f"{path}:{reader.line_num}: {len(row) - 1 + len(row[None])} fields but the "

@@ -4,15 +4,30 @@ scored with seqeval."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from lmzoo.errors import UserError
 from lmzoo.tasks.data import PaddingCollator, TaggedSentence, align_tags
 from lmzoo.tasks.metrics import ner_metrics
 
 OUTSIDE = "O"
+BIO_TAG = re.compile(r"O|[BI]-.+")  # entities() and seqeval read these; a bare "PER" would be type "ER"
+
+
+def is_bio(tag: str) -> bool:
+    return BIO_TAG.fullmatch(tag) is not None
+
+
+def check_bio(sentences: Sequence[TaggedSentence], path: str | Path) -> None:
+    """A UserError naming the first tag that is not BIO (B-X, I-X or O)."""
+    bad = next((t for s in sentences for t in s.tags if not is_bio(t)), None)
+    if bad is not None:
+        raise UserError(f"{path}: tag {bad!r}: tags must be BIO (B-X, I-X or O)")
 
 
 class TaggedDataset:

@@ -56,13 +56,15 @@ def read_pairs(path: str | Path, *, source_column: str = "source", target_column
 class Seq2SeqDataset:
     """Map-style dataset of tokenized pairs: ``{"input_ids": source, "labels": target}``, each with the
     family's special tokens (T5 ``text </s>``, BART ``<s> text </s>``). A source longer than
-    ``max_source_length`` is an error; targets are cut to ``max_target_length``."""
+    ``max_source_length`` is an error; a target's text is cut so that it fits ``max_target_length``
+    with its special tokens."""
 
     def __init__(self, pairs: Sequence[tuple[str, str]], tokenizer: Any, *, max_source_length: int = 512,
                  max_target_length: int = 128, prefix: str = "") -> None:
         self.sources = [tokenizer.build_inputs(ids)[0] for ids in tokenizer.encode_batch([prefix + s for s, _ in pairs])]
-        self.targets = [tokenizer.build_inputs(ids)[0][:max_target_length]
-                        for ids in tokenizer.encode_batch([t for _, t in pairs])]
+        # the text is cut, then the specials are added (as transformers does): a long target keeps its </s>
+        room = max(0, max_target_length - tokenizer.num_special_tokens_to_add(False))
+        self.targets = [tokenizer.build_inputs(ids[:room])[0] for ids in tokenizer.encode_batch([t for _, t in pairs])]
         for n, ids in enumerate(self.sources, 1):
             if len(ids) > max_source_length:
                 raise UserError(f"source of pair {n} has {len(ids)} tokens, more than --max-source-length "
@@ -258,12 +260,13 @@ class Seq2SeqOptions:
 
 def fit_to_positions(options: Seq2SeqOptions, config: Any) -> Seq2SeqOptions:
     """Learned positions (BART) end at ``max_positions``: lengths beyond it are cut to it up front
-    instead of failing at the first evaluation (generation needs one position more). Defaults are
-    cut silently; lengths a user asked for get a note."""
+    instead of failing at the first evaluation (a target of n tokens fills n decoder positions, in
+    training and when generated: the start token and the first n - 1 tokens). Defaults are cut
+    silently; lengths a user asked for get a note."""
     if config.positions != "learned":
         return options
-    source, target = min(options.max_source_length, config.max_positions), min(options.max_target_length,
-                                                                                config.max_positions - 1)
+    source = min(options.max_source_length, config.max_positions)
+    target = min(options.max_target_length, config.max_positions)
     defaults = Seq2SeqOptions()
     cut_asked_source = source < options.max_source_length and options.max_source_length != defaults.max_source_length
     cut_asked_target = target < options.max_target_length and options.max_target_length != defaults.max_target_length
@@ -292,9 +295,10 @@ def finetune_seq2seq(*, model: str, train_path: str, eval_path: str | None, out:
     """Fine-tune a T5/BART folder on pairs; returns (train result, generation metrics of the best model
     with its "step"; empty without eval pairs)."""
     from lmzoo.train.distributed import process_count
-    from lmzoo.train.loop import fit_batch_to_data, train
+    from lmzoo.train.loop import check_finetune_out, fit_batch_to_data, train
 
     out = Path(out)
+    check_finetune_out(out, model, resume=resume, overwrite=overwrite)
     net, tokenizer = load_seq2seq_model(model)
     options = fit_to_positions(options, net.config)
     train_data = _dataset(_read(train_path, options), tokenizer, options)
@@ -419,6 +423,8 @@ def predict_texts(folder: str | Path, sources: Sequence[str], *, prefix: str | N
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     if not all(text.strip() for text in sources):
         raise UserError("an input text is empty")
+    from lmzoo.inference import decoder_room
+
     prefix = saved_prefix(folder) if prefix is None else prefix
     model, tokenizer = load_seq2seq_model(str(folder), compile)
     config = model.config
@@ -426,10 +432,7 @@ def predict_texts(folder: str | Path, sources: Sequence[str], *, prefix: str | N
         for n, ids in enumerate(tokenizer.encode_batch([prefix + s for s in sources]), 1):
             if len(tokenizer.build_inputs(ids)[0]) > config.max_positions:
                 raise UserError(f"input {n} has more tokens than the model's {config.max_positions} positions")
-        if max_new_tokens > config.max_positions - 1:
-            print(f"note: generating at most {config.max_positions - 1} tokens, all the model's positions allow",
-                  file=sys.stderr)
-            max_new_tokens = config.max_positions - 1
+        max_new_tokens = decoder_room(config, max_new_tokens)
     return generate_texts(model, tokenizer, list(sources), max_new_tokens=max_new_tokens, num_beams=num_beams,
                           batch_size=batch_size, prefix=prefix)
 
@@ -461,6 +464,8 @@ def evaluate_seq2seq(folder: str | Path, data_path: str | Path, *, out: str | Pa
     (``eval_predictions.jsonl``, with their targets) are written there."""
     import json
 
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"--out {out} is a file; it names a folder for the metrics and predictions")
     pairs = read_pairs(data_path, source_column=source_column, target_column=target_column)
     sources, targets = [s for s, _ in pairs], [t for _, t in pairs]
     predictions = predict_texts(folder, sources, prefix=prefix, max_new_tokens=max_new_tokens, num_beams=num_beams,

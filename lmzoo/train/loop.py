@@ -90,6 +90,9 @@ SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
 # Files a run writes into out_dir (and --overwrite removes).
 RUN_FILES = ("metrics.jsonl", "loss_curve.png", "config.json", "model.safetensors")
+# Files that make a folder a model folder: a run's --out that holds one is replaced only with --overwrite.
+MODEL_FILES = ("config.json", "*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+               "tf_model.h5", "flax_model.msgpack")
 EVAL_SEED = 1234
 # TrainConfig fields a resume must keep (they fix the data order); a run adds its own (preset ...).
 # batch_size is compared as the global batch (x processes): another number of processes may resume.
@@ -401,6 +404,39 @@ def _checkpoint_problem(path: Path) -> tuple[str | None, dict[str, Any]]:
 
 def _holds_run(out_dir: Path) -> bool:
     return (out_dir / "metrics.jsonl").exists() or (out_dir / "checkpoints").exists()
+
+
+def _model_file(out_dir: Path) -> str | None:
+    """The first file of ``out_dir`` that makes it a model folder (a config or weights), else None."""
+    if not out_dir.is_dir():
+        return None
+    return next((p.name for p in sorted(out_dir.iterdir()) if any(p.match(g) for g in MODEL_FILES)), None)
+
+
+def check_finetune_out(out_dir: str | os.PathLike, model: str | os.PathLike, *, resume: bool,
+                       overwrite: bool) -> None:
+    """The --out mistakes of a fine-tuning run, said before the model loads (the loop asks again
+    under the lock). --out must not be the folder the run starts from, nor one that holds it (as
+    OUT holds OUT/best): the run replaces (--overwrite removes) the model files there, so the
+    starting model would be lost even with --overwrite."""
+    out, source = Path(out_dir).resolve(), Path(model).resolve()
+    if out == source or out in source.parents:
+        where = "is" if out == source else "holds"
+        raise UserError(f"--out {out_dir} {where} the --model folder {model}: the run would replace the model "
+                        "it starts from; choose another --out")
+    check_out_dir(Path(out_dir), resume=resume, overwrite=overwrite)
+    _refuse_taken(Path(out_dir), resume=resume, overwrite=overwrite)
+
+
+def _refuse_taken(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """A folder that holds a run, or a model, is written into only with --resume / --overwrite."""
+    if resume or overwrite:
+        return
+    if _holds_run(out_dir):
+        raise UserError(f"{out_dir} already holds a run; pass --resume or --overwrite")
+    if found := _model_file(out_dir):
+        raise UserError(f"{out_dir} already holds a model ({found}); pass --overwrite to replace it, "
+                        "or choose another --out")
 
 
 def _remove_run(out_dir: Path) -> None:
@@ -744,8 +780,7 @@ def _checkpoint_to_resume(out_dir: Path, *, resume: bool, overwrite: bool, confi
                           signature: Mapping[str, Any], world_size: int = 1) -> Path | None:
     """The newest intact checkpoint to resume from (None for a fresh run). Damaged newer ones are
     named, one line each, and removed (the resumed run writes those steps again)."""
-    if _holds_run(out_dir) and not (resume or overwrite):
-        raise UserError(f"{out_dir} already holds a run; pass --resume or --overwrite")
+    _refuse_taken(out_dir, resume=resume, overwrite=overwrite)
     if not resume:
         return None
     require_checkpoint(out_dir)
