@@ -175,7 +175,7 @@ def test_xlnet_plm_pretrain_then_fill_blank(tmp_path, capsys):
     assert "three" in [line.split()[1] for line in stdout.splitlines()[1:]], stdout
     code, _, stderr = run(capsys, "pretrain", "--preset", "xlnet-tiny", "--objective", "plm", "--data", corpus,
                           "--out", tmp_path / "k1", "--plm-k", 1)
-    assert code == 2 and "--plm-k must be > 1" in stderr
+    assert code == 2 and "--plm-k must be a number > 1" in stderr
 
 
 @pytest.mark.slow

@@ -113,6 +113,23 @@ def test_collator_default_recipe():
         DenoisingConfig(infill_rate=1.0)
 
 
+@pytest.mark.parametrize("lam", [0.1, 0.5, 1.0, 3.0])
+def test_a_full_window_loses_no_clean_token_to_insertions(lam):
+    """Zero-length spans insert a <mask> each; in a window that fills the row they are dropped once
+    the row is full, so the model's input never loses the end of the text its target holds."""
+    collate = DenoisingCollator(mask_id=MASK, pad_id=1, bos_id=0, eos_id=2, max_length=64,
+                                config=DenoisingConfig(poisson_lambda=lam, permute_sentences=False))
+    tokens = doc(62)
+    batch = collate([{"input_ids": tokens}] * 32, torch.Generator().manual_seed(0))
+    budget = round(0.3 * 62)
+    for row in range(32):
+        src = batch["input_ids"][row][batch["attention_mask"][row].bool()].tolist()
+        assert len(src) <= 64 and src[0] == 0 and src[-1] == 2
+        clean = [t for t in src[1:-1] if t != MASK]
+        assert len(clean) == 62 - budget  # every clean token kept, the last ones included
+        assert batch["labels"][row].tolist() == [0, *tokens.tolist(), 2]
+
+
 def test_tiny_bart_learns_to_fill_masks():
     """Token masking on sequences with a learnable structure (x, x+1, x+2, ...): BART recovers them."""
     torch.manual_seed(0)

@@ -91,12 +91,20 @@ def test_every_objective_has_a_unit_and_distinct_flag_destinations():
     (["--preset", "bert-tiny", "--mask-prob", 0], "mask_prob must be in (0, 1)"),
     (["--preset", "roberta-tiny", "--mask-token-prob", 0.9, "--random-token-prob", 0.2], "must be <= 1"),
     (["--preset", "gpt-tiny", "--whole-word"], "--whole-word is an option of objective mlm / mlm+nsp, not of clm"),
-    (["--preset", "xlnet-tiny", "--plm-k", 1], "--plm-k must be > 1"),
+    (["--preset", "xlnet-tiny", "--plm-k", 1], "--plm-k must be a number > 1"),
     (["--preset", "xlnet-tiny", "--max-span", 0], "--max-span must be >= 1"),
     (["--preset", "t5-tiny", "--noise-density", 1.0], "noise_density must be in (0, 1)"),
-    (["--preset", "t5-tiny", "--mean-span-length", 0.5], "mean_span_length must be >= 1"),
+    (["--preset", "t5-tiny", "--mean-span-length", 0.5], "mean_span_length must be a number >= 1"),
     (["--preset", "bart-tiny", "--infill-rate", 1.5], "infill_rate must be in [0, 1)"),
-    (["--preset", "bart-tiny", "--poisson-lambda", 0], "poisson_lambda must be positive"),
+    (["--preset", "bart-tiny", "--poisson-lambda", 0], "poisson_lambda must be in [0.1, 10000]"),
+    # non-finite or extreme values: they used to fail inside numpy mid-run, or hang
+    (["--preset", "t5-tiny", "--mean-span-length", "nan"], "mean_span_length must be a number >= 1"),
+    (["--preset", "t5-tiny", "--mean-span-length", "inf"], "mean_span_length must be a number >= 1"),
+    (["--preset", "bart-tiny", "--poisson-lambda", "1e-6"], "poisson_lambda must be in [0.1, 10000]"),
+    (["--preset", "bart-tiny", "--poisson-lambda", "nan"], "poisson_lambda must be in"),
+    (["--preset", "bart-tiny", "--poisson-lambda", "1e30"], "poisson_lambda must be in"),
+    (["--preset", "xlnet-tiny", "--plm-k", "inf"], "--plm-k must be a number > 1"),
+    (["--preset", "bart-tiny", "--infill-rate", 0, "--no-permute-sentences"], "every noise is off"),
     (["--preset", "bart-tiny", "--noise-density", 0.3], "--noise-density is an option of objective span"),
     (["--preset", "t5-tiny", "--objective", "mlm"], "objective mlm trains bert / roberta presets, not t5"),
     (["--preset", "bert-tiny", "--objective", "nope"], "unknown objective 'nope'"),
@@ -271,3 +279,21 @@ def test_each_default_objective_builds_batches_of_its_recipe(family_tokenizers, 
     prefix = {"mlm": "mlm", "mlm+nsp": "mlm", "clm": "clm", "plm": "plm", "span": "token", "denoise": "token"}
     correct, total = sums[f"{prefix[unit.name]}_correct"], sums[f"{prefix[unit.name]}_total"]
     assert total > 0 and correct == total  # a perfect model scores 100%
+
+
+@pytest.mark.parametrize("family,flags,message", [
+    # 113 spans per row of 512 need more than the tokenizer's 100 sentinels: it used to fail at the first batch
+    ("t5", ["--seq-len", "512", "--noise-density", "0.3", "--mean-span-length", "1.5"],
+     "113 noise spans per row of 512 tokens but the tokenizer has only 100 sentinels"),
+    # a span longer than the row: the prediction rows (one per token of the longest span) ran out of memory
+    ("xlnet", ["--seq-len", "32", "--max-span", "1000000000"], "--max-span 1000000000 is longer than a row"),
+])
+def test_an_objective_that_does_not_fit_the_tokenizer_or_row_is_refused_before_training(
+        corpus, family_tokenizers, tmp_path, capsys, family, flags, message):
+    out = tmp_path / "run"
+    code = main(["pretrain", "--preset", preset_of(family), "--data", str(corpus), "--tokenizer",
+                 str(family_tokenizers[family][1]), "--out", str(out), "--max-steps", "1", "--batch-size", "1",
+                 "--no-progress", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not out.exists()  # the refused fresh run leaves nothing behind

@@ -25,6 +25,18 @@ def test_raw_length_fills_inputs_exactly(density, mean):
     assert raw_length_for(512, SpanCorruptionConfig()) == (568, 114)
 
 
+@pytest.mark.parametrize("density,mean", [(0.5, 1.0), (0.65, 1.5), (0.8, 3.0)])
+def test_raw_length_where_one_span_per_clean_token_caps_the_count(density, mean):
+    """With the span count capped at one per clean token the input grows by 2 per clean token: a
+    length like 256 is then not reachable, and the input is one short (T5's helper does the same)
+    instead of the run being refused."""
+    config = SpanCorruptionConfig(noise_density=density, mean_span_length=mean)
+    for input_length in (*range(3, 300), 512):
+        raw, target = raw_length_for(input_length, config)
+        assert input_length - 1 <= corrupted_lengths(raw, config)[0] <= input_length
+        assert corrupted_lengths(raw + 1, config)[0] > input_length and target == corrupted_lengths(raw, config)[1]
+
+
 def test_collator_lengths_sentinel_order_and_reassembly():
     config = SpanCorruptionConfig()
     raw, target = raw_length_for(64, config)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from lmzoo.tokenizer import Tokenizer
 
 IGNORE_INDEX = -100
+MIN_LAMBDA, MAX_LAMBDA = 0.1, 1e4  # the accepted mean infilled span lengths (BART: 3)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,8 +47,13 @@ class DenoisingConfig:
         for name in ("mask_rate", "delete_rate", "infill_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.poisson_lambda <= 0:
-            raise UserError(f"poisson_lambda must be positive, got {self.poisson_lambda}")
+        # below the range nearly every span is an empty insertion (and covering the budget takes about
+        # budget / lambda draws); above it, one span covers any budget, as at the top of the range
+        if not MIN_LAMBDA <= self.poisson_lambda <= MAX_LAMBDA:
+            raise UserError(f"poisson_lambda must be in [{MIN_LAMBDA}, {MAX_LAMBDA:g}], got {self.poisson_lambda}")
+        if not (self.infill_rate or self.mask_rate or self.delete_rate or self.permute_sentences or self.rotate):
+            raise UserError("every noise is off (infill, mask and delete rates 0, no sentence permutation, no "
+                            "rotation): the model would learn to copy its input")
 
 
 def token_masking(tokens: np.ndarray, rate: float, mask_id: int, rng: np.random.Generator) -> np.ndarray:
@@ -63,20 +69,30 @@ def token_deletion(tokens: np.ndarray, rate: float, rng: np.random.Generator) ->
     return tokens[keep]
 
 
-def text_infilling(tokens: np.ndarray, rate: float, lam: float, mask_id: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, int]]]:
+def text_infilling(tokens: np.ndarray, rate: float, lam: float, mask_id: int, rng: np.random.Generator,
+                   max_length: int | None = None) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Replace spans covering round(rate * n) tokens, lengths ~ Poisson(lam), each by one ``mask_id``.
 
     Span lengths are drawn until they cover the budget (the last one is cut to fit); length-0 spans
     are insertions. Spans do not overlap; they sit at uniformly random places among the clean tokens.
+    ``max_length``: the output's room; insertions that would overflow it are dropped (the others
+    cannot lengthen the input), so no clean token is ever cut away from the model's input.
     Returns (noised tokens, [(start in the original, length), ...] in order)."""
     n = len(tokens)
     budget = int(round(rate * n))
-    lengths: list[int] = []
-    while budget and sum(lengths) < budget:
-        lengths.append(int(rng.poisson(lam)))
-    if lengths:
-        lengths[-1] -= sum(lengths) - budget
+    lengths = np.zeros(0, dtype=np.int64)
+    while budget and lengths.sum() < budget:  # drawn in blocks, as fairseq: one draw at a time is slow at small lam
+        lengths = np.concatenate([lengths, rng.poisson(lam, size=budget)])
+    if budget:
+        covered = np.cumsum(lengths)
+        k = int(np.searchsorted(covered, budget)) + 1  # the first k spans cover the budget
+        lengths = lengths[:k]
+        lengths[-1] -= covered[k - 1] - budget
+    if max_length is not None and n - budget + len(lengths) > max_length:
+        insertions = np.flatnonzero(lengths == 0)
+        surplus = min(n - budget + len(lengths) - max_length, len(insertions))
+        lengths = np.delete(lengths, insertions[len(insertions) - surplus:])
+    lengths = [int(x) for x in lengths]
     k = len(lengths)
     # k spans and n - budget clean tokens: the spans sit in k of the n - budget + k slots of the merged order
     slots = np.sort(rng.choice(n - budget + k, size=k, replace=False))
@@ -112,8 +128,11 @@ def document_rotation(tokens: np.ndarray, rng: np.random.Generator) -> tuple[np.
 
 
 def add_noise(tokens: np.ndarray, config: DenoisingConfig, *, mask_id: int, rng: np.random.Generator,
-              sentence_ids: np.ndarray | None = None, trace: list[dict[str, Any]] | None = None) -> np.ndarray:
+              sentence_ids: np.ndarray | None = None, trace: list[dict[str, Any]] | None = None,
+              max_length: int | None = None) -> np.ndarray:
     """All enabled noise functions, in fairseq's order, over the content tokens (no bos/eos).
+    ``max_length``: the room of the noised tokens (see :func:`text_infilling`, the one noise that
+    lengthens its input).
 
     ``trace`` (``lmzoo explain``): each applied noise appends ``{"noise", "tokens"}`` (the tokens
     after it) plus what it drew: ``order`` of the sentences, infilled ``spans`` as (start, length)
@@ -132,7 +151,7 @@ def add_noise(tokens: np.ndarray, config: DenoisingConfig, *, mask_id: int, rng:
     if config.delete_rate:
         tokens = step("token_deletion", token_deletion(tokens, config.delete_rate, rng))
     if config.infill_rate:
-        tokens, spans = text_infilling(tokens, config.infill_rate, config.poisson_lambda, mask_id, rng)
+        tokens, spans = text_infilling(tokens, config.infill_rate, config.poisson_lambda, mask_id, rng, max_length)
         tokens = step("text_infilling", tokens, spans=[list(s) for s in spans])
     if config.rotate:
         tokens, offset = document_rotation(tokens, rng)
@@ -162,16 +181,18 @@ class DenoisingCollator:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
         rng = np.random.default_rng(seed)
         sources, targets = [], []
+        room = None if self.max_length is None else self.max_length - 1 - (self.bos_id is not None)
         for ex in examples:
-            tokens = np.asarray(ex["input_ids"], dtype=np.int64)
+            # the content is cut, not the wrapped row, so a row always ends with eos; the noise keeps
+            # within the room (infilling drops insertions that would overflow it), so source and
+            # target hold the same text
+            tokens = np.asarray(ex["input_ids"], dtype=np.int64)[:room]
             sentence_ids = ex.get("sentence_ids")
+            sentence_ids = None if sentence_ids is None else np.asarray(sentence_ids)[:room]
             noised = add_noise(tokens, self.config, mask_id=self.mask_id, rng=rng, trace=trace,
-                               sentence_ids=None if sentence_ids is None else np.asarray(sentence_ids))
-            # cut the content, not the wrapped row, so a row always ends with eos (zero-length infill
-            # spans can make the noised window longer than the original)
-            room = None if self.max_length is None else self.max_length - 1 - (self.bos_id is not None)
-            sources.append(self.wrap(noised[:room]))
-            targets.append(self.wrap(tokens[:room]))
+                               sentence_ids=sentence_ids, max_length=room)
+            sources.append(self.wrap(noised))
+            targets.append(self.wrap(tokens))
         n_in = max(len(s) for s in sources)
         n_out = max(len(t) for t in targets)
         input_ids = torch.full((len(sources), n_in), self.pad_id, dtype=torch.long)

@@ -62,9 +62,9 @@ def mask_tokens(input_ids: torch.Tensor, *, special_mask: torch.Tensor, mask_id:
     a batch never has an empty loss; this barely moves the rate except for very short rows.
 
     Whole words: a word is a token with ``word_starts`` True plus the tokens after it with
-    ``word_starts`` False; a special token ends a word and the token after it starts one. The
-    80/10/10 decision is made once per word, like Google's whole-word masking (a word is all
-    [MASK], all random, or all kept); each token of a "random" word gets its own random id.
+    ``word_starts`` False; a special token ends a word and the token after it starts one. A word is
+    chosen whole; the 80/10/10 decision is then made per token, as Google's ``create_masked_lm_predictions``
+    and transformers' whole-word collator do (a chosen word may mix [MASK], random and kept pieces).
 
     ``random_ids``: 1-D tensor of the ids random replacement draws from, i.e. the non-special
     vocabulary. Default: every id below ``vocab_size`` except ``mask_id`` and the ids found under
@@ -98,11 +98,11 @@ def mask_tokens(input_ids: torch.Tensor, *, special_mask: torch.Tensor, mask_id:
 
     gen_device = generator.device
     unit_u = torch.rand(n, generator=generator, device=gen_device).to(device)      # chosen?
-    unit_v = torch.rand(n, generator=generator, device=gen_device).to(device)      # mask/random/keep
+    token_v = torch.rand(n, generator=generator, device=gen_device).to(device)     # mask/random/keep
     rand_pick = torch.randint(max(random_ids.numel(), 1), (n,), generator=generator,
                               device=gen_device).to(device)
     u = unit_u[unit].view(n_rows, seq)
-    v = unit_v[unit].view(n_rows, seq)
+    v = token_v.view(n_rows, seq)
     unit = unit.view(n_rows, seq)
 
     candidate = ~special

@@ -66,8 +66,8 @@ class PLMConfig:
     max_span: int = option(5, "predicted spans of 1..N tokens")
 
     def __post_init__(self) -> None:
-        if not self.k > 1:
-            raise UserError(f"--plm-k must be > 1 (about 1/K of the tokens are predicted), got {self.k}")
+        if not (self.k > 1 and math.isfinite(self.k)):
+            raise UserError(f"--plm-k must be a number > 1 (about 1/K of the tokens are predicted), got {self.k}")
         if self.max_span < 1:
             raise UserError(f"--max-span must be >= 1, got {self.max_span}")
 
@@ -144,6 +144,9 @@ def build_plm(tokenizer: "Tokenizer", train_corpus: "TokenizedCorpus", eval_corp
         return PackedDataset(corpus, max_length=seq_len, bos_id=None, eos_id=tokenizer.eos_id,
                              sep_between_docs=tokenizer.eos_id is not None)
 
+    if options.max_span > seq_len:
+        # (up to --seq-len the predicted share stays near 1/K: 0.14 at a span as long as the row)
+        raise UserError(f"--max-span {options.max_span} is longer than a row (--seq-len {seq_len})")
     # about 1/K of the tokens are predicted, plus up to one span from the last chunk; any excess becomes context
     num_predict = math.ceil(seq_len / options.k) + options.max_span
     collate = PLMCollator(pad_id=tokenizer.pad_id, K=options.k, max_span=options.max_span, num_predict=num_predict,

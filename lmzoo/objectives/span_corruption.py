@@ -12,6 +12,7 @@ length (no padding, no truncation), as T5's ``random_spans_helper`` does.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -41,8 +42,8 @@ class SpanCorruptionConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.noise_density < 1.0:
             raise UserError(f"noise_density must be in (0, 1), got {self.noise_density}")
-        if self.mean_span_length < 1.0:
-            raise UserError(f"mean_span_length must be >= 1, got {self.mean_span_length}")
+        if not (self.mean_span_length >= 1.0 and math.isfinite(self.mean_span_length)):
+            raise UserError(f"mean_span_length must be a number >= 1, got {self.mean_span_length}")
 
 
 def span_counts(length: int, config: SpanCorruptionConfig) -> tuple[int, int]:
@@ -59,17 +60,18 @@ def corrupted_lengths(length: int, config: SpanCorruptionConfig) -> tuple[int, i
 
 
 def raw_length_for(input_length: int, config: SpanCorruptionConfig) -> tuple[int, int]:
-    """(raw tokens to read, target length) such that the corrupted input has exactly ``input_length``
-    tokens. The input length grows by 0 or 1 per raw token, so every length >= 3 is reachable."""
+    """(raw tokens to read, target length): the most raw tokens whose corrupted input has at most
+    ``input_length`` tokens (T5's ``random_spans_helper``, nanoT5's ``compute_input_and_target_lengths``).
+    The input usually fills ``input_length`` exactly; where the span count is capped at one per
+    clean token (noise density above about mean / (mean + 1)) the input grows by 2 per clean
+    token and can end one short."""
     if input_length < 3:
         raise UserError(f"span corruption needs inputs of at least 3 tokens, got {input_length}")
     raw = input_length
     while corrupted_lengths(raw + 1, config)[0] <= input_length:
         raw += 1
-    while corrupted_lengths(raw, config)[0] > input_length:
+    while raw > 2 and corrupted_lengths(raw, config)[0] > input_length:
         raw -= 1
-    if corrupted_lengths(raw, config)[0] != input_length:  # cannot happen by the argument above
-        raise UserError(f"no raw length fills an input of {input_length} tokens exactly")
     return raw, corrupted_lengths(raw, config)[1]
 
 
@@ -178,15 +180,20 @@ class SpanCorruptionCollator:
 
 def build_span_corruption(tokenizer: "Tokenizer", train_corpus: "TokenizedCorpus", eval_corpus: "TokenizedCorpus",
                           options: SpanCorruptionConfig, *, seq_len: int, seed: int) -> ObjectiveSetup:
-    """T5 recipe: packed raw rows sized so the corrupted inputs fill seq_len exactly, spans →
+    """T5 recipe: packed raw rows sized so the corrupted inputs fill seq_len (see raw_length_for), spans →
     sentinels <extra_id_N>, targets = sentinels followed by their spans."""
     raw_length, _ = raw_length_for(seq_len, options)
+    sentinels = sentinel_ids_of(tokenizer)
+    if (n_spans := span_counts(raw_length, options)[1]) > len(sentinels):  # said before training starts
+        raise UserError(f"{n_spans} noise spans per row of {seq_len} tokens but the tokenizer has only "
+                        f"{len(sentinels)} sentinels (train it with more --extra-ids, or use a shorter --seq-len "
+                        "or a longer --mean-span-length)")
 
     def packed(corpus: "TokenizedCorpus") -> PackedDataset:
         return PackedDataset(corpus, max_length=raw_length, bos_id=None, eos_id=None, sep_id=tokenizer.eos_id,
                              sep_between_docs=tokenizer.eos_id is not None, min_last_row=2)  # spans need 2
 
-    collate = SpanCorruptionCollator(sentinel_ids=sentinel_ids_of(tokenizer), eos_id=tokenizer.eos_id,
+    collate = SpanCorruptionCollator(sentinel_ids=sentinels, eos_id=tokenizer.eos_id,
                                      pad_id=tokenizer.pad_id, config=options)
     return ObjectiveSetup(packed(train_corpus), packed(eval_corpus), collate, accuracy_metrics("token"))
 
