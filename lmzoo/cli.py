@@ -705,6 +705,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
     if args.json and Path(args.json).is_dir():
         raise UserError(f"--json {args.json} is a folder; give a file name")
+    if args.json and not _writable_place(Path(args.json)):  # said before the scoring, not after it
+        raise UserError(f"--json {args.json}: a part of its path is a file, not a folder")
     if args.seed < 0:
         raise UserError(f"--seed must be >= 0, got {args.seed}")
     if not args.data and not args.probes:
@@ -953,7 +955,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     else:
         args = parser.parse_args(argv)
     _merge_twins(args)
+    for dest in ("out", "json", "png"):  # "" (an unset shell variable, quoted) would mean the current folder
+        if isinstance(getattr(args, dest, None), str) and not getattr(args, dest).strip():
+            raise UserError(f"--{dest} is empty: name a {'folder' if dest == 'out' else 'file'}")
     return args
+
+
+def _writable_place(path: Path) -> bool:
+    """Whether ``path``'s folders exist or can be made: its nearest existing ancestor is a folder."""
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent.is_dir()
 
 
 def _given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:

@@ -46,10 +46,12 @@ from lmzoo.train.loop import (
     TrainConfig,
     TrainResult,
     check_extras,
+    check_not_source,
     check_out_dir,
     check_resume_signature,
     derive_seed,
     full_disk_is_a_user_error,
+    refuse_taken,
     remove_stale_temps,
     require_checkpoint,
     train,
@@ -85,6 +87,7 @@ class Plan:
         """The options a resume must keep, beside the loop's own (batch size, seed ...): the objective's
         options too (their field names are their flags), since a resumed run must draw the same batches."""
         return {**self.source.signature, "objective": self.unit.name, "seq_len": self.seq_len,
+                "architecture": model_class_for(self.config.family, self.unit.name).hf_architecture,
                 "data": self.files, "data_weights": self.weights or [], "text_column": self.text_field,
                 "eval_fraction": self.eval_fraction, "document_split": self.document_split,
                 **dataclasses.asdict(self.options)}
@@ -205,6 +208,7 @@ def pretrain(*, preset: str | None = None, data: Any, out: str | Path, train_con
                             document_split=document_split)
     check_extras(train_config)
     out = Path(out)
+    check_not_source(out, model)
     check_out_dir(out, resume=resume, overwrite=overwrite)
     fresh = not out.exists()
     info = setup_distributed()
@@ -272,6 +276,7 @@ def _check_run_folder(out: Path, *, resume: bool, overwrite: bool, config: Train
     checkpoint whose options agree. Stale temporary files of a killed run are removed."""
     if holds_run(out) and not (resume or overwrite):
         raise UserError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    refuse_taken(out, resume=resume, overwrite=overwrite)  # a model folder (weights, no config) too
     if resume:
         require_checkpoint(out)
         check_resume_signature(out, config, signature, world_size)

@@ -428,6 +428,9 @@ def test_bad_eval_input_is_one_line_exit_2(tmp_path, capsys):
         ([masked, "--data", corpus, "--context", 100000], "--context must be"),
         ([masked, "--data", corpus, "--batch-size", 0], "--batch-size must be"),
         ([masked, "--data", corpus, "--json", tmp_path], "is a folder"),
+        # said before the scoring (stdout stays empty), not after it
+        ([masked, "--data", corpus, "--json", tmp_path / "blank.txt" / "scores.json"], "a part of its path is a file"),
+        ([masked, "--data", corpus, "--json", ""], "--json is empty"),
     ]
     for argv, message in cases:
         code, stdout, stderr = run(capsys, "eval", *argv, "--no-progress")

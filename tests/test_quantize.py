@@ -77,6 +77,22 @@ def test_quantized_seq2seq_logits_and_cached_decoding():
     assert torch.equal(full.argmax(-1), out)
 
 
+def test_quantized_xlnet_generates_its_own_greedy_tokens():
+    """XLNet's generation buffers took their dtype from lm_head.weight, which int8 makes int8."""
+    from lmzoo.models.xlnet import XLNetLMHeadModel
+
+    torch.manual_seed(0)
+    model = quantize_int8(XLNetLMHeadModel(preset_config("xlnet-tiny", vocab_size=64, dropout=0.0)).eval())
+    prompt = torch.randint(3, 64, (1, 5))
+    out = generate(model, prompt, max_new_tokens=4, eos_token_id=())
+    assert out.shape == (1, 4)
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(4):  # one uncached greedy step at a time: the next token is predicted at a new position
+            ids = torch.cat([ids, generate(model, ids, max_new_tokens=1, eos_token_id=())], 1)
+    assert torch.equal(ids[:, 5:], out)
+
+
 def test_quantized_model_cannot_be_saved_or_trained(tmp_path):
     model = quantize_int8(GPT2LMHeadModel(preset_config("gpt-tiny", vocab_size=32)))
     with pytest.raises(UserError, match="int8-quantized"):

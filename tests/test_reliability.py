@@ -249,6 +249,10 @@ DAMAGE = {
     "missing weights": ("trainer_model.safetensors", Path.unlink),
     "bad trainer state": ("trainer_state.json", lambda p: p.write_text('{"step": ')),
     "pickle in optimizer": ("optimizer.pt", None),
+    # valid JSON of the wrong shape: the generator states used to fail mid-resume with a TypeError
+    "malformed rng state": ("trainer_state.json", lambda p: p.write_text('{"step": 6, "rng": [1]}')),
+    "undecodable rng state": ("trainer_state.json", lambda p: p.write_text(
+        json.dumps({**json.loads(p.read_text()), "rng": [{"torch": "AAAA", "numpy": [], "python": []}]}))),
 }
 
 
@@ -346,6 +350,33 @@ def test_a_real_full_disk_keeps_every_listed_checkpoint_intact(tmp_path):
         listed = loop_module._checkpoints(disk / "run")
         assert listed and all(loop_module._checkpoint_problem(p)[0] is None for p in listed)
         assert not [p for p in (disk / "run").rglob(".*")]  # no temporary folder left behind
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_disk_filled_by_the_optimizer_state_is_one_error(tmp_path):
+    """torch.save's writer reports a full disk as a bare RuntimeError: optimizer.pt (twice the
+    weights, the file most likely to fill a disk) must give the same one line as the weights do."""
+    def run(out: Path, steps: int):
+        torch.manual_seed(0)
+        return train(TinyLM(dim=256), PatternData(64), make_collate(0.1), out_dir=out, progress=False,
+                     config=cfg(max_steps=steps, save_every=2, log_every=2))
+
+    run(tmp_path / "probe", 2)
+    files = {p.name: p.stat().st_size for p in (tmp_path / "probe" / "checkpoints").rglob("*") if p.is_file()}
+    assert files["optimizer.pt"] > files["model.safetensors"]
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    # every other file of the checkpoint fits (the weights are written first), the optimizer state not
+    room = sum(size for name, size in files.items() if name != "optimizer.pt") + files["optimizer.pt"] // 2
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={room // 4096 * 4096}", "tmpfs", str(disk)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip() or 'mount failed'}")
+    try:
+        with pytest.raises(UserError, match="^no space left on the device writing .*optimizer.pt; free space"):
+            run(disk / "run", 4)
+        assert not [p for p in (disk / "run").rglob(".*")]  # the half-written checkpoint is gone
     finally:
         subprocess.run(["umount", str(disk)], check=True)
 
@@ -483,3 +514,53 @@ def test_json_files_are_strict_json_with_null_for_a_score_that_overflowed(tmp_pa
     text = (tmp_path / "scores.json").read_text()
     assert json.loads(text, parse_constant=refuse) == {"word_perplexity": None, "loss": 1.5,
                                                        "rows": [None, 2.0, {"x": None}], "steps": [1, 2]}
+
+
+def test_pretrain_never_writes_into_a_model_the_input_or_another_kind_of_run(tmp_path, capsys):
+    """Refused before anything is written, in one line each: a model folder that holds no run
+    (fresh or --resume: --overwrite would delete it), the --model folder itself, a run of another
+    architecture, a --max-steps below the checkpoint's, an empty --out."""
+    import shutil
+
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    common = ["--seq-len", 16, "--batch-size", 4, "--save-every", 2, "--no-progress", "--data", corpus]
+    gpt = ["pretrain", "--preset", "gpt-tiny", "--vocab-size", 300, "--max-steps", 2, *common]
+    run = tmp_path / "run"
+    assert cli(capsys, *gpt, "--out", run)[0] == 0
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("model.safetensors", "tokenizer.json"):  # weights without a config.json
+        shutil.copy(run / name, model)
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("text,label\n" + "".join(f"the cat sat {i},{'ab'[i % 2]}\n" for i in range(8)))
+    kept, run_kept = snapshot(model), snapshot(run)
+    cases = [
+        ([*gpt, "--out", model], "already holds a model (model.safetensors); pass --overwrite"),
+        ([*gpt, "--out", model, "--resume"], "holds no run but a model (model.safetensors); choose another --out"),
+        (["pretrain", "--model", run, "--max-steps", 2, *common, "--out", run], "is the --model folder"),
+        (["pretrain", "--model", run, "--max-steps", 2, *common, "--out", run, "--overwrite"], "is the --model folder"),
+        (["finetune", "--task", "classify", "--model", copy, "--train", labelled, "--max-steps", 2, "--out", run,
+          "--resume", "--no-progress"], "holds a run that trains a GPT2LMHeadModel, not a GPT2ForSequenceClassification"),
+        ([*gpt, "--out", run, "--resume", "--max-steps", 1], "--max-steps 1 is below the step of the checkpoint"),
+        ([*gpt, "--out", ""], "--out is empty"),
+    ]
+    for argv, message in cases:
+        code, err = cli(capsys, *argv)
+        last = err.splitlines()[-1]  # finetune notes the head it creates first
+        assert code == 2 and last.startswith("error: ") and message in last and "error" not in err[:-len(last)], err
+    assert snapshot(model) == kept and snapshot(run) == run_kept
+
+
+def test_overwrite_removes_the_old_runs_task_files(tmp_path, capsys):
+    """A seq2seq fine-tuning's saved prefix left beside a new model would be prepended by text2text."""
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    argv = ["pretrain", "--preset", "gpt-tiny", "--vocab-size", 300, "--seq-len", 16, "--batch-size", 4,
+            "--max-steps", 1, "--no-progress", "--data", corpus, "--out", tmp_path / "run"]
+    assert cli(capsys, *argv)[0] == 0
+    for name in ("lmzoo_seq2seq.json", "lmzoo_task.json", "generation_config.json"):
+        (tmp_path / "run" / name).write_text('{"prefix": "translate to pirate: "}')
+    assert cli(capsys, *argv, "--overwrite")[0] == 0
+    assert not {"lmzoo_seq2seq.json", "lmzoo_task.json", "generation_config.json"} & {
+        p.name for p in (tmp_path / "run").iterdir()}

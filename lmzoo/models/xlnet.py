@@ -489,7 +489,7 @@ class XLNetLMHeadModel(XLNetPreTrainedModel):
         if prompt > self.config.max_positions:
             raise UserError(f"prompt of {prompt} tokens exceeds max_positions {self.config.max_positions}")
         capacity = prompt + max_new_tokens + 1
-        param = self.lm_head.weight
+        param = self.transformer.embed.tokens.weight  # a float weight (int8 quantization swaps lm_head's)
         pad = torch.zeros(batch, capacity, dtype=torch.bool, device=input_ids.device)
         if attention_mask is not None:
             pad[:, :prompt] = attention_mask == 0

@@ -89,7 +89,10 @@ from lmzoo.train.throughput import max_rss_mb, peak_flops
 SCHEDULES = ("linear", "cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
 # Files a run writes into out_dir (and --overwrite removes).
-RUN_FILES = ("metrics.jsonl", "loss_curve.png", "config.json", "model.safetensors")
+# The old run's task files (tasks/classification.py, tasks/seq2seq.py) and a replaced model's generation
+# config go too: left beside the new model they would apply to it (text2text would prepend an old prefix).
+RUN_FILES = ("metrics.jsonl", "loss_curve.png", "config.json", "model.safetensors", "lmzoo_task.json",
+             "lmzoo_seq2seq.json", "generation_config.json")
 # Files that make a folder a model folder: a run's --out that holds one is replaced only with --overwrite.
 MODEL_FILES = ("config.json", "*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
                "tf_model.h5", "flax_model.msgpack")
@@ -331,6 +334,18 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["cuda"])), dtype=torch.uint8), device)
 
 
+def _check_rng_states(states: list[Any]) -> None:
+    """Each saved generator state is set once (the current ones are put back after): one that does
+    not load raises here, where the checkpoint is judged, not in the middle of a resume."""
+    cpu = torch.device("cpu")
+    current = _rng_state(cpu)
+    try:
+        for state in states:
+            _set_rng_state(state, cpu)
+    finally:
+        _set_rng_state(current, cpu)
+
+
 # ---------------------------------------------------------------------------------------------
 # Files of a run
 
@@ -364,6 +379,8 @@ def no_checkpoint_message(out_dir: Path) -> str:
     """What a resume of ``out_dir`` without any checkpoint says: why, and how to start over."""
     if not out_dir.is_dir():
         return f"nothing to resume: {out_dir} does not exist"
+    if not _holds_run(out_dir) and (found := _model_file(out_dir)):  # --overwrite would delete that model
+        return f"nothing to resume: {out_dir} holds no run but a model ({found}); choose another --out"
     return (f"nothing to resume: {out_dir} holds no checkpoint yet (the run stopped before its first one); "
             "start over with --overwrite")
 
@@ -383,9 +400,11 @@ def _checkpoint_problem(path: Path) -> tuple[str | None, dict[str, Any]]:
     state_file = path / "trainer_state.json"
     try:
         state = json.loads(state_file.read_text())
-        if not (isinstance(state, dict) and isinstance(state["step"], int) and state["rng"]):
-            raise ValueError("not a trainer state (step, rng)")
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        if not (isinstance(state, dict) and isinstance(state["step"], int) and isinstance(state["rng"], list)
+                and state["rng"] and all(isinstance(w, dict) for w in state.get("window") or [])):
+            raise ValueError("not a trainer state (step, rng, window)")
+        _check_rng_states(state["rng"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         return f"{state_file}: {_reason(e)}", {}
     weights, optimizer = _weights_file(path), path / "optimizer.pt"
     try:
@@ -406,6 +425,11 @@ def _holds_run(out_dir: Path) -> bool:
     return (out_dir / "metrics.jsonl").exists() or (out_dir / "checkpoints").exists()
 
 
+def architecture_of(model: nn.Module) -> str:
+    """What a run trains, as its checkpoints record it: a resume must train the same."""
+    return getattr(model, "hf_architecture", "") or type(model).__name__
+
+
 def _model_file(out_dir: Path) -> str | None:
     """The first file of ``out_dir`` that makes it a model folder (a config or weights), else None."""
     if not out_dir.is_dir():
@@ -413,22 +437,29 @@ def _model_file(out_dir: Path) -> str | None:
     return next((p.name for p in sorted(out_dir.iterdir()) if any(p.match(g) for g in MODEL_FILES)), None)
 
 
-def check_finetune_out(out_dir: str | os.PathLike, model: str | os.PathLike, *, resume: bool,
-                       overwrite: bool) -> None:
-    """The --out mistakes of a fine-tuning run, said before the model loads (the loop asks again
-    under the lock). --out must not be the folder the run starts from, nor one that holds it (as
-    OUT holds OUT/best): the run replaces (--overwrite removes) the model files there, so the
-    starting model would be lost even with --overwrite."""
+def check_not_source(out_dir: str | os.PathLike, model: str | os.PathLike | None) -> None:
+    """--out must not be the --model folder a run starts from, nor one that holds it (as OUT holds
+    OUT/best): the run replaces (--overwrite removes) the model files there, so the starting model
+    would be lost even with --overwrite."""
+    if model is None:
+        return
     out, source = Path(out_dir).resolve(), Path(model).resolve()
     if out == source or out in source.parents:
         where = "is" if out == source else "holds"
         raise UserError(f"--out {out_dir} {where} the --model folder {model}: the run would replace the model "
                         "it starts from; choose another --out")
+
+
+def check_finetune_out(out_dir: str | os.PathLike, model: str | os.PathLike, *, resume: bool,
+                       overwrite: bool) -> None:
+    """The --out mistakes of a fine-tuning run, said before the model loads (the loop asks again
+    under the lock)."""
+    check_not_source(out_dir, model)
     check_out_dir(Path(out_dir), resume=resume, overwrite=overwrite)
-    _refuse_taken(Path(out_dir), resume=resume, overwrite=overwrite)
+    refuse_taken(Path(out_dir), resume=resume, overwrite=overwrite)
 
 
-def _refuse_taken(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
+def refuse_taken(out_dir: Path, *, resume: bool, overwrite: bool) -> None:
     """A folder that holds a run, or a model, is written into only with --resume / --overwrite."""
     if resume or overwrite:
         return
@@ -673,7 +704,8 @@ def train(
     check_extras(config)
     out_dir = Path(out_dir)
     check_out_dir(out_dir, resume=resume, overwrite=overwrite)
-    signature = {**{k: getattr(config, k) for k in RESUME_FIXED}, **(run_signature or {})}
+    signature = {"architecture": architecture_of(model), **{k: getattr(config, k) for k in RESUME_FIXED},
+                 **(run_signature or {})}  # the architecture first: another model is the first thing to say
     fresh = not out_dir.exists()
     info = setup_distributed()
     try:
@@ -744,6 +776,17 @@ def check_extras(config: TrainConfig) -> None:
             raise UserError("--tensorboard needs the tensorboard package: pip install 'lmzoo[tensorboard]'") from None
 
 
+def _torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through memory: its own writer reports a full disk as a bare RuntimeError, a
+    plain write as the OSError (with the file's name) that full_disk_is_a_user_error reads."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    try:
+        path.write_bytes(buffer.getbuffer())
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from e
+
+
 @contextlib.contextmanager
 def full_disk_is_a_user_error(out_dir: Path):
     """A full disk (or quota) while the run writes becomes one line naming the file and the newest
@@ -780,7 +823,7 @@ def _checkpoint_to_resume(out_dir: Path, *, resume: bool, overwrite: bool, confi
                           signature: Mapping[str, Any], world_size: int = 1) -> Path | None:
     """The newest intact checkpoint to resume from (None for a fresh run). Damaged newer ones are
     named, one line each, and removed (the resumed run writes those steps again)."""
-    _refuse_taken(out_dir, resume=resume, overwrite=overwrite)
+    refuse_taken(out_dir, resume=resume, overwrite=overwrite)
     if not resume:
         return None
     require_checkpoint(out_dir)
@@ -795,6 +838,7 @@ def _checkpoint_to_resume(out_dir: Path, *, resume: bool, overwrite: bool, confi
         raise UserError(f"no intact checkpoint in {out_dir / 'checkpoints'} (each is named above); "
                         "start over with --overwrite")
     _check_resume_options(path, state, signature, world_size)
+    _check_steps_left(path, state, config)
     _schedule_note(state, config)
     if damaged:
         print(f"resuming from {path} (step {state['step']}), the newest intact checkpoint", file=sys.stderr)
@@ -813,6 +857,9 @@ def _check_resume_options(path: Path, state: Mapping[str, Any], signature: Mappi
     saved_world = int(state.get("world_size") or 1)
     for key, value in signature.items():
         value = json.loads(json.dumps(value))  # as the checkpoint holds it (tuples become lists)
+        if key == "architecture" and saved.get(key) is not None and saved[key] != value:
+            raise UserError(f"{path.parent.parent} holds a run that trains a {saved[key]}, not a {value}: "
+                            "choose another --out (--overwrite would replace that run)")
         if key == "batch_size" and saved.get(key) is not None and saved_world != world_size:
             if saved[key] * saved_world != value * world_size:
                 raise UserError(
@@ -834,6 +881,13 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+def _check_steps_left(path: Path, state: Mapping[str, Any], config: TrainConfig) -> None:
+    """A resume below the checkpoint's step would train nothing and rewrite the final model."""
+    if config.epochs is None and config.max_steps < int(state.get("step") or 0):
+        raise UserError(f"--max-steps {config.max_steps} is below the step of the checkpoint {path} "
+                        f"({state['step']}): resume with --max-steps {state['step']} or more")
+
+
 def _schedule_note(state: Mapping[str, Any], config: TrainConfig) -> None:
     """One note when a resume's ``max_steps`` re-stretches the lr schedule (allowed: see _scheduler)."""
     old_steps = (state.get("config") or {}).get("max_steps")
@@ -853,6 +907,7 @@ def check_resume_signature(out_dir: Path, config: TrainConfig, signature: Mappin
             if isinstance(state, dict):
                 _check_resume_options(path, state, {**{k: getattr(config, k) for k in RESUME_FIXED}, **signature},
                                       world_size)
+                _check_steps_left(path, state, config)
                 return
 
 
@@ -962,7 +1017,11 @@ class _Run:
     def _restore(self, checkpoint: Path) -> list[dict[str, Any]]:
         """Weights into the bare model (before wrapping, so DDP / FSDP see the resumed values) and the
         trainer state; returns the per-rank RNG states."""
-        safetensors.torch.load_model(self.raw, str(_weights_file(checkpoint)), device=str(self.device))
+        try:
+            safetensors.torch.load_model(self.raw, str(_weights_file(checkpoint)), device=str(self.device))
+        except RuntimeError as e:  # a checkpoint of another model (written before runs recorded theirs)
+            raise UserError(f"{checkpoint} holds weights of another model than this run's "
+                            f"{architecture_of(self.raw)}: choose another --out") from e
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         self.step = self.last_save = int(state["step"])
         if state.get("train_loss") is not None:
@@ -1270,9 +1329,9 @@ class _Run:
         if info.is_main:
             with atomic_directory(path) as tmp:
                 _save_weights(full, tmp)
-                torch.save(opt_state, tmp / "optimizer.pt")
+                _torch_save(opt_state, tmp / "optimizer.pt")
                 # for other tools: a resume rebuilds the schedule from the step (see _scheduler)
-                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+                _torch_save(self.scheduler.state_dict(), tmp / "scheduler.pt")
                 atomic_write_json(tmp / "trainer_state.json", {
                     "step": step,
                     "epoch": step * config.grad_accum // self.sampler.per_epoch,
