@@ -430,6 +430,12 @@ def architecture_of(model: nn.Module) -> str:
     return getattr(model, "hf_architecture", "") or type(model).__name__
 
 
+def _loop_signature(model: nn.Module, config: TrainConfig) -> dict[str, Any]:
+    """What a resume must keep that the loop knows; the architecture first: a run of another model
+    is the first contradiction to name."""
+    return {"architecture": architecture_of(model), **{k: getattr(config, k) for k in RESUME_FIXED}}
+
+
 def _model_file(out_dir: Path) -> str | None:
     """The first file of ``out_dir`` that makes it a model folder (a config or weights), else None."""
     if not out_dir.is_dir():
@@ -704,8 +710,7 @@ def train(
     check_extras(config)
     out_dir = Path(out_dir)
     check_out_dir(out_dir, resume=resume, overwrite=overwrite)
-    signature = {"architecture": architecture_of(model), **{k: getattr(config, k) for k in RESUME_FIXED},
-                 **(run_signature or {})}  # the architecture first: another model is the first thing to say
+    signature = {**_loop_signature(model, config), **(run_signature or {})}
     fresh = not out_dir.exists()
     info = setup_distributed()
     try:
