@@ -428,6 +428,9 @@ def _chat_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a causal LM folder, e.g. trained on a dialogue corpus of speaker turns")
     p.add_argument("--user", default="Romeo", help="your speaker name")
     p.add_argument("--bot", default="Juliet", help="the model's speaker name")
+    p.add_argument("--context", type=int, help="positions for the conversation + reply; older turns are dropped "
+                   "(default: the --seq-len the folder was pretrained at, from its run_config.json, else the "
+                   "model's max positions)")
     _sampling_arguments(p, 80)
 
 
@@ -435,9 +438,10 @@ def _chat_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_chat(args: argparse.Namespace) -> None:
     import torch
 
-    from lmzoo.generate import generate, truncate_at_stop
+    from lmzoo.generate import can_write, generate, truncate_at_stop
     from lmzoo.inference import empty_reply_note, load_lm, sampling_options
     from lmzoo.objectives.clm import TURN_END, chat_turn
+    from lmzoo.run_config import trained_seq_len
 
     options = sampling_options(args)
     if args.max_new_tokens <= 0:
@@ -445,10 +449,18 @@ def cmd_chat(args: argparse.Namespace) -> None:
     model, tokenizer = load_lm(args.model, args.bf16, args.quantize, args.compile)
     if model.config.is_encoder_decoder:
         raise UserError("chat needs a decoder-only causal LM (e.g. GPT2LMHeadModel)")
-    budget = model.config.max_positions - args.max_new_tokens
+    if not can_write(tokenizer, TURN_END):  # a reply can never end its turn: said once, not silently
+        print(f"note: {args.model}'s {tokenizer.kind} tokenizer cannot write a blank line, which ends a turn: "
+              "each reply runs to --max-new-tokens (a byte-level BPE model stops at the end of its turn)",
+              file=sys.stderr)
+    context = args.context if args.context is not None else min(  # past the trained positions replies fall apart
+        trained_seq_len(args.model) or model.config.max_positions, model.config.max_positions)
+    if not 0 < context <= model.config.max_positions:
+        raise UserError(f"--context must be in 1..{model.config.max_positions} (the model's positions), got {context}")
+    budget = context - args.max_new_tokens
     if budget < 8:
-        raise UserError(f"--max-new-tokens {args.max_new_tokens} leaves no room for the conversation in the "
-                        f"model's context of {model.config.max_positions}")
+        raise UserError(f"--max-new-tokens {args.max_new_tokens} leaves no room for the conversation in a "
+                        f"context of {context}")
     bot = args.bot.strip().upper()
     history = ""
     interactive = sys.stdin.isatty()
@@ -490,7 +502,7 @@ def _complete_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_complete(args: argparse.Namespace) -> None:
     import torch
 
-    from lmzoo.generate import code_block_end, generate, heal_trailing_whitespace
+    from lmzoo.generate import code_block_end, continuation_text, generate, heal_trailing_whitespace
     from lmzoo.inference import load_lm, prefix_ids, sampling_options
 
     options = sampling_options(args)
@@ -518,7 +530,7 @@ def cmd_complete(args: argparse.Namespace) -> None:
 
     out = generate(model, torch.tensor([ids]), max_new_tokens=args.max_new_tokens, tokenizer=tokenizer,
                    stop_when=done, allowed_tokens=allowed, **options)
-    text = completion(tokenizer.decode(out[0].tolist())) or ""
+    text = completion(continuation_text(tokenizer, ids, out[0].tolist())) or ""  # keeps a leading space
     end = cut(text)
     sys.stdout.write((text[:end] if end is not None else text).rstrip("\n") + "\n")
 

@@ -32,8 +32,10 @@ beam search is HF's vectorised beam search (length penalty on the generated leng
 
 from __future__ import annotations
 
+import io
 import math
 import sys
+import tokenize
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable, Sequence, TextIO
 
@@ -285,7 +287,7 @@ def heal_trailing_whitespace(prefix: str, tokenizer: Any
     tail = prefix[len(prefix.rstrip()):]
     if not tail or not prefix.strip():
         return prefix, "", None
-    pieces = [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
+    pieces = _pieces(tokenizer)
     if not _can_write(tail, {piece for piece in pieces if piece}):
         return prefix, "", None
 
@@ -297,6 +299,16 @@ def heal_trailing_whitespace(prefix: str, tokenizer: Any
                 if piece and ((text + piece).startswith(tail) or tail.startswith(text + piece))]
 
     return prefix[:len(prefix) - len(tail)], tail, allowed
+
+
+def _pieces(tokenizer: Any) -> list[str]:
+    """The text of every token id, alone."""
+    return [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
+
+
+def can_write(tokenizer: Any, text: str) -> bool:
+    """Whether generated tokens can spell ``text`` (WordPiece and Unigram cannot write a newline)."""
+    return _can_write(text, {piece for piece in _pieces(tokenizer) if piece})
 
 
 def _can_write(tail: str, pieces: set[str]) -> bool:
@@ -314,6 +326,18 @@ def _can_write(tail: str, pieces: set[str]) -> bool:
     return False
 
 
+def _opens_block(line: str) -> bool:
+    """Whether a code line ends with ":" before any trailing comment (``def f(x):  # note`` does;
+    a "#" inside a string is text). A line Python's tokenizer cannot read is judged by its text."""
+    skip = (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.ENDMARKER, tokenize.INDENT, tokenize.DEDENT)
+    try:
+        tokens = [t.string for t in tokenize.generate_tokens(io.StringIO(line.strip() + "\n").readline)
+                  if t.type not in skip]
+    except (tokenize.TokenError, SyntaxError):
+        return line.split("#", 1)[0].rstrip().endswith(":")
+    return bool(tokens) and tokens[-1] == ":"
+
+
 def code_block_end(prefix: str, until: str = "block") -> Callable[[str], int | None]:
     """Where a code completion of ``prefix`` should stop: a function of the new text returning the
     index to cut it at, or None while it should go on.
@@ -329,7 +353,7 @@ def code_block_end(prefix: str, until: str = "block") -> Callable[[str], int | N
     lines = [line for line in prefix.splitlines() if line.strip()]
     last = lines[-1] if lines else ""
     indent = len(last) - len(last.lstrip())
-    limit = indent + 1 if last.rstrip().endswith(":") else indent
+    limit = indent + 1 if _opens_block(last) else indent
     line_mode = until == "line" or limit == 0
 
     def cut(new: str) -> int | None:

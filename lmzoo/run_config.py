@@ -155,6 +155,17 @@ def read_run_args(path: str | Path) -> dict[str, Any]:
     return args
 
 
+def trained_seq_len(folder: str | Path) -> int | None:
+    """The sequence length ``folder`` was pretrained at, from its run_config.json (None without one):
+    positions beyond it were never trained, whatever the model's ``max_positions``."""
+    path = Path(folder) / RUN_CONFIG
+    try:
+        seq_len = json.loads(path.read_text(encoding="utf-8"))["data"]["seq_len"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return seq_len if isinstance(seq_len, int) and seq_len > 0 else None
+
+
 MODEL_OPTIONS = ("preset", "config", "model")  # one names the model: one given here replaces the file's
 
 

@@ -34,6 +34,9 @@ DEFAULT_SPECIALS = {
 }
 TOKENIZER_CLASS = {"wordpiece": "BertTokenizerFast", "bpe": "RobertaTokenizerFast", "unigram": "T5TokenizerFast"}
 PLAIN_BPE_CLASS = "GPT2TokenizerFast"  # byte-level BPE that adds no special tokens
+# The templates each class above adds by itself; another template is read from tokenizer.json's
+# post-processor (GENERIC_CLASS), else transformers would add other special tokens than build_inputs.
+NATIVE_TEMPLATES = {"wordpiece": ("cls_sep",), "bpe": ("cls_sep_sep", "plain"), "unigram": ("eos",)}
 # Reads tokenizer.json as it is (normalizer, pre-tokenizer, post-processor, decoder); the classes above
 # rebuild their own normalizer instead, so they are declared only where theirs is the one we saved.
 GENERIC_CLASS = "PreTrainedTokenizerFast"
@@ -112,7 +115,7 @@ class Tokenizer:
         ids |= {i for i, t in backend.get_added_tokens_decoder().items() if t.special}
         self.special_ids: frozenset[int] = frozenset(ids)
         self.template = self._inferred_template() if template is None else template
-        if self.template not in TEMPLATES:
+        if not isinstance(self.template, str) or self.template not in TEMPLATES:
             raise UserError(f"tokenizer template must be one of {tuple(TEMPLATES)}, got {self.template!r}")
         missing = sorted(r for r in TEMPLATES[self.template].roles if getattr(self, f"{r}_id") is None)
         if missing:
@@ -304,6 +307,8 @@ class Tokenizer:
         for role, token in _detect_specials(backend, kind).items():
             specials.setdefault(role, token)
         extra = smap.get("additional_special_tokens", config.get("additional_special_tokens")) or []
+        if not isinstance(extra, list):  # a string would be read as its characters
+            raise UserError(f"{folder}: additional_special_tokens must be a list, got {extra!r}")
         extra = [t.get("content") if isinstance(t, dict) else t for t in extra]
         max_len = config.get("model_max_length", 512)
         max_len = max_len if isinstance(max_len, int) and 0 < max_len < 10**9 else 512
@@ -359,6 +364,8 @@ class Tokenizer:
         lowercase = self.lowercase and self.kind == "wordpiece"  # only BERT's class can lowercase
         rebuilt = json.loads(_PIPELINES[self.kind](_EMPTY_MODELS[self.kind](), lowercase).to_str())
         if any(ours.get(part) != rebuilt[part] for part in ("normalizer", "pre_tokenizer", "decoder")):
+            return GENERIC_CLASS
+        if self.template not in NATIVE_TEMPLATES[self.kind]:
             return GENERIC_CLASS
         if self.kind == "bpe" and self.template == "plain":
             return PLAIN_BPE_CLASS
@@ -570,6 +577,9 @@ def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_d
     if template is not None and (template not in TEMPLATES or TEMPLATES[template].roles - roles.keys()):
         raise UserError(f"template {template!r} does not fit a {kind} tokenizer (its special tokens: "
                         f"{', '.join(roles)}; templates: {', '.join(TEMPLATES)})")
+    bad = next((t for t in special_tokens or [] if not isinstance(t, str) or not t.strip() or t != t.strip()), None)
+    if bad is not None:  # a " " special token would swallow every space of the text (decode glues words)
+        raise UserError(f"special token {bad!r}: special tokens must be non-empty, without surrounding whitespace")
     user_extra = [t for t in dict.fromkeys(special_tokens or []) if t not in roles.values()]
     specials = list(DEFAULT_SPECIALS[kind].values()) + user_extra
     n_special = len(specials) + extra_ids

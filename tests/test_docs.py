@@ -26,7 +26,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = ("index.md", "mlm.md", "nsp.md", "clm.md", "seq2seq.md", "denoising.md", "plm.md", "roberta.md")
 FENCE = re.compile(r"^```bash runnable[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 MAX_STEPS = 30  # the largest --max-steps a runnable block may use
-BLOCK_TIMEOUT = 300  # seconds; a block that hangs fails instead of stalling the suite
+BLOCK_TIMEOUT = 600  # seconds; a block that hangs fails instead of stalling the suite (compare.md-0 takes ~270 alone)
 
 
 def runnable_blocks(folder: Path = DOCS) -> list[tuple[str, int, str]]:

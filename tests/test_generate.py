@@ -356,6 +356,11 @@ def test_code_block_end():
     line = code_block_end("x = fo", until="line")
     assert line("o(1)\nbar\n") == 4 and line("o(1") is None
     assert code_block_end("import os\n")("import sys\nimport re\n") == len("import sys")
+    # a block opener with a trailing comment still opens a block; a ":" inside a string or comment does not
+    commented = code_block_end("class A:\n    def f(self):  # note\n")
+    assert commented("        return 1\n    def g(self):\n        return 2\n") == len("        return 1")
+    assert code_block_end("def f(x):  # doubles\n")(body) == cut(body)
+    assert code_block_end('x = "a:"  # b:\n')("y = 1\nz = 2\n") == len("y = 1")
 
 
 # ---- review mends: healing, beam scores, seq2seq prompts, flags that would be ignored ----------------
@@ -388,6 +393,29 @@ def test_healing_is_skipped_when_no_token_can_write_the_whitespace(seq2seq_folde
         code, out, err = cli(capsys, "complete", seq2seq_folders["gpt_wordpiece"], "--file", prefix,
                              "--max-new-tokens", 6, *sampling)
         assert code == 0 and out.strip(), (sampling, err)
+
+
+def test_chat_says_when_its_tokenizer_cannot_end_a_turn(seq2seq_folders, capsys, monkeypatch):
+    """A WordPiece vocabulary has no newline: a reply can never end its turn with a blank line."""
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("the king\n"))
+    code, out, err = cli(capsys, "chat", seq2seq_folders["gpt_wordpiece"], "--max-new-tokens", 4)
+    assert code == 0 and out.startswith("JULIET: ")
+    assert "wordpiece tokenizer cannot write a blank line, which ends a turn" in err
+
+
+def test_complete_keeps_the_space_before_its_first_word(seq2seq_folders, capsys, tmp_path):
+    """WordPiece decodes a word alone without its leading space: complete's text must be what
+    generate writes after the same prompt, not "the king" + "queen" glued into "the kingqueen"."""
+    folder = seq2seq_folders["gpt_wordpiece"]
+    (tmp_path / "prefix.txt").write_text("the king")
+    code, completed, err = cli(capsys, "complete", folder, "--file", tmp_path / "prefix.txt", "--until", "line",
+                               "--max-new-tokens", 5)
+    assert code == 0, err
+    code, generated, err = cli(capsys, "generate", folder, "the king", "--max-new-tokens", 5)
+    assert code == 0, err
+    assert generated.startswith("the king ") and completed.rstrip("\n") == generated.rstrip("\n")[len("the king"):]
 
 
 def test_a_large_length_penalty_scores_beams_without_overflow(models):
@@ -434,3 +462,30 @@ def test_flags_that_would_be_ignored_are_refused(seq2seq_folders, capsys, argv, 
     folders = {"gpt": seq2seq_folders["gpt_wordpiece"], "t5": seq2seq_folders["t5"]}
     code, out, err = cli(capsys, *[a.format(**folders) for a in argv])
     assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_chat_keeps_the_conversation_within_the_trained_context(tmp_path, monkeypatch, capsys):
+    """A model pretrained at --seq-len 24 reads at most 24 positions per reply (the newest turns),
+    not its 512 max positions, where it was never trained; --context sets another window."""
+    import io
+    import json
+
+    import lmzoo.generate as generation
+    from conftest import corpus, tiny_folder
+
+    folder = tiny_folder(tmp_path / "gpt", corpus(tmp_path / "corpus.txt"), "gpt-tiny", scale=0.5)
+    (folder / "run_config.json").write_text(json.dumps({"format": 1, "data": {"seq_len": 24}}))
+    seen, real = [], generation.generate
+
+    def spy(model, ids, **kw):
+        seen.append(ids.shape[1] + kw["max_new_tokens"])
+        return real(model, ids, **kw)
+
+    monkeypatch.setattr(generation, "generate", spy)
+    for extra, window in (([], 24), (["--context", "40"], 40)):
+        seen.clear()
+        monkeypatch.setattr("sys.stdin", io.StringIO("the king and the queen went far away\n" * 6))
+        code, out, err = cli(capsys, "chat", folder, "--max-new-tokens", 6, *extra)
+        assert code == 0 and len(out.splitlines()) == 6, err
+        assert max(seen) == window  # the history grew past the window and was cut to it
+    assert cli(capsys, "chat", folder, "--context", 1000)[0] == 2

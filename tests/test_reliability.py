@@ -351,7 +351,7 @@ def test_a_real_full_disk_keeps_every_listed_checkpoint_intact(tmp_path):
         assert listed and all(loop_module._checkpoint_problem(p)[0] is None for p in listed)
         assert not [p for p in (disk / "run").rglob(".*")]  # no temporary folder left behind
     finally:
-        subprocess.run(["umount", str(disk)], check=True)
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)  # lazy: a failed run may still hold a file open
 
 
 def test_a_disk_filled_by_the_optimizer_state_is_one_error(tmp_path):
@@ -378,7 +378,7 @@ def test_a_disk_filled_by_the_optimizer_state_is_one_error(tmp_path):
             run(disk / "run", 4)
         assert not [p for p in (disk / "run").rglob(".*")]  # the half-written checkpoint is gone
     finally:
-        subprocess.run(["umount", str(disk)], check=True)
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)  # lazy: a failed run may still hold a file open
 
 
 # ---- exactness and numbers ------------------------------------------------------------------

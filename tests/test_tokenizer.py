@@ -75,6 +75,20 @@ def test_build_inputs_layouts(trained):
         assert enc.ids == tok.build_inputs(tok.encode(SENTENCES[0]), tok.encode(PAIRS[0]))[0]
 
 
+@pytest.mark.parametrize("kind,template", [  # the pairs train_tokenizer accepts (a kind's specials fit)
+    ("wordpiece", "cls_sep"), ("wordpiece", "cls_sep_sep"), ("wordpiece", "plain"), ("bpe", "cls_sep"),
+    ("bpe", "cls_sep_sep"), ("bpe", "eos"), ("bpe", "plain"), ("unigram", "eos"), ("unigram", "plain")])
+def test_every_template_a_tokenizer_takes_adds_the_same_specials_in_transformers(corpus, tmp_path, kind, template):
+    """A folder whose template is not its kind's own (a GPT on WordPiece: plain) declared the kind's
+    class, which adds that class's specials ([CLS] ... [SEP]) instead of the folder's."""
+    ours = train_tokenizer([str(corpus)], kind=kind, vocab_size=400, template=template)
+    ours.save(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for a, b in zip(SENTENCES, PAIRS):
+        assert hf(a)["input_ids"] == ours.build_inputs(ours.encode(a))[0]
+        assert hf(a, b)["input_ids"] == ours.build_inputs(ours.encode(a), ours.encode(b))[0]
+
+
 @pytest.mark.parametrize("kind", ["wordpiece", "bpe", "unigram"])
 def test_saved_folder_loads_in_transformers_with_same_ids(trained, kind):
     ours, folder = trained[kind]
@@ -224,6 +238,29 @@ def test_user_errors(corpus, tmp_path):
     (tmp_path / "broken" / "tokenizer.json").write_text("{not json")
     with pytest.raises(UserError, match="cannot read"):
         Tokenizer.load(tmp_path / "broken")
+    for bad in ("", " ", " <x>"):  # a " " special token would glue every word of a decode together
+        with pytest.raises(UserError, match="special tokens must be non-empty, without surrounding whitespace"):
+            train_tokenizer([str(corpus)], kind="bpe", vocab_size=400, special_tokens=[bad])
+
+
+def test_malformed_tokenizer_config_is_one_error(corpus, tmp_path):
+    """Valid JSON of the wrong type: a template that is a list was a TypeError; additional special
+    tokens given as one string were read as its characters (so "a" and "c" became specials)."""
+    import json
+
+    train_tokenizer([str(corpus)], kind="bpe", vocab_size=400).save(tmp_path / "tok")
+    config = json.loads((tmp_path / "tok" / "tokenizer_config.json").read_text())
+    for name, key, value, message in [
+            ("tokenizer_config.json", "lmzoo_template", ["x"], "tokenizer template must be one of"),
+            ("special_tokens_map.json", "additional_special_tokens", "abc", "must be a list")]:
+        folder = tmp_path / key
+        folder.mkdir()
+        for f in (tmp_path / "tok").iterdir():
+            (folder / f.name).write_bytes(f.read_bytes())
+        data = config if name == "tokenizer_config.json" else json.loads((folder / name).read_text())
+        (folder / name).write_text(json.dumps({**data, key: value}))
+        with pytest.raises(UserError, match=message):
+            Tokenizer.load(folder)
 
 
 def test_special_token_strings_are_text_when_split(trained):
