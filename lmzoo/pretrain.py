@@ -305,6 +305,9 @@ def _prepare(plan: Plan, *, out: Path, info: Any, config: TrainConfig, resume: b
     model = _build_model(plan, tokenizer, config.seed, say=info.is_main and not resume)
     barrier(info)  # every rank has read the stage before rank 0 empties it
     if stage is not None and info.is_main:
+        if model.config.positions == "learned":  # transformers truncates at it: the model's real limit, not 512
+            tokenizer.model_max_length = model.config.max_positions
+            tokenizer.save(stage)
         for f in sorted(stage.iterdir()):
             os.replace(f, out / f.name)
         stage.rmdir()

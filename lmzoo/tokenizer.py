@@ -14,7 +14,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import tokenizers
 import torch
@@ -542,6 +542,14 @@ def refuse_to_replace(out_dir: Path) -> None:
                         "--overwrite to replace it")
 
 
+def _check_special_tokens(tokens: Sequence[str]) -> None:
+    """A special token is a non-empty string without surrounding whitespace: a " " one would
+    swallow every space of the text (decode glues the words together)."""
+    bad = next((t for t in tokens if not isinstance(t, str) or not t.strip() or t != t.strip()), None)
+    if bad is not None:
+        raise UserError(f"special token {bad!r}: special tokens must be non-empty, without surrounding whitespace")
+
+
 def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_dir: str | None = None,
                     lowercase: bool = False, min_frequency: int = 2, special_tokens: list[str] | None = None,
                     extra_ids: int = 0, document_split: str = "blank_line", template: str | None = None,
@@ -577,9 +585,7 @@ def train_tokenizer(files: list[str] | str, *, kind: str, vocab_size: int, out_d
     if template is not None and (template not in TEMPLATES or TEMPLATES[template].roles - roles.keys()):
         raise UserError(f"template {template!r} does not fit a {kind} tokenizer (its special tokens: "
                         f"{', '.join(roles)}; templates: {', '.join(TEMPLATES)})")
-    bad = next((t for t in special_tokens or [] if not isinstance(t, str) or not t.strip() or t != t.strip()), None)
-    if bad is not None:  # a " " special token would swallow every space of the text (decode glues words)
-        raise UserError(f"special token {bad!r}: special tokens must be non-empty, without surrounding whitespace")
+    _check_special_tokens(special_tokens or [])
     user_extra = [t for t in dict.fromkeys(special_tokens or []) if t not in roles.values()]
     specials = list(DEFAULT_SPECIALS[kind].values()) + user_extra
     n_special = len(specials) + extra_ids

@@ -311,3 +311,19 @@ def test_lowercasing_folders_declare_a_class_that_keeps_the_normalizer(corpus, t
         assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
         hf = transformers.AutoTokenizer.from_pretrained(tmp_path / kind)
         assert hf("Good KING")["input_ids"] == tok.build_inputs(tok.encode("good king"))[0]
+
+
+def test_a_run_folders_tokenizer_truncates_at_the_models_positions(corpus, tmp_path):
+    """transformers truncates at tokenizer_config.json's model_max_length: a run of 64 learned
+    positions wrote 512 there, so a truncated long text still overflowed the model's positions."""
+    import json
+
+    from lmzoo.cli import main
+
+    out = tmp_path / "run"
+    assert main(["pretrain", "--preset", "gpt-tiny", "--set", "max_positions=64", "--data", str(corpus),
+                 "--vocab-size", "300", "--seq-len", "32", "--batch-size", "2", "--max-steps", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 64
+    hf = transformers.AutoTokenizer.from_pretrained(out)
+    assert len(hf(" ".join(SENTENCES * 20), truncation=True)["input_ids"]) == 64
