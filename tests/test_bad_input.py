@@ -247,7 +247,7 @@ CASES = [
     (["fill-mask", "gpt", "the [MASK] sat"], "GPT2LMHeadModel has no masked-LM head"),
     (["finetune", "--task", "seq2seq", "--model", "gpt", "--train", "NOTARGET.jsonl", "--out", "run", *TRAIN],
      "seq2seq needs T5"),
-    (["chat", "gpt", "--max-new-tokens", "60"], "leaves no room for the conversation in the model's context of 64"),
+    (["chat", "gpt", "--max-new-tokens", "60"], "leaves no room for the conversation in a context of 64"),
     # numbers: zero, negative, non-numeric, inf, nan
     ([*SAMPLE, "--temperature", "-1"], "--temperature must be a finite number > 0, got -1.0"),
     ([*SAMPLE, "--temperature", "nan"], "--temperature must be a finite number > 0, got nan"),
